@@ -1,0 +1,140 @@
+//! Backends: the systems that executors act on, behind one trait.
+//!
+//! A backend implements named methods. The catalog names them in its chains
+//! and is checked against [`Backend::methods`] at start-up, so a typo is a
+//! start-up error, not a failed operation. Every call carries the task id as
+//! an idempotency key: a task may run more than once (a lease expired, a
+//! process died), and a repeated call must not repeat its effect.
+
+pub mod sim;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// What a method is for, so the catalog can check each step uses a fitting one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodRole {
+    /// Changes the backend (create, delete, stop, resize, ...).
+    Effect,
+    /// Reads the object's runtime state (used by `poll_runtime_state`).
+    Pull,
+    /// Answers a yes/no question in [`BackendReply::done`] (used by `poll_backend_check`).
+    Check,
+}
+
+/// One method a backend offers.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodInfo {
+    /// The name chains use.
+    pub name: &'static str,
+    /// What it is for.
+    pub role: MethodRole,
+}
+
+/// The resource as a backend sees it.
+#[derive(Debug, Clone)]
+pub struct ResourceView {
+    /// executord's id of the resource.
+    pub id: Uuid,
+    /// The kind's name.
+    pub kind: String,
+    /// The resource's name.
+    pub name: String,
+    /// The backend's id of the object, once created.
+    pub backend_id: Option<String>,
+    /// The last runtime state seen.
+    pub runtime_state: Option<String>,
+    /// The resource's attributes (a JSON object).
+    pub attributes: Value,
+}
+
+/// One call of a backend method.
+#[derive(Debug, Clone)]
+pub struct BackendCall {
+    /// The id of the task making the call: the same on every retry of that step.
+    pub idempotency_key: Uuid,
+    /// The resource acted on.
+    pub resource: ResourceView,
+    /// The operation's parameters (an action's parameters, an update's changes), or `{}`.
+    pub params: Value,
+}
+
+/// What a method reports back; every field is optional, and what is set is
+/// stored on the resource in the same transaction that records the step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendReply {
+    /// The backend's id for the object (set by a create).
+    pub backend_id: Option<String>,
+    /// The object's runtime state now.
+    pub runtime_state: Option<String>,
+    /// Attributes to merge into the resource's attributes.
+    pub attributes: Option<Map<String, Value>>,
+    /// For check methods: whether the condition holds.
+    pub done: Option<bool>,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Worth retrying (timeouts, overload): retried with backoff up to the step's attempts.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help (bad request, quota, no valid host): the step fails at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// The backend has no such object.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A system that executors act on.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The methods this backend offers.
+    fn methods(&self) -> &'static [MethodInfo];
+
+    /// The runtime states its objects can report, so the catalog can be checked.
+    fn runtime_states(&self) -> &'static [&'static str];
+
+    /// Calls `method`. Must be idempotent given `call.idempotency_key`.
+    async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError>;
+}
+
+/// The backends known to this process, by the name the catalog uses.
+#[derive(Clone, Default)]
+pub struct Backends(HashMap<String, Arc<dyn Backend>>);
+
+impl Backends {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `backend` under `name`, replacing any earlier one.
+    pub fn with(mut self, name: &str, backend: Arc<dyn Backend>) -> Self {
+        self.0.insert(name.to_owned(), backend);
+        self
+    }
+
+    /// The backend called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.0.get(name)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Backends").field(&self.names()).finish()
+    }
+}

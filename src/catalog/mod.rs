@@ -1,0 +1,437 @@
+//! The kinds catalog: what each kind of resource is, and the chains its
+//! executors run. Kinds are data (TOML); a file that names an unknown task
+//! type, backend method, runtime state or a broken schema is refused at
+//! start-up with an error that names the place.
+
+mod step;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::backend::{Backends, MethodRole};
+use crate::domain::{FieldError, Queue, ResourceState};
+
+pub use step::Step;
+
+/// The catalog used when none is configured.
+pub const DEFAULT_CATALOG: &str = include_str!("default.toml");
+
+/// A catalog that cannot be used, and where.
+#[derive(Debug, thiserror::Error)]
+#[error("catalog {place}: {message}")]
+pub struct CatalogError {
+    /// Where in the file, e.g. `kinds.instance.actions.stop.chain[1]`.
+    pub place: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+fn error(place: impl Into<String>, message: impl Into<String>) -> CatalogError {
+    CatalogError {
+        place: place.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    kinds: BTreeMap<String, RawKind>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKind {
+    #[serde(default)]
+    description: String,
+    backend: String,
+    schema: Value,
+    #[serde(default)]
+    updatable: Vec<String>,
+    #[serde(default)]
+    pull_method: Option<String>,
+    #[serde(default)]
+    queue: Option<Queue>,
+    #[serde(default)]
+    create: Vec<Step>,
+    #[serde(default)]
+    update: Vec<Step>,
+    #[serde(default)]
+    delete: Vec<Step>,
+    #[serde(default)]
+    actions: BTreeMap<String, RawAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_action_states")]
+    states: Vec<ResourceState>,
+    #[serde(default)]
+    runtime_states: Vec<String>,
+    #[serde(default)]
+    runtime_state_on_success: Option<String>,
+    #[serde(default = "empty_object_schema")]
+    params: Value,
+    #[serde(default)]
+    increase_only: Vec<String>,
+    #[serde(default)]
+    queue: Option<Queue>,
+    chain: Vec<Step>,
+}
+
+fn default_action_states() -> Vec<ResourceState> {
+    vec![ResourceState::Ok, ResourceState::Erred]
+}
+
+fn empty_object_schema() -> Value {
+    serde_json::json!({"type": "object", "additionalProperties": false})
+}
+
+/// A compiled JSON Schema, kept with its source for the API to show.
+pub struct Schema {
+    source: Value,
+    validator: jsonschema::Validator,
+}
+
+impl Schema {
+    fn compile(place: &str, source: Value) -> Result<Self, CatalogError> {
+        if source.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(error(
+                place,
+                "must be a JSON Schema with \"type\": \"object\"",
+            ));
+        }
+        let validator = jsonschema::validator_for(&source)
+            .map_err(|e| error(place, format!("invalid JSON Schema: {e}")))?;
+        Ok(Self { source, validator })
+    }
+
+    /// The schema as written.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
+    /// Whether the schema declares a top-level property `name`.
+    pub fn has_property(&self, name: &str) -> bool {
+        self.source
+            .get("properties")
+            .and_then(|p| p.get(name))
+            .is_some()
+    }
+
+    /// Every violation in `instance`, each with a JSON pointer under `prefix`.
+    pub fn validate(&self, prefix: &str, instance: &Value) -> Vec<FieldError> {
+        self.validator
+            .iter_errors(instance)
+            .map(|e| {
+                FieldError::new(
+                    format!("{prefix}{}", e.instance_path().as_str()),
+                    e.to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+/// A kind of resource.
+#[derive(Debug)]
+pub struct Kind {
+    /// The kind's name, e.g. `instance`.
+    pub name: String,
+    /// What it is, for people.
+    pub description: String,
+    /// The backend its chains call.
+    pub backend: String,
+    /// The JSON Schema of its attributes.
+    pub schema: Schema,
+    /// What an update may change: `name` and/or attribute names.
+    pub updatable: Vec<String>,
+    /// The backend method that reads an object's runtime state.
+    pub pull_method: Option<String>,
+    /// The queue its create, update and delete chains run on.
+    pub queue: Queue,
+    /// The create chain (after `begin_creating`).
+    pub create: Vec<Step>,
+    /// The update chain (after `begin_updating`).
+    pub update: Vec<Step>,
+    /// The delete chain (after `begin_deleting`).
+    pub delete: Vec<Step>,
+    /// Named actions, by name.
+    pub actions: BTreeMap<String, Action>,
+}
+
+/// A named action on a kind (start, stop, resize, ...).
+#[derive(Debug)]
+pub struct Action {
+    /// The action's name.
+    pub name: String,
+    /// What it does, for people.
+    pub description: String,
+    /// Resource states it may start from.
+    pub states: Vec<ResourceState>,
+    /// Runtime states it may start from; empty means any.
+    pub runtime_states: Vec<String>,
+    /// The runtime state recorded when it succeeds.
+    pub runtime_state_on_success: Option<String>,
+    /// The JSON Schema of its parameters.
+    pub params: Schema,
+    /// Parameters that must exceed the attribute of the same name.
+    pub increase_only: Vec<String>,
+    /// The queue its chain runs on.
+    pub queue: Queue,
+    /// The chain (after `begin_updating`).
+    pub chain: Vec<Step>,
+}
+
+/// Every kind this process knows.
+#[derive(Debug)]
+pub struct Catalog {
+    kinds: BTreeMap<String, Kind>,
+}
+
+impl Catalog {
+    /// The built-in catalog, checked against `backends`.
+    pub fn default_catalog(backends: &Backends) -> Result<Self, CatalogError> {
+        Self::parse(DEFAULT_CATALOG, backends)
+    }
+
+    /// Reads and checks a catalog file.
+    pub fn load(path: &Path, backends: &Backends) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error(path.display().to_string(), format!("cannot read: {e}")))?;
+        Self::parse(&text, backends)
+    }
+
+    /// Parses and checks catalog text.
+    pub fn parse(text: &str, backends: &Backends) -> Result<Self, CatalogError> {
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| error("file", e.to_string()))?;
+        let mut kinds = BTreeMap::new();
+        for (name, raw_kind) in raw.kinds {
+            let kind = check_kind(&name, raw_kind, backends)?;
+            kinds.insert(name, kind);
+        }
+        if kinds.is_empty() {
+            return Err(error("kinds", "the catalog defines no kind"));
+        }
+        Ok(Self { kinds })
+    }
+
+    /// The kind called `name`.
+    pub fn kind(&self, name: &str) -> Option<&Kind> {
+        self.kinds.get(name)
+    }
+
+    /// Every kind, by name.
+    pub fn kinds(&self) -> impl Iterator<Item = &Kind> {
+        self.kinds.values()
+    }
+}
+
+fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, CatalogError> {
+    let place = format!("kinds.{name}");
+    let backend = backends.get(&raw.backend).ok_or_else(|| {
+        error(
+            format!("{place}.backend"),
+            format!(
+                "unknown backend `{}` (known: {})",
+                raw.backend,
+                backends.names().join(", ")
+            ),
+        )
+    })?;
+    let checker = StepChecker {
+        backend_name: &raw.backend,
+        backend: backend.as_ref(),
+    };
+    let schema = Schema::compile(&format!("{place}.schema"), raw.schema)?;
+    for field in &raw.updatable {
+        if field != "name" && !schema.has_property(field) {
+            return Err(error(
+                format!("{place}.updatable"),
+                format!("`{field}` is neither `name` nor an attribute of the schema"),
+            ));
+        }
+    }
+    if let Some(method) = &raw.pull_method {
+        checker.method(&format!("{place}.pull_method"), method, MethodRole::Pull)?;
+    }
+    for (chain_name, chain) in [
+        ("create", &raw.create),
+        ("update", &raw.update),
+        ("delete", &raw.delete),
+    ] {
+        checker.chain(&format!("{place}.{chain_name}"), chain, &schema)?;
+    }
+    let queue = raw.queue.unwrap_or(Queue::Regular);
+    let mut actions = BTreeMap::new();
+    for (action_name, raw_action) in raw.actions {
+        let place = format!("{place}.actions.{action_name}");
+        let params = Schema::compile(&format!("{place}.params"), raw_action.params)?;
+        checker.chain(&format!("{place}.chain"), &raw_action.chain, &schema)?;
+        for state in raw_action
+            .runtime_states
+            .iter()
+            .chain(&raw_action.runtime_state_on_success)
+        {
+            checker.runtime_state(&place, state)?;
+        }
+        if raw_action.states.is_empty() {
+            return Err(error(
+                format!("{place}.states"),
+                "must name at least one state",
+            ));
+        }
+        if let Some(bad) = raw_action.states.iter().find(|s| s.is_transitional()) {
+            return Err(error(
+                format!("{place}.states"),
+                format!("`{bad}` is a transitional state; actions start from `ok` or `erred`"),
+            ));
+        }
+        for field in &raw_action.increase_only {
+            if !params.has_property(field) || !schema.has_property(field) {
+                return Err(error(
+                    format!("{place}.increase_only"),
+                    format!("`{field}` must be both a parameter and an attribute"),
+                ));
+            }
+        }
+        actions.insert(
+            action_name.clone(),
+            Action {
+                name: action_name,
+                description: raw_action.description,
+                states: raw_action.states,
+                runtime_states: raw_action.runtime_states,
+                runtime_state_on_success: raw_action.runtime_state_on_success,
+                params,
+                increase_only: raw_action.increase_only,
+                queue: raw_action.queue.unwrap_or(queue),
+                chain: raw_action.chain,
+            },
+        );
+    }
+    Ok(Kind {
+        name: name.to_owned(),
+        description: raw.description,
+        backend: raw.backend,
+        schema,
+        updatable: raw.updatable,
+        pull_method: raw.pull_method,
+        queue,
+        create: raw.create,
+        update: raw.update,
+        delete: raw.delete,
+        actions,
+    })
+}
+
+struct StepChecker<'a> {
+    backend_name: &'a str,
+    backend: &'a dyn crate::backend::Backend,
+}
+
+impl StepChecker<'_> {
+    fn chain(&self, place: &str, chain: &[Step], attributes: &Schema) -> Result<(), CatalogError> {
+        for (i, step) in chain.iter().enumerate() {
+            let place = format!("{place}[{i}]");
+            match step {
+                Step::StateTransition { .. } => {}
+                Step::BackendMethod {
+                    method,
+                    max_attempts,
+                } => {
+                    self.method(&place, method, MethodRole::Effect)?;
+                    if max_attempts.is_some_and(|n| n < 1) {
+                        return Err(error(place, "max_attempts must be at least 1"));
+                    }
+                }
+                Step::PollRuntimeState {
+                    method,
+                    success,
+                    erred,
+                    interval_ms,
+                    ..
+                } => {
+                    self.method(&place, method, MethodRole::Pull)?;
+                    if success.is_empty() {
+                        return Err(error(place, "success must name at least one runtime state"));
+                    }
+                    for state in success.iter().chain(erred) {
+                        self.runtime_state(&place, state)?;
+                    }
+                    check_interval(&place, *interval_ms)?;
+                }
+                Step::PollBackendCheck {
+                    method,
+                    interval_ms,
+                    ..
+                } => {
+                    self.method(&place, method, MethodRole::Check)?;
+                    check_interval(&place, *interval_ms)?;
+                }
+                Step::Throttle { scope, limit, .. } => {
+                    if *limit < 1 {
+                        return Err(error(place, "limit must be at least 1"));
+                    }
+                    if !attributes.has_property(scope) {
+                        return Err(error(
+                            place,
+                            format!("scope `{scope}` is not an attribute of the schema"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn method(&self, place: &str, method: &str, role: MethodRole) -> Result<(), CatalogError> {
+        match self.backend.methods().iter().find(|m| m.name == method) {
+            None => Err(error(
+                place,
+                format!("backend `{}` has no method `{method}`", self.backend_name),
+            )),
+            Some(m) if m.role != role => Err(error(
+                place,
+                format!(
+                    "`{method}` is a {:?} method; this step needs a {role:?} method",
+                    m.role
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn runtime_state(&self, place: &str, state: &str) -> Result<(), CatalogError> {
+        if self.backend.runtime_states().contains(&state) {
+            Ok(())
+        } else {
+            Err(error(
+                place,
+                format!(
+                    "backend `{}` has no runtime state `{state}`",
+                    self.backend_name
+                ),
+            ))
+        }
+    }
+}
+
+fn check_interval(place: &str, interval_ms: u64) -> Result<(), CatalogError> {
+    if interval_ms == 0 {
+        return Err(error(place, "interval_ms must be at least 1"));
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! One step of a chain, as the catalog writes it and as a task row stores it
+//! (`tasks.args`): chains are data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Transition;
+
+fn default_interval_ms() -> u64 {
+    500
+}
+
+fn default_poll_timeout_s() -> u64 {
+    600
+}
+
+/// A step of a chain. The `type` field names the task type that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Applies a named resource transition; fails if the resource is not in one of its source states.
+    StateTransition {
+        /// The transition to apply.
+        transition: Transition,
+    },
+    /// Calls an effect method of the kind's backend and stores what it reports.
+    BackendMethod {
+        /// The backend method.
+        method: String,
+        /// Attempts before a transient failure becomes final (default from the runner's config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_attempts: Option<i32>,
+    },
+    /// Calls a pull method until the runtime state is one of `success` (done)
+    /// or `erred` (fails at once), rescheduling itself in between.
+    PollRuntimeState {
+        /// The backend's pull method.
+        method: String,
+        /// Runtime states that end the poll successfully.
+        success: Vec<String>,
+        /// Runtime states that fail the step at once.
+        #[serde(default)]
+        erred: Vec<String>,
+        /// Time between polls, in milliseconds.
+        #[serde(default = "default_interval_ms")]
+        interval_ms: u64,
+        /// The step fails if not done this long after it first ran, in seconds.
+        #[serde(default = "default_poll_timeout_s")]
+        timeout_s: u64,
+    },
+    /// Calls a check method until it answers `done`, rescheduling itself in between.
+    PollBackendCheck {
+        /// The backend's check method.
+        method: String,
+        /// Time between polls, in milliseconds.
+        #[serde(default = "default_interval_ms")]
+        interval_ms: u64,
+        /// The step fails if not done this long after it first ran, in seconds.
+        #[serde(default = "default_poll_timeout_s")]
+        timeout_s: u64,
+    },
+    /// Takes one of `limit` slots of a scope (e.g. per tenant) and holds it
+    /// until the operation ends; waits in FIFO order while all are taken.
+    Throttle {
+        /// The attribute whose value names the scope (e.g. `tenant`).
+        scope: String,
+        /// Slots per scope value.
+        limit: i32,
+        /// A name shared by throttles that count together; default `<kind>.<scope>`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+}
+
+impl Step {
+    /// The task type's name, as stored in `tasks.type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::StateTransition { .. } => "state_transition",
+            Self::BackendMethod { .. } => "backend_method",
+            Self::PollRuntimeState { .. } => "poll_runtime_state",
+            Self::PollBackendCheck { .. } => "poll_backend_check",
+            Self::Throttle { .. } => "throttle",
+        }
+    }
+}

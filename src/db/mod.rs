@@ -1,0 +1,76 @@
+//! All SQL lives here, one module per table. Handlers and the runner call
+//! these functions; nothing else writes SQL.
+
+pub mod idempotency;
+pub mod operations;
+pub mod resources;
+pub mod tasks;
+pub mod throttle;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::domain::Queue;
+
+/// The channel that announces ready tasks; the payload is the queue name.
+pub const TASKS_CHANNEL: &str = "executord_tasks";
+/// The channel that announces finished operations; the payload is the operation id.
+pub const OPERATIONS_CHANNEL: &str = "executord_operations";
+
+/// The embedded migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool of at most `max_connections` to `url`.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.application_name("executord"))
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// Whether the database answers and every migration is applied.
+pub async fn ready(pool: &PgPool) -> anyhow::Result<()> {
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await?;
+    let expected = MIGRATOR.iter().count() as i64;
+    anyhow::ensure!(
+        applied >= expected,
+        "{applied} of {expected} migrations applied"
+    );
+    Ok(())
+}
+
+/// Announces, on commit, that `queue` has ready tasks.
+pub async fn notify_ready(conn: &mut PgConnection, queue: Queue) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(TASKS_CHANNEL)
+        .bind(queue.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Announces, on commit, that an operation finished.
+pub async fn notify_finished(
+    conn: &mut PgConnection,
+    operation_id: uuid::Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(OPERATIONS_CHANNEL)
+        .bind(operation_id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}

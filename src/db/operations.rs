@@ -1,0 +1,134 @@
+//! SQL for `operations`.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{OperationKind, OperationState};
+
+/// A row of `operations`: one executor run.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Operation {
+    /// Primary key (uuid v7).
+    pub id: Uuid,
+    /// The resource acted on (kept after the resource is deleted).
+    pub resource_id: Uuid,
+    /// The resource's kind.
+    pub resource_kind: String,
+    /// Which executor.
+    pub kind: OperationKind,
+    /// The action's name, for actions.
+    pub action: Option<String>,
+    /// Where it stands.
+    pub state: OperationState,
+    /// The validated input: an update's changes or an action's parameters.
+    pub request: Value,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How many steps its chain has.
+    pub step_count: i32,
+    /// How many have succeeded.
+    pub steps_done: i32,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When a runner first claimed one of its tasks.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An operation to insert, in `scheduled`.
+#[derive(Debug)]
+pub struct NewOperation<'a> {
+    /// Its id.
+    pub id: Uuid,
+    /// The resource.
+    pub resource_id: Uuid,
+    /// The resource's kind.
+    pub resource_kind: &'a str,
+    /// Which executor.
+    pub kind: OperationKind,
+    /// The action, for actions.
+    pub action: Option<&'a str>,
+    /// The validated input.
+    pub request: &'a Value,
+    /// Steps in its chain.
+    pub step_count: i32,
+}
+
+/// Inserts an operation in `scheduled`.
+pub async fn insert(conn: &mut PgConnection, new: &NewOperation<'_>) -> sqlx::Result<Operation> {
+    sqlx::query_as(
+        "INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7) RETURNING *",
+    )
+    .bind(new.id)
+    .bind(new.resource_id)
+    .bind(new.resource_kind)
+    .bind(new.kind)
+    .bind(new.action)
+    .bind(new.request)
+    .bind(new.step_count)
+    .fetch_one(conn)
+    .await
+}
+
+/// The operation `id`.
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Operation>> {
+    sqlx::query_as("SELECT * FROM operations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A resource's operations, newest first, at most `limit`, before `before` if given.
+pub async fn list_for_resource(
+    conn: &mut PgConnection,
+    resource_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Operation>> {
+    sqlx::query_as(
+        "SELECT * FROM operations WHERE resource_id = $1 AND ($2::uuid IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(resource_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Counts one more step done.
+pub async fn step_done(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE operations SET steps_done = steps_done + 1, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends a running or scheduled operation in `state` (succeeded, failed or cancelled).
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: OperationState,
+    error: Option<&str>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE operations SET state = $2, error = $3, finished_at = now(), updated_at = now(),
+                started_at = coalesce(started_at, now())
+         WHERE id = $1 AND state IN ('scheduled', 'running')",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,348 @@
+//! SQL for `tasks`: the chain rows, the claim, leases and outcomes.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{Queue, TaskState};
+
+/// A row of `tasks`: one step of an operation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Task {
+    /// Primary key (uuid v7); also the idempotency key of its backend calls.
+    pub id: Uuid,
+    /// The operation it belongs to.
+    pub operation_id: Uuid,
+    /// Its place in the chain, from 0.
+    pub position: i32,
+    /// The task type.
+    #[sqlx(rename = "type")]
+    pub task_type: String,
+    /// The step as the catalog wrote it.
+    pub args: Value,
+    /// The worker pool that runs it.
+    pub queue: Queue,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Times a runner claimed it (waits and polls give theirs back).
+    pub attempts: i32,
+    /// Claims allowed before it fails for good.
+    pub max_attempts: i32,
+    /// Not claimed before this time.
+    pub run_at: DateTime<Utc>,
+    /// While running: the lease's end, unless renewed.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// While running: the fencing token of the current holder.
+    pub lease_token: Option<Uuid>,
+    /// The runner that last claimed it.
+    pub worker: Option<String>,
+    /// What it is doing, for people (e.g. waiting for a throttle slot).
+    pub status: Option<String>,
+    /// The last error it met.
+    pub last_error: Option<String>,
+    /// What it produced.
+    pub result: Option<Value>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it was first claimed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A step to insert.
+#[derive(Debug)]
+pub struct NewTask {
+    /// The task type.
+    pub task_type: &'static str,
+    /// The step's arguments.
+    pub args: Value,
+    /// Its queue.
+    pub queue: Queue,
+    /// Claims allowed.
+    pub max_attempts: i32,
+}
+
+/// Inserts a chain: the first step `ready`, the rest `waiting`.
+pub async fn insert_chain(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    chain: Vec<NewTask>,
+) -> sqlx::Result<()> {
+    let n = chain.len();
+    let (mut ids, mut positions, mut types, mut args, mut queues, mut attempts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (position, task) in chain.into_iter().enumerate() {
+        ids.push(Uuid::now_v7());
+        positions.push(i32::try_from(position).unwrap_or(i32::MAX));
+        types.push(task.task_type);
+        args.push(task.args);
+        queues.push(task.queue.as_str());
+        attempts.push(task.max_attempts);
+    }
+    sqlx::query(
+        "INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state)
+         SELECT t.id, $1, t.position, t.type, t.args, t.queue, t.max_attempts,
+                CASE WHEN t.position = 0 THEN 'ready' ELSE 'waiting' END
+         FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::jsonb[], $6::text[], $7::int4[])
+              AS t(id, position, type, args, queue, max_attempts)",
+    )
+    .bind(operation_id)
+    .bind(ids)
+    .bind(positions)
+    .bind(types)
+    .bind(args)
+    .bind(queues)
+    .bind(attempts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due ready tasks of `queue` in one statement, under a
+/// new lease, and marks their operations running.
+pub async fn claim(
+    pool: &PgPool,
+    queue: Queue,
+    limit: i64,
+    lease_ms: i64,
+    worker: &str,
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(
+        "WITH picked AS (
+             SELECT id FROM tasks WHERE state = 'ready' AND queue = $1 AND run_at <= now()
+             ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+             UPDATE tasks t SET state = 'running', attempts = t.attempts + 1,
+                    lease_token = gen_random_uuid(), lease_until = now() + $3 * interval '1 millisecond',
+                    worker = $4, started_at = coalesce(t.started_at, now()), updated_at = now()
+             FROM picked WHERE t.id = picked.id
+             RETURNING t.*
+         ), started AS (
+             UPDATE operations SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
+             WHERE id IN (SELECT operation_id FROM claimed) AND state = 'scheduled'
+         )
+         SELECT * FROM claimed",
+    )
+    .bind(queue)
+    .bind(limit)
+    .bind(lease_ms)
+    .bind(worker)
+    .fetch_all(pool)
+    .await
+}
+
+/// Extends a lease; `false` if the task is no longer this holder's.
+pub async fn heartbeat(pool: &PgPool, id: Uuid, token: Uuid, lease_ms: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET lease_until = now() + $3 * interval '1 millisecond'
+         WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(lease_ms)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives a claimed task back untouched (graceful shutdown); its claim does not count.
+pub async fn release(pool: &PgPool, id: Uuid, token: Uuid) -> sqlx::Result<Option<Queue>> {
+    sqlx::query_scalar(
+        "UPDATE tasks SET state = 'ready', attempts = attempts - 1, lease_token = NULL, lease_until = NULL,
+                run_at = now(), status = 'released by a stopping runner', updated_at = now()
+         WHERE id = $1 AND lease_token = $2 AND state = 'running' RETURNING queue",
+    )
+    .bind(id)
+    .bind(token)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Returns tasks whose lease expired to `ready`; the queues that got work back.
+pub async fn reap_expired(pool: &PgPool) -> sqlx::Result<Vec<Queue>> {
+    sqlx::query_scalar(
+        "WITH expired AS (
+             SELECT id FROM tasks WHERE state = 'running' AND lease_until < now() FOR UPDATE SKIP LOCKED
+         )
+         UPDATE tasks t SET state = 'ready', lease_token = NULL, lease_until = NULL, run_at = now(),
+                status = 'lease of ' || coalesce(t.worker, 'a runner') || ' expired; queued again',
+                updated_at = now()
+         FROM expired WHERE t.id = expired.id RETURNING t.queue",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The task, locked, if `token` still holds its lease: the fence every outcome passes.
+pub async fn lock_held(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(
+        "SELECT * FROM tasks WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR UPDATE",
+    )
+    .bind(id)
+    .bind(token)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Ends a held task in a terminal state.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: TaskState,
+    result: Option<&Value>,
+    error: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = $2, result = $3, last_error = coalesce($4, last_error), status = NULL,
+                lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(result)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts a held task back to `ready` at `now + delay_ms`. A retry counts its
+/// claim as an attempt; a poll that is not done yet does not.
+pub async fn reschedule(
+    conn: &mut PgConnection,
+    id: Uuid,
+    delay_ms: i64,
+    counts_as_attempt: bool,
+    status: Option<&str>,
+    error: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'ready', run_at = now() + $2 * interval '1 millisecond',
+                attempts = attempts - CASE WHEN $3 THEN 0 ELSE 1 END,
+                status = $4, last_error = coalesce($5, last_error),
+                lease_token = NULL, lease_until = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(delay_ms)
+    .bind(counts_as_attempt)
+    .bind(status)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Parks a held task in `waiting` (a throttle with no free slot) until something makes it ready.
+pub async fn park(conn: &mut PgConnection, id: Uuid, status: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'waiting', attempts = attempts - 1, status = $2,
+                lease_token = NULL, lease_until = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes waiting tasks ready now; the queues that got work.
+pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Queue>> {
+    sqlx::query_scalar(
+        "UPDATE tasks SET state = 'ready', run_at = now(), status = NULL, updated_at = now()
+         WHERE id = ANY($1) AND state = 'waiting' RETURNING queue",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes the step at `position` of an operation ready; its queue, if there is one.
+pub async fn release_step(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    position: i32,
+) -> sqlx::Result<Option<Queue>> {
+    sqlx::query_scalar(
+        "UPDATE tasks SET state = 'ready', run_at = now(), updated_at = now()
+         WHERE operation_id = $1 AND position = $2 AND state = 'waiting' RETURNING queue",
+    )
+    .bind(operation_id)
+    .bind(position)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Cancels an operation's steps that have not run.
+pub async fn cancel_pending(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE tasks SET state = 'cancelled', status = NULL, finished_at = now(), updated_at = now()
+         WHERE operation_id = $1 AND state IN ('waiting', 'ready')",
+    )
+    .bind(operation_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The task `id`.
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as("SELECT * FROM tasks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// An operation's tasks, in chain order.
+pub async fn list_for_operation(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as("SELECT * FROM tasks WHERE operation_id = $1 ORDER BY position")
+        .bind(operation_id)
+        .fetch_all(conn)
+        .await
+}
+
+/// The tasks of several operations, in chain order.
+pub async fn list_for_operations(
+    conn: &mut PgConnection,
+    operation_ids: &[Uuid],
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(
+        "SELECT * FROM tasks WHERE operation_id = ANY($1) ORDER BY operation_id, position",
+    )
+    .bind(operation_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// When the next ready task of `queue` falls due, if any is ready.
+pub async fn next_due(pool: &PgPool, queue: Queue) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(run_at) FROM tasks WHERE state = 'ready' AND queue = $1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+}
+
+/// How many tasks are ready or running, in any queue.
+pub async fn count_live(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state IN ('ready', 'running')")
+        .fetch_one(pool)
+        .await
+}

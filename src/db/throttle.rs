@@ -1,0 +1,107 @@
+//! SQL for `throttle_slots`: strict, FIFO concurrency limits per scope.
+//!
+//! Every decision about a scope is made under a transaction-scoped advisory
+//! lock on that scope, so two runners can never both take the last slot.
+//! A slot is taken only if one is free *and* nobody waits (FIFO); a freed slot
+//! is handed to the oldest waiter in the same transaction that frees it.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The answer to [`acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// The operation holds a slot.
+    Granted,
+    /// All slots are taken (or others wait first); the operation waits in line.
+    Queued {
+        /// Slots in use.
+        held: i64,
+        /// Its place in line, from 1.
+        position: i64,
+    },
+}
+
+async fn lock_scope(conn: &mut PgConnection, scope: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(scope)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes a slot of `scope` for an operation, or queues it.
+pub async fn acquire(
+    conn: &mut PgConnection,
+    scope: &str,
+    operation_id: Uuid,
+    task_id: Uuid,
+    limit: i32,
+) -> sqlx::Result<Acquired> {
+    lock_scope(conn, scope).await?;
+    let mine: Option<bool> = sqlx::query_scalar(
+        "SELECT held FROM throttle_slots WHERE scope = $1 AND operation_id = $2",
+    )
+    .bind(scope)
+    .bind(operation_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if mine == Some(true) {
+        return Ok(Acquired::Granted);
+    }
+    let (held, waiting): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE held), count(*) FILTER (WHERE NOT held) FROM throttle_slots WHERE scope = $1",
+    )
+    .bind(scope)
+    .fetch_one(&mut *conn)
+    .await?;
+    let granted = held < i64::from(limit) && waiting == 0;
+    if mine.is_none() {
+        sqlx::query(
+            "INSERT INTO throttle_slots (scope, operation_id, task_id, slot_limit, held) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(scope)
+        .bind(operation_id)
+        .bind(task_id)
+        .bind(limit)
+        .bind(granted)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if granted {
+        return Ok(Acquired::Granted);
+    }
+    let position = if mine.is_none() { waiting + 1 } else { waiting };
+    Ok(Acquired::Queued { held, position })
+}
+
+/// Frees an operation's slots (and leaves any line it stood in), handing each
+/// freed slot to the oldest waiter. Returns the waiting tasks now granted.
+pub async fn release(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
+    let scopes: Vec<(String, i32)> = sqlx::query_as(
+        "DELETE FROM throttle_slots WHERE operation_id = $1 RETURNING scope, slot_limit",
+    )
+    .bind(operation_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut granted = Vec::new();
+    for (scope, limit) in scopes {
+        lock_scope(conn, &scope).await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "WITH free AS (
+                 SELECT greatest($2 - count(*), 0) AS n FROM throttle_slots WHERE scope = $1 AND held
+             ), next AS (
+                 SELECT operation_id FROM throttle_slots WHERE scope = $1 AND NOT held
+                 ORDER BY seq LIMIT (SELECT n FROM free)
+             )
+             UPDATE throttle_slots s SET held = true FROM next
+             WHERE s.scope = $1 AND s.operation_id = next.operation_id RETURNING s.task_id",
+        )
+        .bind(&scope)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        granted.extend(ids);
+    }
+    Ok(granted)
+}

@@ -1,0 +1,104 @@
+//! In-process wake-ups fed by Postgres LISTEN/NOTIFY: "queue X has ready
+//! tasks" wakes the runner; "operation Y finished" answers long polls.
+//! Notifications are hints: the runner also polls, and waiters re-read the
+//! database, so a lost notification costs latency, never correctness.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
+
+use crate::db::{OPERATIONS_CHANNEL, TASKS_CHANNEL};
+use crate::domain::Queue;
+
+/// The process's wake-up hub.
+#[derive(Debug, Clone)]
+pub struct Events {
+    queues: Arc<[Notify; 3]>,
+    finished: broadcast::Sender<Uuid>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Events {
+    /// A hub with nobody listening yet.
+    pub fn new() -> Self {
+        Self {
+            queues: Arc::new([Notify::new(), Notify::new(), Notify::new()]),
+            finished: broadcast::channel(1024).0,
+        }
+    }
+
+    fn index(queue: Queue) -> usize {
+        match queue {
+            Queue::Regular => 0,
+            Queue::Heavy => 1,
+            Queue::Background => 2,
+        }
+    }
+
+    /// Wakes the pool of `queue` (a wake-up is kept if nobody waits yet).
+    pub fn wake(&self, queue: Queue) {
+        self.queues[Self::index(queue)].notify_one();
+    }
+
+    /// Waits for a wake-up of `queue`.
+    pub async fn woken(&self, queue: Queue) {
+        self.queues[Self::index(queue)].notified().await;
+    }
+
+    /// Announces that an operation finished.
+    pub fn operation_finished(&self, id: Uuid) {
+        let _ = self.finished.send(id);
+    }
+
+    /// Subscribes to finished operations; subscribe before reading, then wait.
+    pub fn subscribe_finished(&self) -> broadcast::Receiver<Uuid> {
+        self.finished.subscribe()
+    }
+
+    /// Feeds the hub from LISTEN until the process ends, reconnecting after errors.
+    pub async fn listen(self, pool: PgPool) {
+        loop {
+            match self.listen_once(&pool).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "LISTEN connection lost; reconnecting"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn listen_once(&self, pool: &PgPool) -> sqlx::Result<()> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener
+            .listen_all([TASKS_CHANNEL, OPERATIONS_CHANNEL])
+            .await?;
+        // Anything announced while we were not listening: look again.
+        for queue in Queue::ALL {
+            self.wake(queue);
+        }
+        loop {
+            let notification = listener.recv().await?;
+            match notification.channel() {
+                TASKS_CHANNEL => {
+                    if let Some(queue) = Queue::parse(notification.payload()) {
+                        self.wake(queue);
+                    }
+                }
+                OPERATIONS_CHANNEL => {
+                    if let Ok(id) = notification.payload().parse() {
+                        self.operation_finished(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The delete executor: `schedule_deleting`.
+
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Executor, ExecutorError, Prepared, lock_resource, schedule};
+use crate::catalog::Catalog;
+use crate::db::resources::Schedule;
+use crate::domain::{OperationKind, Transition};
+
+/// Delete a resource. Success: the row is deleted (its operations stay); failure: `set_erred`.
+#[derive(Debug)]
+pub struct Delete<'c> {
+    catalog: &'c Catalog,
+    resource_id: Uuid,
+    if_match: Option<i64>,
+}
+
+impl<'c> Delete<'c> {
+    /// A delete of `resource_id`, optionally only at version `if_match`.
+    pub fn new(catalog: &'c Catalog, resource_id: Uuid, if_match: Option<i64>) -> Self {
+        Self {
+            catalog,
+            resource_id,
+            if_match,
+        }
+    }
+}
+
+impl Executor for Delete<'_> {
+    const KIND: OperationKind = OperationKind::Delete;
+    const BEGIN: Transition = Transition::BeginDeleting;
+
+    async fn pre_apply(
+        &self,
+        conn: &mut PgConnection,
+        operation_id: Uuid,
+    ) -> Result<Prepared, ExecutorError> {
+        let resource = lock_resource(conn, self.resource_id, self.if_match).await?;
+        let kind = self.catalog.kind(&resource.kind).ok_or_else(|| {
+            ExecutorError::Conflict(format!("kind `{}` is not in the catalog", resource.kind))
+        })?;
+        let resource = schedule(
+            conn,
+            &resource,
+            Transition::ScheduleDeleting,
+            &Schedule {
+                operation_id,
+                ..Schedule::default()
+            },
+        )
+        .await?;
+        Ok(Prepared {
+            resource,
+            chain: kind.delete.clone(),
+            queue: kind.queue,
+            request: json!({}),
+            action: None,
+        })
+    }
+}

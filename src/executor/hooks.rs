@@ -1,0 +1,69 @@
+//! Success and failure hooks, run in the transaction that records an
+//! operation's last step.
+
+use sqlx::PgConnection;
+
+use crate::catalog::Catalog;
+use crate::db;
+use crate::db::operations::Operation;
+use crate::db::resources::Ending;
+use crate::domain::{OperationKind, Transition};
+
+/// The success hook: `set_ok` (with an action's runtime state on success), or
+/// for a delete, the row is deleted. `Err` says why it could not be applied.
+pub async fn on_success(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    operation: &Operation,
+) -> sqlx::Result<Result<(), String>> {
+    if operation.kind == OperationKind::Delete {
+        let deleted = db::resources::delete(conn, operation.resource_id, operation.id).await?;
+        return Ok(deleted
+            .then_some(())
+            .ok_or_else(|| "the resource was no longer deleting under this operation".to_owned()));
+    }
+    let runtime_state = operation.action.as_deref().and_then(|action| {
+        catalog
+            .kind(&operation.resource_kind)
+            .and_then(|kind| kind.actions.get(action))
+            .and_then(|a| a.runtime_state_on_success.as_deref())
+    });
+    let ending = Ending {
+        runtime_state,
+        ends_operation: true,
+        ..Ending::default()
+    };
+    let done = db::resources::transition(
+        conn,
+        operation.resource_id,
+        operation.id,
+        Transition::SetOk,
+        &ending,
+    )
+    .await?;
+    Ok(done
+        .map(|_| ())
+        .ok_or_else(|| "set_ok is not allowed from the resource's current state".to_owned()))
+}
+
+/// The failure hook: `set_erred` with the message (the backend's own, when it gave one).
+pub async fn on_failure(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    message: &str,
+) -> sqlx::Result<()> {
+    let ending = Ending {
+        error_message: Some(message),
+        ends_operation: true,
+        ..Ending::default()
+    };
+    db::resources::transition(
+        conn,
+        operation.resource_id,
+        operation.id,
+        Transition::SetErred,
+        &ending,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Executors: one logical operation on a resource, applied inside the
+//! caller's transaction.
+//!
+//! `apply` locks the resource, checks its state, makes the scheduling
+//! transition, and inserts the operation and its chain of tasks, with a
+//! NOTIFY that Postgres delivers only on commit. The caller commits: a
+//! rolled-back request leaves no trace, and a committed one can never lose
+//! its chain. The success and failure hooks run later, in the transaction
+//! that records the last step ([`hooks`]).
+
+mod action;
+mod create;
+mod delete;
+pub mod hooks;
+mod update;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::catalog::Step;
+use crate::db;
+use crate::db::operations::{NewOperation, Operation};
+use crate::db::resources::Resource;
+use crate::db::tasks::NewTask;
+use crate::domain::{FieldError, OperationKind, Queue, ResourceState, Transition};
+
+pub use action::Action;
+pub use create::Create;
+pub use delete::Delete;
+pub use update::Update;
+
+/// Claims a step may use before it fails for good, unless the step says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
+
+/// Why an executor refused to apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The resource (or action) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The input is invalid; each entry points at a field.
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    /// The resource is not in a state (or runtime state) that allows this operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller's `If-Match` version is not the resource's.
+    #[error("the resource is at version {current}, not {expected}")]
+    VersionMismatch {
+        /// The version the caller expected.
+        expected: i64,
+        /// The resource's version.
+        current: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What an executor's `pre_apply` decided.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The resource after its scheduling transition.
+    pub resource: Resource,
+    /// The chain after the first (`begin_*`) step.
+    pub chain: Vec<Step>,
+    /// The queue the chain runs on.
+    pub queue: Queue,
+    /// The validated input, stored on the operation and passed to backend calls.
+    pub request: Value,
+    /// The action's name, for actions.
+    pub action: Option<String>,
+}
+
+/// What a committed apply produced.
+#[derive(Debug)]
+pub struct Applied {
+    /// The resource after its scheduling transition.
+    pub resource: Resource,
+    /// The operation, in `scheduled`.
+    pub operation: Operation,
+}
+
+/// A logical operation on a resource.
+pub trait Executor {
+    /// Which executor this is.
+    const KIND: OperationKind;
+    /// The transition its first step makes.
+    const BEGIN: Transition;
+
+    /// Locks and checks the resource and makes the scheduling transition, for `operation_id`.
+    fn pre_apply(
+        &self,
+        conn: &mut PgConnection,
+        operation_id: Uuid,
+    ) -> impl Future<Output = Result<Prepared, ExecutorError>> + Send;
+
+    /// Does everything inside the caller's transaction; the caller commits.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<Applied, ExecutorError>> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let operation_id = Uuid::now_v7();
+            let prepared = self.pre_apply(conn, operation_id).await?;
+            let mut chain = Vec::with_capacity(prepared.chain.len() + 1);
+            chain.push(new_task(
+                &Step::StateTransition {
+                    transition: Self::BEGIN,
+                },
+                prepared.queue,
+            )?);
+            for step in &prepared.chain {
+                chain.push(new_task(step, prepared.queue)?);
+            }
+            let operation = db::operations::insert(
+                conn,
+                &NewOperation {
+                    id: operation_id,
+                    resource_id: prepared.resource.id,
+                    resource_kind: &prepared.resource.kind,
+                    kind: Self::KIND,
+                    action: prepared.action.as_deref(),
+                    request: &prepared.request,
+                    step_count: i32::try_from(chain.len()).unwrap_or(i32::MAX),
+                },
+            )
+            .await?;
+            db::tasks::insert_chain(conn, operation_id, chain).await?;
+            db::notify_ready(conn, prepared.queue).await?;
+            tracing::info!(
+                resource_id = %prepared.resource.id,
+                operation_id = %operation_id,
+                kind = ?Self::KIND,
+                "operation scheduled"
+            );
+            Ok(Applied {
+                resource: prepared.resource,
+                operation,
+            })
+        }
+    }
+}
+
+fn new_task(step: &Step, queue: Queue) -> Result<NewTask, ExecutorError> {
+    let max_attempts = match step {
+        Step::BackendMethod {
+            max_attempts: Some(n),
+            ..
+        } => *n,
+        _ => DEFAULT_MAX_ATTEMPTS,
+    };
+    let args = serde_json::to_value(step)
+        .map_err(|e| ExecutorError::Conflict(format!("unstorable step: {e}")))?;
+    Ok(NewTask {
+        task_type: step.type_name(),
+        args,
+        queue,
+        max_attempts,
+    })
+}
+
+/// Locks the resource `id`, checking `If-Match` when given.
+async fn lock_resource(
+    conn: &mut PgConnection,
+    id: Uuid,
+    if_match: Option<i64>,
+) -> Result<Resource, ExecutorError> {
+    let resource = db::resources::lock(conn, id)
+        .await?
+        .ok_or_else(|| ExecutorError::NotFound(format!("no resource with id {id}")))?;
+    if let Some(expected) = if_match
+        && expected != resource.version
+    {
+        return Err(ExecutorError::VersionMismatch {
+            expected,
+            current: resource.version,
+        });
+    }
+    Ok(resource)
+}
+
+/// The 409 for a resource whose state does not allow the operation.
+fn wrong_state(resource: &Resource, valid: &[ResourceState]) -> ExecutorError {
+    let valid: Vec<&str> = valid.iter().map(|s| s.as_str()).collect();
+    let in_flight = match resource.current_operation_id {
+        Some(op) if resource.state.is_transitional() => format!(" (operation {op} is in flight)"),
+        _ => String::new(),
+    };
+    ExecutorError::Conflict(format!(
+        "Resource is {}{in_flight}. Valid states for operation: {}",
+        resource.state,
+        valid.join(", ")
+    ))
+}
+
+/// Applies a scheduling transition to a locked resource, or the 409 that says why not.
+async fn schedule(
+    conn: &mut PgConnection,
+    resource: &Resource,
+    transition: Transition,
+    schedule: &db::resources::Schedule<'_>,
+) -> Result<Resource, ExecutorError> {
+    if transition.apply(resource.state).is_none() {
+        return Err(wrong_state(resource, transition.sources()));
+    }
+    db::resources::schedule(conn, resource.id, transition, schedule)
+        .await?
+        .ok_or_else(|| wrong_state(resource, transition.sources()))
+}

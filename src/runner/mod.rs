@@ -1,0 +1,326 @@
+//! The runner: worker pools per queue that claim ready tasks, run them under
+//! a lease with heartbeats, and record each outcome in one transaction.
+//!
+//! - Claims as many ready rows as it has free slots, in one
+//!   `FOR UPDATE SKIP LOCKED` statement; wakes on NOTIFY, polls as a fallback.
+//! - A lease that is not renewed expires and the task returns to `ready`; the
+//!   old holder's late outcome is refused by the lease token (fencing).
+//! - Graceful shutdown: stop claiming, let in-flight tasks finish within a
+//!   grace period, release the rest for another process.
+
+pub mod record;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::db;
+use crate::db::tasks::Task;
+use crate::domain::Queue;
+use crate::events::Events;
+use crate::tasks::{self, TaskContext};
+
+pub use record::Recorded;
+
+/// How a runner behaves.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Concurrent tasks of the `regular` queue.
+    pub regular: usize,
+    /// Concurrent tasks of the `heavy` queue.
+    pub heavy: usize,
+    /// Concurrent tasks of the `background` queue.
+    pub background: usize,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
+    /// Longest sleep between looks at the queue when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long in-flight tasks may run on after shutdown begins before they are released.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            regular: 32,
+            heavy: 4,
+            background: 2,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RunnerConfig {
+    /// The pool size of `queue`.
+    pub fn concurrency(&self, queue: Queue) -> usize {
+        match queue {
+            Queue::Regular => self.regular,
+            Queue::Heavy => self.heavy,
+            Queue::Background => self.background,
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A runner; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ctx: TaskContext,
+    config: RunnerConfig,
+    events: Events,
+    worker: String,
+}
+
+impl Runner {
+    /// A runner over `ctx`, woken through `events`.
+    pub fn new(ctx: TaskContext, config: RunnerConfig, events: Events) -> Self {
+        let worker = format!(
+            "{}:{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Self {
+            inner: Arc::new(Inner {
+                ctx,
+                config,
+                events,
+                worker,
+            }),
+        }
+    }
+
+    /// This runner's name in `tasks.worker`.
+    pub fn worker(&self) -> &str {
+        &self.inner.worker
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.inner.ctx.pool
+    }
+
+    /// Runs the pools of `queues` until `shutdown` turns true, then shuts down gracefully.
+    pub async fn run(self, queues: Vec<Queue>, shutdown: watch::Receiver<bool>) {
+        let mut pools = JoinSet::new();
+        for queue in queues {
+            if self.inner.config.concurrency(queue) > 0 {
+                pools.spawn(self.clone().pool_loop(queue, shutdown.clone()));
+            }
+        }
+        pools.spawn(self.clone().reaper(shutdown));
+        while pools.join_next().await.is_some() {}
+        tracing::info!(worker = %self.inner.worker, "runner stopped");
+    }
+
+    async fn pool_loop(self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.inner.config.concurrency(queue)));
+        let mut in_flight = JoinSet::new();
+        while !*shutdown.borrow() {
+            while in_flight.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            let mut wait = self.inner.config.poll_interval;
+            if free > 0 {
+                match db::tasks::claim(
+                    self.pool(),
+                    queue,
+                    free as i64,
+                    self.inner.config.lease_ms(),
+                    &self.inner.worker,
+                )
+                .await
+                {
+                    Ok(claimed) => {
+                        let full = claimed.len() == free;
+                        for task in claimed {
+                            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            in_flight.spawn(self.clone().execute(task, permit, shutdown.clone()));
+                        }
+                        if full {
+                            continue;
+                        }
+                        if let Ok(Some(due)) = db::tasks::next_due(self.pool(), queue).await {
+                            let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                            wait = wait.min(until);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = queue.as_str(), error = %e, "claiming ready tasks failed")
+                    }
+                }
+            }
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = self.inner.events.woken(queue) => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    async fn reaper(self, mut shutdown: watch::Receiver<bool>) {
+        let every = (self.inner.config.lease / 4).max(Duration::from_millis(100));
+        while !*shutdown.borrow() {
+            self.reap().await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn reap(&self) {
+        match db::tasks::reap_expired(self.pool()).await {
+            Ok(queues) => {
+                if !queues.is_empty() {
+                    tracing::warn!(count = queues.len(), "leases expired; tasks queued again");
+                }
+                for queue in queues {
+                    self.inner.events.wake(queue);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "returning expired leases failed"),
+        }
+    }
+
+    /// Runs one claimed task under its lease and records the outcome.
+    async fn execute(
+        self,
+        task: Task,
+        permit: OwnedSemaphorePermit,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(token) = task.lease_token else {
+            return;
+        };
+        let queue = task.queue;
+        let outcome = tokio::select! {
+            outcome = tasks::run(&self.inner.ctx, &task) => Some(outcome),
+            () = self.heartbeat(&task) => {
+                tracing::warn!(task_id = %task.id, "lease lost mid-run; abandoning the task");
+                None
+            }
+            () = grace_over(shutdown, self.inner.config.shutdown_grace) => {
+                match db::tasks::release(self.pool(), task.id, token).await {
+                    Ok(Some(queue)) => tracing::info!(task_id = %task.id, queue = queue.as_str(), "released at shutdown"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(task_id = %task.id, error = %e, "release failed; the lease will expire"),
+                }
+                None
+            }
+        };
+        if let Some(outcome) = outcome {
+            match record::record(
+                self.pool(),
+                &self.inner.ctx.catalog,
+                task.id,
+                token,
+                outcome,
+            )
+            .await
+            {
+                Ok(Recorded::Applied) => {}
+                Ok(Recorded::Fenced) => {
+                    tracing::warn!(task_id = %task.id, "late outcome refused: the lease passed to another runner");
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %task.id, error = format!("{e:#}"), "recording failed; the lease will expire")
+                }
+            }
+        }
+        drop(permit);
+        self.inner.events.wake(queue);
+    }
+
+    /// Renews the lease until it is lost; returns only then.
+    async fn heartbeat(&self, task: &Task) {
+        let Some(token) = task.lease_token else {
+            return;
+        };
+        let every = self.inner.config.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match db::tasks::heartbeat(self.pool(), task.id, token, self.inner.config.lease_ms())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(task_id = %task.id, error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Drives every queue until no task is ready or running, for tests and
+    /// one-shot use. Returns the number of tasks run; fails after `limit`.
+    pub async fn run_until_idle(&self, limit: Duration) -> anyhow::Result<usize> {
+        let started = tokio::time::Instant::now();
+        let (_keep, never) = watch::channel(false);
+        let mut ran = 0;
+        loop {
+            anyhow::ensure!(started.elapsed() < limit, "still busy after {limit:?}");
+            self.reap().await;
+            let mut batch = JoinSet::new();
+            for queue in Queue::ALL {
+                let n = self.inner.config.concurrency(queue).max(1);
+                let slots = Arc::new(Semaphore::new(n));
+                let claimed = db::tasks::claim(
+                    self.pool(),
+                    queue,
+                    n as i64,
+                    self.inner.config.lease_ms(),
+                    &self.inner.worker,
+                )
+                .await
+                .context("claiming ready tasks")?;
+                for task in claimed {
+                    let permit = slots.clone().try_acquire_owned().context("slot")?;
+                    batch.spawn(self.clone().execute(task, permit, never.clone()));
+                }
+            }
+            if !batch.is_empty() {
+                ran += batch.len();
+                while batch.join_next().await.is_some() {}
+                continue;
+            }
+            if db::tasks::count_live(self.pool()).await? == 0 {
+                return Ok(ran);
+            }
+            let mut next = None;
+            for queue in Queue::ALL {
+                if let Some(due) = db::tasks::next_due(self.pool(), queue).await? {
+                    next = Some(next.map_or(due, |n: chrono::DateTime<chrono::Utc>| n.min(due)));
+                }
+            }
+            let wait = next
+                .and_then(|due| (due - chrono::Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_millis(20))
+                .min(Duration::from_millis(200));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Resolves `grace` after shutdown begins; never if it does not.
+async fn grace_over(mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}

@@ -1,0 +1,162 @@
+//! The task types that call a backend: `backend_method`, `poll_runtime_state`
+//! and `poll_backend_check`. Polls never sleep in a worker: a poll that is not
+//! done returns [`Outcome::Poll`] and the row is rescheduled.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::{Outcome, TaskContext, backoff};
+use crate::backend::{BackendCall, BackendError, BackendReply, ResourceView};
+use crate::catalog::Step;
+use crate::db;
+use crate::db::tasks::Task;
+
+pub(super) async fn run(ctx: &TaskContext, task: &Task, step: &Step) -> Outcome {
+    let method = match step {
+        Step::BackendMethod { method, .. }
+        | Step::PollRuntimeState { method, .. }
+        | Step::PollBackendCheck { method, .. } => method,
+        Step::StateTransition { .. } | Step::Throttle { .. } => {
+            return Outcome::Fail("not a backend step".into());
+        }
+    };
+    let reply = match call(ctx, task, method).await {
+        Ok(reply) => reply,
+        Err(CallError::Backend(BackendError::Transient(error)))
+            if task.attempts < task.max_attempts =>
+        {
+            return Outcome::Retry {
+                error,
+                delay: backoff(ctx.retry_base, task.attempts),
+            };
+        }
+        Err(CallError::Backend(e)) => return Outcome::Fail(e.to_string()),
+        Err(CallError::Setup(e)) if task.attempts < task.max_attempts => {
+            return Outcome::Retry {
+                error: e,
+                delay: backoff(ctx.retry_base, task.attempts),
+            };
+        }
+        Err(CallError::Setup(e)) => return Outcome::Fail(e),
+    };
+    match step {
+        Step::PollRuntimeState {
+            success,
+            erred,
+            interval_ms,
+            timeout_s,
+            ..
+        } => {
+            let seen = reply.runtime_state.clone().unwrap_or_default();
+            if success.contains(&seen) {
+                Outcome::Done(reply)
+            } else if erred.contains(&seen) {
+                Outcome::Erred(reply, format!("the backend reports runtime state {seen}"))
+            } else {
+                not_yet(
+                    task,
+                    reply,
+                    *interval_ms,
+                    *timeout_s,
+                    format!(
+                        "waiting for runtime state {}; now {seen}",
+                        success.join(" or ")
+                    ),
+                )
+            }
+        }
+        Step::PollBackendCheck {
+            method,
+            interval_ms,
+            timeout_s,
+            ..
+        } => {
+            if reply.done == Some(true) {
+                Outcome::Done(reply)
+            } else {
+                not_yet(
+                    task,
+                    reply,
+                    *interval_ms,
+                    *timeout_s,
+                    format!("waiting for {method}"),
+                )
+            }
+        }
+        _ => Outcome::Done(reply),
+    }
+}
+
+fn not_yet(
+    task: &Task,
+    reply: BackendReply,
+    interval_ms: u64,
+    timeout_s: u64,
+    status: String,
+) -> Outcome {
+    let started = task.started_at.unwrap_or_else(Utc::now);
+    let waited = (Utc::now() - started).to_std().unwrap_or_default();
+    if waited >= Duration::from_secs(timeout_s) {
+        return Outcome::Fail(format!("timed out after {timeout_s}s {status}"));
+    }
+    Outcome::Poll {
+        reply,
+        delay: Duration::from_millis(interval_ms),
+        status,
+    }
+}
+
+enum CallError {
+    Backend(BackendError),
+    Setup(String),
+}
+
+async fn call(ctx: &TaskContext, task: &Task, method: &str) -> Result<BackendReply, CallError> {
+    let setup = |e: sqlx::Error| CallError::Setup(format!("loading the resource: {e}"));
+    let mut conn = ctx.pool.acquire().await.map_err(setup)?;
+    let operation = db::operations::get(&mut conn, task.operation_id)
+        .await
+        .map_err(setup)?
+        .ok_or_else(|| {
+            CallError::Backend(BackendError::Permanent("the operation is gone".into()))
+        })?;
+    let resource = db::resources::get(&mut conn, operation.resource_id)
+        .await
+        .map_err(setup)?
+        .ok_or_else(|| {
+            CallError::Backend(BackendError::Permanent("the resource is gone".into()))
+        })?;
+    drop(conn);
+    let kind = ctx.catalog.kind(&resource.kind).ok_or_else(|| {
+        CallError::Backend(BackendError::Permanent(format!(
+            "kind `{}` is not in the catalog",
+            resource.kind
+        )))
+    })?;
+    let backend = ctx.backends.get(&kind.backend).ok_or_else(|| {
+        CallError::Backend(BackendError::Permanent(format!(
+            "backend `{}` is not configured",
+            kind.backend
+        )))
+    })?;
+    let call = BackendCall {
+        idempotency_key: task.id,
+        resource: ResourceView {
+            id: resource.id,
+            kind: resource.kind,
+            name: resource.name,
+            backend_id: resource.backend_id,
+            runtime_state: resource.runtime_state,
+            attributes: resource.attributes,
+        },
+        params: operation.request,
+    };
+    match tokio::time::timeout(ctx.backend_timeout, backend.call(method, call)).await {
+        Ok(result) => result.map_err(CallError::Backend),
+        Err(_) => Err(CallError::Backend(BackendError::Transient(format!(
+            "{method} timed out after {:?}",
+            ctx.backend_timeout
+        )))),
+    }
+}

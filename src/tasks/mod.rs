@@ -1,0 +1,157 @@
+//! The built-in task types. Running a task does only what happens outside
+//! Postgres (backend calls) and returns an [`Outcome`]; everything it means
+//! for the database is applied by the runner in one transaction.
+
+mod backend_call;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::backend::{BackendReply, Backends};
+use crate::catalog::{Catalog, Step};
+use crate::db;
+use crate::db::tasks::Task;
+use crate::domain::Transition;
+
+/// What a task run produced, for the runner to record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Apply this transition (a compare-and-set) and count the step done.
+    Transition(Transition),
+    /// Take a slot of `scope` (at most `limit` held), or wait in line for one.
+    Throttle {
+        /// The scope, e.g. `instance.tenant:acme`.
+        scope: String,
+        /// Slots in the scope.
+        limit: i32,
+    },
+    /// The step is done; store what the backend reported.
+    Done(BackendReply),
+    /// Not done yet: store what the backend reported and run again after `delay`.
+    /// A poll does not use up an attempt.
+    Poll {
+        /// What the backend reported.
+        reply: BackendReply,
+        /// When to look again.
+        delay: Duration,
+        /// What it is waiting for, for people.
+        status: String,
+    },
+    /// A transient failure: run again after `delay`.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// Failed for good: the operation fails with this message.
+    Fail(String),
+    /// The backend reports an erred runtime state: store it, then fail like [`Outcome::Fail`].
+    Erred(BackendReply, String),
+}
+
+/// What running a task needs.
+#[derive(Clone)]
+pub struct TaskContext {
+    /// The database.
+    pub pool: PgPool,
+    /// The kinds.
+    pub catalog: Arc<Catalog>,
+    /// The backends, by name.
+    pub backends: Backends,
+    /// Longest a single backend call may take before it counts as a transient failure.
+    pub backend_timeout: Duration,
+    /// First retry delay; doubled on each attempt, with jitter.
+    pub retry_base: Duration,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("backends", &self.backends)
+            .field("backend_timeout", &self.backend_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs one claimed task.
+#[tracing::instrument(skip_all, fields(task_id = %task.id, operation_id = %task.operation_id, task_type = %task.task_type, attempt = task.attempts))]
+pub async fn run(ctx: &TaskContext, task: &Task) -> Outcome {
+    if task.attempts > task.max_attempts {
+        let last = task
+            .last_error
+            .as_deref()
+            .unwrap_or("its runner was lost each time");
+        return Outcome::Fail(format!(
+            "gave up after {} attempts: {last}",
+            task.max_attempts
+        ));
+    }
+    let step: Step = match serde_json::from_value(task.args.clone()) {
+        Ok(step) => step,
+        Err(e) => return Outcome::Fail(format!("unreadable step arguments: {e}")),
+    };
+    match step {
+        Step::StateTransition { transition } => Outcome::Transition(transition),
+        Step::Throttle { scope, limit, key } => throttle_scope(ctx, task, &scope, key.as_deref())
+            .await
+            .map_or_else(Outcome::Fail, |scope| Outcome::Throttle { scope, limit }),
+        step => backend_call::run(ctx, task, &step).await,
+    }
+}
+
+async fn throttle_scope(
+    ctx: &TaskContext,
+    task: &Task,
+    attribute: &str,
+    key: Option<&str>,
+) -> Result<String, String> {
+    let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
+    let operation = db::operations::get(&mut conn, task.operation_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the operation is gone")?;
+    let resource = db::resources::get(&mut conn, operation.resource_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the resource is gone")?;
+    let value = match resource.attributes.get(attribute) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let key = key.map_or_else(|| format!("{}.{attribute}", resource.kind), str::to_owned);
+    Ok(format!("{key}:{value}"))
+}
+
+/// Exponential backoff with ±25% jitter: `base · 2^(attempt-1)`, at most five minutes.
+pub fn backoff(base: Duration, attempt: i32) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    let raw = base
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(Duration::from_secs(300));
+    raw.mul_f64(rand::random_range(0.75..1.25))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            let expected = 100.0 * f64::from(1u32 << (attempt - 1));
+            let got = backoff(base, attempt).as_secs_f64() * 1000.0;
+            assert!(
+                got >= expected * 0.75 && got <= expected * 1.25,
+                "attempt {attempt}: {got}"
+            );
+        }
+        assert!(backoff(base, 40) <= Duration::from_secs(375));
+    }
+}

@@ -1,0 +1,512 @@
+//! The durable executor engine against real Postgres: executors, chains,
+//! failures, leases, races and the throttle.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Engine, fast_runner_config};
+use executord::backend::sim::SimConfig;
+use executord::db;
+use executord::domain::{OperationState, Queue, ResourceState, TaskState};
+use executord::executor::{Action, Create, Delete, Executor, ExecutorError, Update};
+use executord::runner::{Recorded, RunnerConfig};
+use executord::tasks::Outcome;
+use serde_json::json;
+use sqlx::PgPool;
+
+fn instance(tenant: &str) -> serde_json::Value {
+    json!({"tenant": tenant, "flavor": "small", "image": "debian-12"})
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_rolled_back_apply_leaves_no_operation_and_no_task(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let create = Create::parse(&engine.catalog, "instance", "web-1", instance("acme")).unwrap();
+    let mut tx = engine.pool.begin().await.unwrap();
+    create.apply(&mut tx).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    assert_eq!(engine.count("resources").await, 0);
+    assert_eq!(engine.count("operations").await, 0);
+    assert_eq!(engine.count("tasks").await, 0);
+    assert_eq!(engine.drain().await, 0);
+    assert_eq!(engine.sim.total_effects(), 0);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn create_runs_its_chain_to_ok_with_backend_id_and_runtime_state(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let applied = engine.create("instance", "web-1", instance("acme")).await;
+    assert_eq!(applied.resource.state, ResourceState::CreationScheduled);
+    assert_eq!(applied.operation.state, OperationState::Scheduled);
+    let tasks = engine.tasks(applied.operation.id).await;
+    let types: Vec<&str> = tasks.iter().map(|t| t.task_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "state_transition",
+            "throttle",
+            "backend_method",
+            "poll_runtime_state"
+        ]
+    );
+    assert_eq!(tasks[0].state, TaskState::Ready);
+    assert!(tasks[1..].iter().all(|t| t.state == TaskState::Waiting));
+
+    engine.drain().await;
+
+    let resource = engine.resource(applied.resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::Ok);
+    assert_eq!(resource.runtime_state.as_deref(), Some("ACTIVE"));
+    assert!(resource.backend_id.as_deref().unwrap().starts_with("sim-"));
+    assert_eq!(resource.current_operation_id, None);
+    let operation = engine.operation(applied.operation.id).await;
+    assert_eq!(operation.state, OperationState::Succeeded);
+    assert_eq!(operation.steps_done, 4);
+    assert!(operation.finished_at.is_some());
+    assert!(
+        engine
+            .tasks(operation.id)
+            .await
+            .iter()
+            .all(|t| t.state == TaskState::Succeeded)
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn update_action_and_delete_drive_the_resource_through_their_states(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let id = engine
+        .create("instance", "web-1", instance("acme"))
+        .await
+        .resource
+        .id;
+    engine.drain().await;
+
+    let update = Update::new(&engine.catalog, id, Some("web-2".into()), None, None);
+    let applied = engine.apply(update).await.unwrap();
+    assert_eq!(applied.resource.state, ResourceState::UpdateScheduled);
+    assert_eq!(applied.resource.name, "web-2");
+    engine.drain().await;
+    assert_eq!(engine.resource(id).await.unwrap().state, ResourceState::Ok);
+    assert_eq!(engine.sim.calls("update_instance"), 1);
+
+    let stop = Action::new(&engine.catalog, id, "stop".into(), json!({}), None);
+    let applied = engine.apply(stop).await.unwrap();
+    assert_eq!(applied.resource.action.as_deref(), Some("stop"));
+    engine.drain().await;
+    let resource = engine.resource(id).await.unwrap();
+    assert_eq!(
+        (resource.state, resource.runtime_state.as_deref()),
+        (ResourceState::Ok, Some("SHUTOFF"))
+    );
+    assert_eq!(resource.action, None);
+
+    let resize = Action::new(
+        &engine.catalog,
+        id,
+        "resize".into(),
+        json!({"flavor": "large"}),
+        None,
+    );
+    engine.apply(resize).await.unwrap();
+    engine.drain().await;
+    let resource = engine.resource(id).await.unwrap();
+    assert_eq!(resource.attributes["flavor"], "large");
+    assert_eq!(resource.runtime_state.as_deref(), Some("SHUTOFF"));
+
+    let delete = engine
+        .apply(Delete::new(&engine.catalog, id, None))
+        .await
+        .unwrap();
+    assert_eq!(delete.resource.state, ResourceState::DeletionScheduled);
+    engine.drain().await;
+    assert!(
+        engine.resource(id).await.is_none(),
+        "a deleted resource's row is gone"
+    );
+    let operation = engine.operation(delete.operation.id).await;
+    assert_eq!(
+        operation.state,
+        OperationState::Succeeded,
+        "the operation record stays"
+    );
+    assert_eq!(engine.sim.object_count(), 0);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_permanent_backend_failure_errs_the_resource_with_the_backends_message(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let mut attributes = instance("acme");
+    attributes["sim"] = json!({"fail_on": "create_instance", "message": "No valid host was found"});
+    let applied = engine.create("instance", "web-1", attributes).await;
+    engine.drain().await;
+
+    let resource = engine.resource(applied.resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::Erred);
+    assert_eq!(
+        resource.error_message.as_deref(),
+        Some("No valid host was found")
+    );
+    let operation = engine.operation(applied.operation.id).await;
+    assert_eq!(operation.state, OperationState::Failed);
+    assert_eq!(operation.error.as_deref(), Some("No valid host was found"));
+    let states: Vec<TaskState> = engine
+        .tasks(operation.id)
+        .await
+        .iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            TaskState::Succeeded,
+            TaskState::Succeeded,
+            TaskState::Failed,
+            TaskState::Cancelled
+        ]
+    );
+    assert_eq!(
+        engine.count("throttle_slots").await,
+        0,
+        "the slot is freed when the operation ends"
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_runtime_error_while_building_errs_the_resource(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let mut attributes = instance("acme");
+    attributes["sim"] = json!({"runtime_error": true});
+    let applied = engine.create("instance", "web-1", attributes).await;
+    engine.drain().await;
+    let resource = engine.resource(applied.resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::Erred);
+    assert_eq!(resource.runtime_state.as_deref(), Some("ERROR"));
+    assert!(resource.error_message.unwrap().contains("ERROR"));
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn transient_failures_are_retried_and_succeed(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let mut attributes = instance("acme");
+    attributes["sim"] = json!({"transient_failures": 2});
+    let applied = engine.create("instance", "web-1", attributes).await;
+    engine.drain().await;
+
+    assert_eq!(
+        engine.resource(applied.resource.id).await.unwrap().state,
+        ResourceState::Ok
+    );
+    let create_step = &engine.tasks(applied.operation.id).await[2];
+    assert_eq!(create_step.attempts, 3);
+    assert!(
+        create_step
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("transient")
+    );
+    assert_eq!(engine.sim.effects_applied(create_step.id), 1);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn transient_failures_past_max_attempts_fail_the_operation(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let mut attributes = instance("acme");
+    attributes["sim"] = json!({"transient_failures": 50});
+    let applied = engine.create("instance", "web-1", attributes).await;
+    engine.drain().await;
+    let resource = engine.resource(applied.resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::Erred);
+    assert!(
+        resource
+            .error_message
+            .unwrap()
+            .contains("transient failure")
+    );
+    assert_eq!(engine.tasks(applied.operation.id).await[2].attempts, 5);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_task_whose_worker_vanished_is_run_again_and_the_late_completion_is_refused(
+    pool: PgPool,
+) {
+    let engine = Engine::new(pool);
+    let applied = engine.create("instance", "web-1", instance("acme")).await;
+    // A runner claims the first step with a short lease, then vanishes.
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 1, 200, "vanished")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let lost = &claimed[0];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    engine.drain().await;
+
+    let resource = engine.resource(applied.resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::Ok);
+    let first = &engine.tasks(applied.operation.id).await[0];
+    assert_eq!(
+        first.attempts, 2,
+        "run once by the vanished runner, once more after its lease expired"
+    );
+    assert_ne!(first.worker.as_deref(), Some("vanished"));
+    let late = executord::runner::record::record(
+        &engine.pool,
+        &engine.catalog,
+        lost.id,
+        lost.lease_token.unwrap(),
+        Outcome::Fail("late".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(late, Recorded::Fenced);
+    assert_eq!(
+        engine.resource(applied.resource.id).await.unwrap().state,
+        ResourceState::Ok
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn two_concurrent_applies_on_one_resource_give_one_winner_and_one_conflict(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let id = engine
+        .create("instance", "web-1", instance("acme"))
+        .await
+        .resource
+        .id;
+    engine.drain().await;
+
+    let mut tx1 = engine.pool.begin().await.unwrap();
+    let mut tx2 = engine.pool.begin().await.unwrap();
+    let first = Action::new(&engine.catalog, id, "stop".into(), json!({}), None);
+    first.apply(&mut tx1).await.unwrap();
+    let second = Delete::new(&engine.catalog, id, None);
+    let (commit, loser) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx1.commit().await
+        },
+        second.apply(&mut tx2)
+    );
+    commit.unwrap();
+    match loser {
+        Err(ExecutorError::Conflict(message)) => {
+            assert!(
+                message.contains("Valid states for operation: ok, erred"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    tx2.rollback().await.unwrap();
+    assert_eq!(engine.count("operations").await, 2);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn twenty_creations_in_one_tenant_never_hold_more_than_four_slots(pool: PgPool) {
+    let sim = SimConfig {
+        latency: Duration::from_millis(5),
+        transition_delay: Duration::from_millis(100),
+        ..SimConfig::instant()
+    };
+    let engine = Engine::with(pool, sim, None, fast_runner_config());
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            engine
+                .create("instance", &format!("vm-{i}"), instance("acme"))
+                .await
+                .resource
+                .id,
+        );
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(engine.runner.clone().run(vec![Queue::Regular], stopped));
+
+    let mut max_slots = 0;
+    for _ in 0..400 {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM throttle_slots WHERE held")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+        max_slots = max_slots.max(held);
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM resources WHERE state = 'ok'")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+        if done == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+
+    for id in ids {
+        assert_eq!(engine.resource(id).await.unwrap().state, ResourceState::Ok);
+    }
+    assert!(max_slots <= 4, "{max_slots} slots held at once");
+    assert_eq!(
+        engine.sim.max_in_flight("acme"),
+        4,
+        "the limit is used in full, never exceeded"
+    );
+    assert_eq!(engine.count("throttle_slots").await, 0);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_waiting_throttle_shows_why_and_gets_the_freed_slot_in_order(pool: PgPool) {
+    let catalog = executord::catalog::DEFAULT_CATALOG.replace("limit = 4", "limit = 1");
+    let engine = Engine::with(
+        pool,
+        SimConfig::instant(),
+        Some(&catalog),
+        fast_runner_config(),
+    );
+    let first = engine.create("instance", "vm-1", instance("acme")).await;
+    let second = engine.create("instance", "vm-2", instance("acme")).await;
+    // Run both operations up to their throttles: the first takes the slot, the second waits.
+    for _ in 0..2 {
+        let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 10, 5000, "t")
+            .await
+            .unwrap();
+        for task in claimed {
+            let outcome = executord::tasks::run(&runner_ctx(&engine), &task).await;
+            executord::runner::record::record(
+                &engine.pool,
+                &engine.catalog,
+                task.id,
+                task.lease_token.unwrap(),
+                outcome,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let waiting = &engine.tasks(second.operation.id).await[1];
+    assert_eq!(waiting.state, TaskState::Waiting);
+    assert!(
+        waiting
+            .status
+            .as_deref()
+            .unwrap()
+            .starts_with("waiting for a throttle slot: 1/1 in use for instance.tenant:acme"),
+        "{:?}",
+        waiting.status
+    );
+    engine.drain().await;
+    let first_done = engine
+        .operation(first.operation.id)
+        .await
+        .finished_at
+        .unwrap();
+    let second_op = engine.operation(second.operation.id).await;
+    assert_eq!(second_op.state, OperationState::Succeeded);
+    assert!(second_op.finished_at.unwrap() >= first_done);
+}
+
+fn runner_ctx(engine: &Engine) -> executord::tasks::TaskContext {
+    executord::tasks::TaskContext {
+        pool: engine.pool.clone(),
+        catalog: engine.catalog.clone(),
+        backends: executord::backend::Backends::new().with("sim", engine.sim.clone()),
+        backend_timeout: Duration::from_secs(5),
+        retry_base: Duration::from_millis(10),
+    }
+}
+
+const SLOW_AND_FAST: &str = r#"
+[kinds.slow]
+backend = "sim"
+schema = { type = "object", properties = { tenant = { type = "string" } } }
+create = [
+  { type = "backend_method", method = "create_instance" },
+  { type = "poll_runtime_state", method = "pull_instance", success = ["ACTIVE"], interval_ms = 100 },
+]
+[kinds.fast]
+backend = "fast"
+schema = { type = "object", properties = { tenant = { type = "string" } } }
+create = [
+  { type = "backend_method", method = "create_volume" },
+  { type = "poll_runtime_state", method = "pull_volume", success = ["available"], interval_ms = 10 },
+]
+"#;
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn polls_never_hold_a_worker_while_they_wait(pool: PgPool) {
+    use executord::backend::Backends;
+    use executord::backend::sim::Sim;
+    use std::sync::Arc;
+
+    let slow = Arc::new(Sim::new(SimConfig {
+        transition_delay: Duration::from_secs(600),
+        ..SimConfig::instant()
+    }));
+    let fast = Arc::new(Sim::new(SimConfig::instant()));
+    let backends = Backends::new().with("sim", slow.clone()).with("fast", fast);
+    let catalog = Arc::new(executord::catalog::Catalog::parse(SLOW_AND_FAST, &backends).unwrap());
+    let ctx = executord::tasks::TaskContext {
+        pool: pool.clone(),
+        catalog: catalog.clone(),
+        backends,
+        backend_timeout: Duration::from_secs(5),
+        retry_base: Duration::from_millis(10),
+    };
+    let config = RunnerConfig {
+        regular: 1,
+        ..fast_runner_config()
+    };
+    let runner = executord::runner::Runner::new(ctx, config, executord::events::Events::new());
+    let apply = |kind: &'static str, name: String| {
+        let catalog = catalog.clone();
+        let pool = pool.clone();
+        async move {
+            let create = Create::parse(&catalog, kind, &name, json!({"tenant": "t"})).unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            let applied = create.apply(&mut tx).await.unwrap();
+            tx.commit().await.unwrap();
+            applied
+        }
+    };
+    for i in 0..100 {
+        apply("slow", format!("slow-{i}")).await;
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(runner.run(vec![Queue::Regular], stopped));
+    // Wait until every slow operation is polling.
+    for _ in 0..200 {
+        let polling: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE type = 'poll_runtime_state' AND attempts + 0 >= 0 AND status IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if polling == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let fast_op = apply("fast", "fast-1".into()).await;
+    loop {
+        let mut conn = pool.acquire().await.unwrap();
+        let op = db::operations::get(&mut conn, fast_op.operation.id)
+            .await
+            .unwrap()
+            .unwrap();
+        if op.state == OperationState::Succeeded {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the fast operation waited behind the polls"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert!(slow.calls("pull_instance") >= 100);
+}
