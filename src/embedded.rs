@@ -238,8 +238,7 @@ impl EmbeddedPostgres {
              install the PostgreSQL server (e.g. `apt-get install postgresql`), or set DATABASE_URL to an existing server"
         })?;
         if !out.status.success() {
-            let detail = output_text(&out);
-            if detail.is_empty() {
+            if out.stderr.trim_ascii().is_empty() {
                 bail!(
                     "running as root, the embedded PostgreSQL must run as the `postgres` user, but that user \
                      cannot reach the data directory {} (a parent directory is probably not searchable by others, \
@@ -250,9 +249,10 @@ impl EmbeddedPostgres {
             }
             bail!(
                 "running as root, the embedded PostgreSQL must run as the `postgres` user, but checking that it can \
-                 reach {} failed: {detail}; install the PostgreSQL server (e.g. `apt-get install postgresql`), pass \
+                 reach {} failed: {}; install the PostgreSQL server (e.g. `apt-get install postgresql`), pass \
                  a --data-dir elsewhere, or set DATABASE_URL to an existing server",
-                data_dir.display()
+                data_dir.display(),
+                output_text(&out)
             );
         }
         Ok(())

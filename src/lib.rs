@@ -12,8 +12,11 @@
 //! Dependencies point one way: `api → executor → db → domain`;
 //! `runner → tasks → backend`.
 
+pub mod api;
+pub mod app;
 pub mod backend;
 pub mod catalog;
+pub mod config;
 pub mod db;
 pub mod domain;
 pub mod embedded;

@@ -1,1 +1,31 @@
-fn main() {}
+//! The `executord` binary: parses the command line and hands over to the library.
+
+use std::io::Write;
+
+use clap::Parser;
+use executord::config::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Pretty => logs.init(),
+    }
+    match cli.command {
+        Command::Serve(args) => executord::app::serve(args).await,
+        Command::Worker(args) => executord::app::work(args).await,
+        Command::Migrate(args) => executord::app::migrate(args).await,
+        Command::Openapi => {
+            let document = executord::api::openapi().to_pretty_json()?;
+            writeln!(std::io::stdout().lock(), "{document}")?;
+            Ok(())
+        }
+    }
+}

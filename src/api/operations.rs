@@ -1,0 +1,274 @@
+//! `/api/v1/operations` and `/api/v1/tasks`: what an operation is doing, step by step.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem};
+use super::extract::{PathId, Query};
+use crate::app::AppState;
+use crate::db;
+use crate::db::operations::Operation;
+use crate::db::tasks::Task;
+use crate::domain::{OperationKind, OperationState, Queue, TaskState};
+
+/// The longest `wait` accepted, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// One step of an operation.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5c2-7f40-7d2b-8c3e-5a6b7c8d9e0f", "operation_id": "0193a5c2-7f3e-7c1a-9a4e-3f1d2b8c9e01",
+    "position": 1, "type": "throttle", "queue": "regular", "state": "waiting", "attempts": 0, "max_attempts": 5,
+    "run_at": "2026-11-27T10:00:00Z", "status": "waiting for a throttle slot: 4/4 in use for instance.tenant:acme (place 1 in line)",
+    "last_error": null, "result": null, "worker": "4242:1a2b3c4d", "started_at": "2026-11-27T10:00:00Z", "finished_at": null
+}))]
+pub struct TaskResponse {
+    /// Its id; also the idempotency key of its backend calls.
+    pub id: Uuid,
+    /// Its operation.
+    pub operation_id: Uuid,
+    /// Its place in the chain, from 0.
+    pub position: i32,
+    /// The task type: `state_transition`, `backend_method`, `poll_runtime_state`, `poll_backend_check` or `throttle`.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// The step's arguments, as the catalog wrote them.
+    pub args: Value,
+    /// The worker pool that runs it.
+    pub queue: Queue,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Times it was claimed (polls and waits give theirs back).
+    pub attempts: i32,
+    /// Claims allowed before it fails for good.
+    pub max_attempts: i32,
+    /// Not run before this time.
+    pub run_at: DateTime<Utc>,
+    /// What it is doing or waiting for, in words.
+    pub status: Option<String>,
+    /// The last error it met.
+    pub last_error: Option<String>,
+    /// What it produced (e.g. the backend id).
+    pub result: Option<Value>,
+    /// The runner that last claimed it.
+    pub worker: Option<String>,
+    /// When it first ran.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<Task> for TaskResponse {
+    fn from(t: Task) -> Self {
+        Self {
+            id: t.id,
+            operation_id: t.operation_id,
+            position: t.position,
+            task_type: t.task_type,
+            args: t.args,
+            queue: t.queue,
+            state: t.state,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            run_at: t.run_at,
+            status: t.status,
+            last_error: t.last_error,
+            result: t.result,
+            worker: t.worker,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+        }
+    }
+}
+
+/// One executor run on a resource, with its tasks in order.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5c2-7f3e-7c1a-9a4e-3f1d2b8c9e01", "resource_id": "0193a5c2-7f3d-7000-8000-000000000001",
+    "resource_kind": "instance", "kind": "action", "action": "stop", "state": "running", "request": {},
+    "error": null, "step_count": 3, "steps_done": 1, "tasks": [],
+    "created_at": "2026-11-27T10:00:00Z", "started_at": "2026-11-27T10:00:00Z", "finished_at": null
+}))]
+pub struct OperationResponse {
+    /// Its id.
+    pub id: Uuid,
+    /// The resource it acts on (kept after a delete).
+    pub resource_id: Uuid,
+    /// The resource's kind.
+    pub resource_kind: String,
+    /// Which executor: `create`, `update`, `delete` or `action`.
+    pub kind: OperationKind,
+    /// The action's name, for actions.
+    pub action: Option<String>,
+    /// Where it stands.
+    pub state: OperationState,
+    /// The validated input: an update's changes, an action's parameters.
+    pub request: Value,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Steps in its chain.
+    pub step_count: i32,
+    /// Steps done.
+    pub steps_done: i32,
+    /// Its steps, in order.
+    pub tasks: Vec<TaskResponse>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When its first step started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl OperationResponse {
+    /// An operation with its tasks.
+    pub fn new(o: Operation, tasks: Vec<Task>) -> Self {
+        Self {
+            id: o.id,
+            resource_id: o.resource_id,
+            resource_kind: o.resource_kind,
+            kind: o.kind,
+            action: o.action,
+            state: o.state,
+            request: o.request,
+            error: o.error,
+            step_count: o.step_count,
+            steps_done: o.steps_done,
+            tasks: tasks.into_iter().map(TaskResponse::from).collect(),
+            created_at: o.created_at,
+            started_at: o.started_at,
+            finished_at: o.finished_at,
+        }
+    }
+}
+
+/// A page of operations, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationList {
+    /// The operations, each with its tasks.
+    pub items: Vec<OperationResponse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Builds pages.
+#[derive(Debug)]
+pub struct Page;
+
+impl Page {
+    /// A page of operations with their tasks, loaded in one query.
+    pub async fn of_operations(
+        conn: &mut sqlx::PgConnection,
+        operations: Vec<Operation>,
+        limit: i64,
+    ) -> Result<OperationList, ApiError> {
+        let ids: Vec<Uuid> = operations.iter().map(|o| o.id).collect();
+        let mut tasks = db::tasks::list_for_operations(conn, &ids).await?;
+        let next_cursor = (ids.len() as i64 == limit)
+            .then(|| ids.last().copied())
+            .flatten();
+        let items = operations
+            .into_iter()
+            .map(|o| {
+                let (mine, rest): (Vec<Task>, Vec<Task>) =
+                    tasks.drain(..).partition(|t| t.operation_id == o.id);
+                tasks = rest;
+                OperationResponse::new(o, mine)
+            })
+            .collect();
+        Ok(OperationList { items, next_cursor })
+    }
+}
+
+/// Long-polling.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Seconds to wait for the operation to finish (0 to 60): the answer comes
+    /// as soon as it finishes, or after this long with its current state.
+    pub wait: Option<u64>,
+}
+
+/// Get an operation with its tasks; `?wait=N` long-polls until it finishes.
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
+    params(("id" = Uuid, Path, description = "The operation's id"), WaitQuery),
+    responses(
+        (status = 200, description = "The operation, with its tasks in order", body = OperationResponse),
+        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`wait` over 60", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_operation(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    Query(query): Query<WaitQuery>,
+) -> Result<axum::Json<OperationResponse>, ApiError> {
+    let wait = match query.wait.unwrap_or(0) {
+        n @ 0..=MAX_WAIT_SECS => Duration::from_secs(n),
+        n => {
+            return Err(ApiError::invalid_field(
+                "/wait",
+                format!("must be 0 to {MAX_WAIT_SECS} seconds, not {n}"),
+            ));
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading, so a finish between the read and the wait is not missed.
+    let mut finished = state.events.subscribe_finished();
+    loop {
+        let mut conn = state.pool.acquire().await?;
+        let operation = db::operations::get(&mut conn, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no operation with id {id}")))?;
+        if operation.state.is_finished() || tokio::time::Instant::now() >= deadline {
+            let tasks = db::tasks::list_for_operation(&mut conn, id).await?;
+            return Ok(axum::Json(OperationResponse::new(operation, tasks)));
+        }
+        drop(conn);
+        // Wake on its finish; re-read at least every second in case a notification was lost.
+        let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+        loop {
+            tokio::select! {
+                got = finished.recv() => match got {
+                    Ok(done) if done != id => continue,
+                    _ => break,
+                },
+                () = tokio::time::sleep_until(recheck) => break,
+            }
+        }
+    }
+}
+
+/// Get one task.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "operations",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskResponse),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_task(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<axum::Json<TaskResponse>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let task = db::tasks::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
+    Ok(axum::Json(task.into()))
+}
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_operation))
+        .routes(routes!(get_task))
+}

@@ -1,0 +1,447 @@
+//! `/api/v1/resources`: create, read, list, update, delete, and run actions.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem};
+use super::extract::{Json, PathId, Query};
+use super::idempotency::{self, Idempotency};
+use super::operations::{OperationList, OperationResponse, Page};
+use crate::app::AppState;
+use crate::db;
+use crate::db::resources::Resource;
+use crate::domain::ResourceState;
+use crate::executor::{Action, Create, Delete, Executor, Update};
+
+/// A resource.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5c2-7f3e-7c1a-9a4e-3f1d2b8c9e01", "kind": "instance", "name": "web-1",
+    "state": "ok", "runtime_state": "ACTIVE", "backend_id": "sim-6f1c0a3e9b2d4c8e",
+    "attributes": {"tenant": "acme", "flavor": "small", "image": "debian-12"},
+    "error_message": null, "action": null, "action_details": null, "current_operation_id": null,
+    "version": 5, "created_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:02Z"
+}))]
+pub struct ResourceResponse {
+    /// Its id.
+    pub id: Uuid,
+    /// Its kind (see `GET /api/v1/kinds`).
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Where it stands.
+    pub state: ResourceState,
+    /// The backend's last reported runtime state (e.g. `ACTIVE`, `SHUTOFF`).
+    pub runtime_state: Option<String>,
+    /// The backend's id for it.
+    pub backend_id: Option<String>,
+    /// Its attributes, as the kind's schema describes.
+    pub attributes: Value,
+    /// Why the last operation failed, while `erred`.
+    pub error_message: Option<String>,
+    /// The action in flight.
+    pub action: Option<String>,
+    /// The parameters of the action in flight.
+    pub action_details: Option<Value>,
+    /// The operation in flight.
+    pub current_operation_id: Option<Uuid>,
+    /// Bumped on every change; also the `ETag`, for `If-Match`.
+    pub version: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Resource> for ResourceResponse {
+    fn from(r: Resource) -> Self {
+        Self {
+            id: r.id,
+            kind: r.kind,
+            name: r.name,
+            state: r.state,
+            runtime_state: r.runtime_state,
+            backend_id: r.backend_id,
+            attributes: r.attributes,
+            error_message: r.error_message,
+            action: r.action,
+            action_details: r.action_details,
+            current_operation_id: r.current_operation_id,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// A page of resources, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceList {
+    /// The resources.
+    pub items: Vec<ResourceResponse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// What to create.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "instance", "name": "web-1", "attributes": {"tenant": "acme", "flavor": "small", "image": "debian-12"}}))]
+pub struct CreateResourceRequest {
+    /// The kind (see `GET /api/v1/kinds`).
+    pub kind: String,
+    /// A name: 1 to 255 characters.
+    pub name: String,
+    /// Attributes, valid against the kind's schema.
+    #[serde(default = "empty_object")]
+    pub attributes: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// What to change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "web-2"}))]
+pub struct UpdateResourceRequest {
+    /// A new name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Attributes to change; only those the kind lists as updatable.
+    #[serde(default)]
+    pub attributes: Option<Map<String, Value>>,
+}
+
+/// Filters and paging for the resource list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListResourcesQuery {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this state.
+    pub state: Option<ResourceState>,
+    /// Only this exact name.
+    pub name: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+/// Paging for the operation list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+/// Checks a `limit` query parameter.
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n @ 1..=500) => Ok(n),
+        Some(n) => Err(ApiError::invalid_field(
+            "/limit",
+            format!("must be 1 to 500, not {n}"),
+        )),
+    }
+}
+
+/// Parses `If-Match`: a version in quotes (the `ETag`), or `*` for any.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = raw.to_str().unwrap_or_default().trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::PreconditionFailed(format!(
+                "If-Match `{raw}` names no version of this resource"
+            ))
+        })
+}
+
+/// Create a resource; its create operation starts at once.
+#[utoipa::path(post, path = "/api/v1/resources", tag = "resources",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key: a repeat with the same body returns the first response")),
+    request_body = CreateResourceRequest,
+    responses(
+        (status = 201, description = "Created; its create operation is `current_operation_id`", body = ResourceResponse,
+            headers(("Location" = String, description = "The resource's URL"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind, invalid name or attributes", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create_resource(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<CreateResourceRequest>,
+) -> Result<Response, ApiError> {
+    let key = Idempotency::from_request(&headers, "POST", "/api/v1/resources", &json!(request))?;
+    let create = Create::parse(
+        &state.catalog,
+        &request.kind,
+        &request.name,
+        request.attributes,
+    )?;
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
+        return Ok(replay);
+    }
+    let applied = create.apply(&mut tx).await?;
+    let location = format!("/api/v1/resources/{}", applied.resource.id);
+    let body = ResourceResponse::from(applied.resource);
+    idempotency::commit(tx, key.as_ref(), StatusCode::CREATED, &body, &location).await
+}
+
+async fn claim(
+    conn: &mut sqlx::PgConnection,
+    key: Option<&Idempotency>,
+) -> Result<Option<Response>, ApiError> {
+    match key {
+        Some(key) => key.claim(conn).await,
+        None => Ok(None),
+    }
+}
+
+/// List resources, newest first.
+#[utoipa::path(get, path = "/api/v1/resources", tag = "resources", params(ListResourcesQuery),
+    responses(
+        (status = 200, description = "A page of resources", body = ResourceList),
+        (status = 400, description = "Bad query string", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_resources(
+    State(state): State<AppState>,
+    Query(query): Query<ListResourcesQuery>,
+) -> Result<axum::Json<ResourceList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let filter = db::resources::ListFilter {
+        kind: query.kind.as_deref(),
+        state: query.state,
+        name: query.name.as_deref(),
+        before: query.cursor,
+    };
+    let mut conn = state.pool.acquire().await?;
+    let rows = db::resources::list(&mut conn, &filter, limit).await?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(axum::Json(ResourceList {
+        items: rows.into_iter().map(ResourceResponse::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Get a resource.
+#[utoipa::path(get, path = "/api/v1/resources/{id}", tag = "resources",
+    params(("id" = Uuid, Path, description = "The resource's id")),
+    responses(
+        (status = 200, description = "The resource", body = ResourceResponse,
+            headers(("ETag" = String, description = "The resource's version, for If-Match"))),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_resource(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let resource = db::resources::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no resource with id {id}")))?;
+    let etag = HeaderValue::from_str(&format!("\"{}\"", resource.version)).ok();
+    let mut response = axum::Json(ResourceResponse::from(resource)).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// Update a resource's name or updatable attributes; runs the update executor.
+#[utoipa::path(patch, path = "/api/v1/resources/{id}", tag = "resources",
+    params(("id" = Uuid, Path, description = "The resource's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the resource is at this version (its ETag)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
+    request_body = UpdateResourceRequest,
+    responses(
+        (status = 202, description = "Accepted: the update operation", body = OperationResponse,
+            headers(("Location" = String, description = "The operation's URL"))),
+        (status = 400, description = "Malformed JSON or bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Wrong state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or non-updatable fields", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn update_resource(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    Json(request): Json<UpdateResourceRequest>,
+) -> Result<Response, ApiError> {
+    let path = format!("/api/v1/resources/{id}");
+    let key = Idempotency::from_request(&headers, "PATCH", &path, &json!(request))?;
+    let update = Update::new(
+        &state.catalog,
+        id,
+        request.name,
+        request.attributes,
+        if_match(&headers)?,
+    );
+    run(&state, key, update).await
+}
+
+/// Delete a resource; runs the delete executor.
+#[utoipa::path(delete, path = "/api/v1/resources/{id}", tag = "resources",
+    params(("id" = Uuid, Path, description = "The resource's id"),
+        ("If-Match" = Option<String>, Header, description = "Only if the resource is at this version (its ETag)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
+    responses(
+        (status = 202, description = "Accepted: the delete operation", body = OperationResponse,
+            headers(("Location" = String, description = "The operation's URL"))),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Wrong state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_resource(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = format!("/api/v1/resources/{id}");
+    let key = Idempotency::from_request(&headers, "DELETE", &path, &Value::Null)?;
+    run(
+        &state,
+        key,
+        Delete::new(&state.catalog, id, if_match(&headers)?),
+    )
+    .await
+}
+
+/// Run a named action of the resource's kind (see `GET /api/v1/kinds`).
+#[utoipa::path(post, path = "/api/v1/resources/{id}/actions/{action}", tag = "resources",
+    params(("id" = Uuid, Path, description = "The resource's id"),
+        ("action" = String, Path, description = "The action's name, e.g. `stop`"),
+        ("If-Match" = Option<String>, Header, description = "Only if the resource is at this version (its ETag)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
+    request_body(content = Object, description = "The action's parameters (its `params` schema); `{}` when it has none",
+        example = json!({"flavor": "large"})),
+    responses(
+        (status = 202, description = "Accepted: the action's operation", body = OperationResponse,
+            headers(("Location" = String, description = "The operation's URL"))),
+        (status = 400, description = "Malformed JSON or bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource or action", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Wrong state or runtime state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn run_action(
+    State(state): State<AppState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("bad id in the path: `{id}` is not a UUID")))?;
+    let params = action_params(body)?;
+    let path = format!("/api/v1/resources/{id}/actions/{action}");
+    let key = Idempotency::from_request(&headers, "POST", &path, &params)?;
+    run(
+        &state,
+        key,
+        Action::new(&state.catalog, id, action, params, if_match(&headers)?),
+    )
+    .await
+}
+
+/// An action's body: a JSON object, or nothing for `{}`.
+fn action_params(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("the request body is over the 1 MiB limit".into())
+        }
+        _ => ApiError::BadRequest(e.body_text()),
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(empty_object());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+/// Applies an update, delete or action executor and answers 202 with its operation.
+async fn run<E: Executor + Sync + Send>(
+    state: &AppState,
+    key: Option<Idempotency>,
+    executor: E,
+) -> Result<Response, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
+        return Ok(replay);
+    }
+    let applied = executor.apply(&mut tx).await?;
+    let tasks = db::tasks::list_for_operation(&mut tx, applied.operation.id).await?;
+    let location = format!("/api/v1/operations/{}", applied.operation.id);
+    let body = OperationResponse::new(applied.operation, tasks);
+    idempotency::commit(tx, key.as_ref(), StatusCode::ACCEPTED, &body, &location).await
+}
+
+/// A resource's operations, newest first (also after the resource is deleted).
+#[utoipa::path(get, path = "/api/v1/resources/{id}/operations", tag = "resources",
+    params(("id" = Uuid, Path, description = "The resource's id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of operations, each with its tasks", body = OperationList),
+        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource, now or before", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_resource_operations(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<OperationList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let mut conn = state.pool.acquire().await?;
+    let operations = db::operations::list_for_resource(&mut conn, id, query.cursor, limit).await?;
+    if operations.is_empty()
+        && query.cursor.is_none()
+        && db::resources::get(&mut conn, id).await?.is_none()
+    {
+        return Err(ApiError::NotFound(format!("no resource with id {id}")));
+    }
+    Ok(axum::Json(
+        Page::of_operations(&mut conn, operations, limit).await?,
+    ))
+}
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_resource, list_resources))
+        .routes(routes!(get_resource, update_resource, delete_resource))
+        .routes(routes!(run_action))
+        .routes(routes!(list_resource_operations))
+}

@@ -1,0 +1,222 @@
+//! Process assembly: the database (given or embedded), the catalog, the
+//! runner, the router, and a graceful start and stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::Response;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api;
+use crate::api::error::problem;
+use crate::backend::Backends;
+use crate::backend::sim::Sim;
+use crate::catalog::Catalog;
+use crate::config::{CatalogArgs, DatabaseArgs, RunnerArgs, ServeArgs, WorkerArgs};
+use crate::db;
+use crate::embedded::EmbeddedPostgres;
+use crate::events::Events;
+use crate::runner::Runner;
+use crate::tasks::TaskContext;
+
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The database.
+    pub pool: PgPool,
+    /// The kinds.
+    pub catalog: Arc<Catalog>,
+    /// Wake-ups (finished operations, for `?wait`).
+    pub events: Events,
+}
+
+/// The whole HTTP application: API, OpenAPI document, docs, and layers.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = api::routes();
+    let request_id = HeaderName::from_static("x-request-id");
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, Some("no such route".into()), Vec::new()) })
+        .method_not_allowed_fallback(|| async {
+            problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Some("this route does not take that method".into()),
+                Vec::new(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "response");
+                }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// A started process: its database, catalog, backends and wake-ups.
+struct Node {
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    backends: Backends,
+    events: Events,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Node {
+    async fn start(database: &DatabaseArgs, catalog: &CatalogArgs) -> anyhow::Result<Self> {
+        let backends = Backends::new().with("sim", Arc::new(Sim::new(catalog.sim_config())));
+        let parsed = match &catalog.catalog {
+            Some(path) => Catalog::load(path, &backends)?,
+            None => Catalog::default_catalog(&backends)?,
+        };
+        let (pool, embedded) = open_database(database).await?;
+        db::migrate(&pool).await?;
+        let events = Events::new();
+        tokio::spawn(events.clone().listen(pool.clone()));
+        Ok(Self {
+            pool,
+            catalog: Arc::new(parsed),
+            backends,
+            events,
+            embedded,
+        })
+    }
+
+    fn runner(&self, args: &RunnerArgs) -> Runner {
+        let ctx = TaskContext {
+            pool: self.pool.clone(),
+            catalog: self.catalog.clone(),
+            backends: self.backends.clone(),
+            backend_timeout: Duration::from_secs(args.backend_timeout_secs.max(1)),
+            retry_base: Duration::from_millis(args.retry_base_ms.max(1)),
+        };
+        Runner::new(ctx, args.runner_config(), self.events.clone())
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        if let Some(embedded) = self.embedded {
+            embedded.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects to `DATABASE_URL`, or starts the embedded cluster.
+pub async fn open_database(
+    args: &DatabaseArgs,
+) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
+    match &args.database_url {
+        Some(url) => Ok((db::connect(url, args.db_connections).await?, None)),
+        None => {
+            let embedded = EmbeddedPostgres::start(&args.data_dir).await?;
+            match db::connect(&embedded.database_url(), args.db_connections).await {
+                Ok(pool) => Ok((pool, Some(embedded))),
+                Err(e) => {
+                    embedded.stop().await.ok();
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// `executord serve`: the API, and the runner unless disabled, until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let node = Node::start(&args.database, &args.catalog).await?;
+    let (stop, stopping) = watch::channel(false);
+    let runner = (!args.no_runner).then(|| {
+        let runner = node.runner(&args.runner);
+        tokio::spawn(runner.run(args.runner.queues.clone(), stopping.clone()))
+    });
+    let app = router(AppState {
+        pool: node.pool.clone(),
+        catalog: node.catalog.clone(),
+        events: node.events.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(address = %args.listen, runner = !args.no_runner, "executord serving; docs at /docs");
+    let mut until_stop = stopping.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = until_stop.wait_for(|s| *s).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop.send(true).ok();
+    if let Some(runner) = runner {
+        runner.await.ok();
+    }
+    match tokio::time::timeout(Duration::from_secs(70), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("requests still open after 70 s; closing"),
+    }
+    node.stop().await
+}
+
+/// `executord worker`: the runner only, until SIGINT or SIGTERM.
+pub async fn work(args: WorkerArgs) -> anyhow::Result<()> {
+    let node = Node::start(&args.database, &args.catalog).await?;
+    let (stop, stopping) = watch::channel(false);
+    let runner = node.runner(&args.runner);
+    tracing::info!(worker = runner.worker(), queues = ?args.runner.queues, "executord worker running");
+    let running = tokio::spawn(runner.run(args.runner.queues.clone(), stopping));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop.send(true).ok();
+    running.await.ok();
+    node.stop().await
+}
+
+/// `executord migrate`.
+pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
+    let (pool, embedded) = open_database(&args).await?;
+    let result = db::migrate(&pool).await;
+    pool.close().await;
+    if let Some(embedded) = embedded {
+        embedded.stop().await?;
+    }
+    result?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,169 @@
+//! Settings from flags and environment variables (every flag has both).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::sim::SimConfig;
+use crate::domain::Queue;
+use crate::runner::RunnerConfig;
+
+/// Durable executors over a REST API.
+#[derive(Debug, Parser)]
+#[command(name = "executord", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, env = "EXECUTORD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API, and run tasks unless `--no-runner`.
+    Serve(ServeArgs),
+    /// Run tasks only (scale out by starting more of these).
+    Worker(WorkerArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Print the OpenAPI document and exit.
+    Openapi,
+}
+
+/// `executord serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EXECUTORD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Serve the API only; leave tasks to `executord worker` processes.
+    #[arg(long, env = "EXECUTORD_NO_RUNNER")]
+    pub no_runner: bool,
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Runner settings.
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+    /// Catalog and backend settings.
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+}
+
+/// `executord worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Runner settings.
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+    /// Catalog and backend settings.
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL. Without it, an embedded cluster is started under `--data-dir`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of the embedded cluster.
+    #[arg(long, env = "EXECUTORD_DATA_DIR", default_value = ".executord")]
+    pub data_dir: PathBuf,
+    /// Most database connections this process opens.
+    #[arg(long, env = "EXECUTORD_DB_CONNECTIONS", default_value_t = 20)]
+    pub db_connections: u32,
+}
+
+/// How the runner behaves.
+#[derive(Debug, Clone, Args)]
+pub struct RunnerArgs {
+    /// Queues this process runs (comma-separated).
+    #[arg(long, env = "EXECUTORD_QUEUES", value_delimiter = ',', default_value = "regular,heavy,background", value_parser = parse_queue)]
+    pub queues: Vec<Queue>,
+    /// Concurrent tasks of the regular queue.
+    #[arg(long, env = "EXECUTORD_REGULAR_CONCURRENCY", default_value_t = 32)]
+    pub regular_concurrency: usize,
+    /// Concurrent tasks of the heavy queue.
+    #[arg(long, env = "EXECUTORD_HEAVY_CONCURRENCY", default_value_t = 4)]
+    pub heavy_concurrency: usize,
+    /// Concurrent tasks of the background queue.
+    #[arg(long, env = "EXECUTORD_BACKGROUND_CONCURRENCY", default_value_t = 2)]
+    pub background_concurrency: usize,
+    /// Seconds a claim lasts without a heartbeat.
+    #[arg(long, env = "EXECUTORD_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+    /// Longest wait, in milliseconds, between looks at the queue when no notification arrives.
+    #[arg(long, env = "EXECUTORD_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// Seconds a backend call may take before it counts as a transient failure.
+    #[arg(long, env = "EXECUTORD_BACKEND_TIMEOUT_SECS", default_value_t = 60)]
+    pub backend_timeout_secs: u64,
+    /// First retry delay in milliseconds, doubled per attempt, with jitter.
+    #[arg(long, env = "EXECUTORD_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// Seconds in-flight tasks may run on at shutdown before they are released.
+    #[arg(long, env = "EXECUTORD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+fn parse_queue(s: &str) -> Result<Queue, String> {
+    Queue::parse(s.trim())
+        .ok_or_else(|| format!("unknown queue `{s}` (queues: regular, heavy, background)"))
+}
+
+impl RunnerArgs {
+    /// The runner's configuration.
+    pub fn runner_config(&self) -> RunnerConfig {
+        RunnerConfig {
+            regular: self.regular_concurrency,
+            heavy: self.heavy_concurrency,
+            background: self.background_concurrency,
+            lease: Duration::from_secs(self.lease_secs.max(1)),
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}
+
+/// The catalog and the built-in backend.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogArgs {
+    /// A catalog file (TOML); without it, the built-in catalog.
+    #[arg(long, env = "EXECUTORD_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Simulated backend: latency added to every call, in milliseconds.
+    #[arg(long, env = "EXECUTORD_SIM_LATENCY_MS", default_value_t = 0)]
+    pub sim_latency_ms: u64,
+    /// Simulated backend: how long objects take to change runtime state, in milliseconds.
+    #[arg(long, env = "EXECUTORD_SIM_TRANSITION_MS", default_value_t = 1000)]
+    pub sim_transition_ms: u64,
+}
+
+impl CatalogArgs {
+    /// The simulated backend's configuration.
+    pub fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            latency: Duration::from_millis(self.sim_latency_ms),
+            transition_delay: Duration::from_millis(self.sim_transition_ms),
+            ..SimConfig::default()
+        }
+    }
+}
