@@ -133,16 +133,10 @@ impl EmbeddedPostgres {
         }
         pg.prepare_dirs(is_fallback).await?;
 
-        let initialised = if pg.cluster_dir.join("PG_VERSION").exists() {
-            false
-        } else {
+        if !pg.cluster_dir.join("PG_VERSION").exists() {
             pg.initdb().await?;
-            true
-        };
-        pg.write_config().await?;
-        if pg.as_postgres {
-            chown_to_postgres(&pg.cluster_dir).await?;
         }
+        pg.write_config().await?;
 
         if pg.is_running().await? {
             pg.wait_ready().await?;
@@ -166,8 +160,6 @@ impl EmbeddedPostgres {
                 database = DB_NAME,
                 "created the database in the embedded PostgreSQL"
             );
-        } else if initialised {
-            tracing::debug!(database = DB_NAME, "the database already existed");
         }
         Ok(pg)
     }
@@ -241,7 +233,7 @@ impl EmbeddedPostgres {
             if out.stderr.trim_ascii().is_empty() {
                 bail!(
                     "running as root, the embedded PostgreSQL must run as the `postgres` user, but that user \
-                     cannot reach the data directory {} (a parent directory is probably not searchable by others, \
+                     cannot reach the data directory {} (it or a parent directory is not searchable by others, \
                      e.g. mode 700); pass a --data-dir elsewhere (e.g. under /var/lib or /srv), or set DATABASE_URL \
                      to an existing server",
                     data_dir.display()
@@ -296,10 +288,11 @@ impl EmbeddedPostgres {
             .with_context(|| format!("creating {}", self.log_file.display()))?;
 
         if self.as_postgres {
-            chown_to_postgres(&self.cluster_dir).await?;
-            chown_to_postgres(&self.log_file).await?;
+            // Recursive: a cluster copied in by another user still works.
+            chown_to_postgres(&self.cluster_dir, true).await?;
+            chown_to_postgres(&self.log_file, false).await?;
             if fallback_socket_dir {
-                chown_to_postgres(&self.socket_dir).await?;
+                chown_to_postgres(&self.socket_dir, true).await?;
             }
         }
         Ok(())
@@ -365,6 +358,9 @@ impl EmbeddedPostgres {
             tokio::fs::write(&main_conf, text)
                 .await
                 .with_context(|| format!("writing {}", main_conf.display()))?;
+        }
+        if self.as_postgres {
+            chown_to_postgres(&conf_path, false).await?;
         }
         Ok(())
     }
@@ -577,10 +573,13 @@ fn output_text(out: &Output) -> String {
     }
 }
 
-/// `chown -R postgres: path`.
-async fn chown_to_postgres(path: &Path) -> Result<()> {
+/// `chown [-R] postgres: path` (the user's own group).
+async fn chown_to_postgres(path: &Path, recursive: bool) -> Result<()> {
     let mut cmd = Command::new("chown");
-    cmd.arg("-R").arg(format!("{PG_SYSTEM_USER}:")).arg(path);
+    if recursive {
+        cmd.arg("-R");
+    }
+    cmd.arg(format!("{PG_SYSTEM_USER}:")).arg(path);
     let out = run(&mut cmd, "chown").await?;
     if !out.status.success() {
         bail!(

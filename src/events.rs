@@ -69,6 +69,7 @@ impl Events {
         loop {
             match self.listen_once(&pool).await {
                 Ok(()) => return,
+                Err(_) if pool.is_closed() => return,
                 Err(e) => tracing::warn!(error = %e, "LISTEN connection lost; reconnecting"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

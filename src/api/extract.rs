@@ -20,30 +20,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
             .await
-            .map_err(json_rejection)?;
+            .map_err(|e| json_rejection(&e))?;
         serde_path_to_error::deserialize(value)
             .map(Json)
             .map_err(|e| {
-                let pointer = pointer(&e.path().to_string());
+                let pointer = pointer(e.path());
                 ApiError::invalid_field(&pointer, e.inner().to_string())
             })
     }
 }
 
-fn pointer(path: &str) -> String {
-    if path == "." {
-        return String::new();
-    }
-    path.split('.')
-        .map(|part| part.trim_start_matches('[').trim_end_matches(']'))
-        .fold(String::new(), |mut acc, part| {
-            acc.push('/');
-            acc.push_str(&part.replace('~', "~0").replace('/', "~1"));
-            acc
-        })
+fn pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter().fold(String::new(), |mut acc, segment| {
+        let part = match segment {
+            Segment::Seq { index } => index.to_string(),
+            Segment::Map { key } => key.replace('~', "~0").replace('/', "~1"),
+            Segment::Enum { variant } => variant.clone(),
+            Segment::Unknown => return acc,
+        };
+        acc.push('/');
+        acc.push_str(&part);
+        acc
+    })
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
+fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge("the request body is over the 1 MiB limit".into())
@@ -92,12 +94,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 #[cfg(test)]
 mod tests {
     use super::pointer;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[expect(dead_code, reason = "only deserialised")]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[expect(dead_code, reason = "only deserialised")]
+    struct Inner {
+        name: String,
+    }
 
     #[test]
     fn serde_paths_become_json_pointers() {
-        assert_eq!(pointer("."), "");
-        assert_eq!(pointer("attributes"), "/attributes");
-        assert_eq!(pointer("items[2].name"), "/items/2/name");
-        assert_eq!(pointer("a/b"), "/a~1b");
+        let value = serde_json::json!({"items": [{"name": "a"}, {"name": "b"}, {"name": 3}]});
+        let error = serde_path_to_error::deserialize::<_, Outer>(value).unwrap_err();
+        assert_eq!(pointer(error.path()), "/items/2/name");
+        let value = serde_json::json!({"items": 1});
+        let error = serde_path_to_error::deserialize::<_, Outer>(value).unwrap_err();
+        assert_eq!(pointer(error.path()), "/items");
     }
 }

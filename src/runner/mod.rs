@@ -159,7 +159,7 @@ impl Runner {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(queue = queue.as_str(), error = %e, "claiming ready tasks failed")
+                        tracing::warn!(queue = queue.as_str(), error = %e, "claiming ready tasks failed");
                     }
                 }
             }
@@ -241,7 +241,7 @@ impl Runner {
                     tracing::warn!(task_id = %task.id, "late outcome refused: the lease passed to another runner");
                 }
                 Err(e) => {
-                    tracing::warn!(task_id = %task.id, error = format!("{e:#}"), "recording failed; the lease will expire")
+                    tracing::warn!(task_id = %task.id, error = format!("{e:#}"), "recording failed; the lease will expire");
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Shared fixtures: an engine over a real Postgres database (one per test,
 //! from `#[sqlx::test]`), the simulated backend, and a runner to drive it.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,5 +111,112 @@ impl Engine {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+}
+
+/// The real router over an engine, called with `oneshot`.
+pub struct TestApp {
+    pub engine: Engine,
+    pub router: axum::Router,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl TestApp {
+    pub fn new(pool: PgPool) -> Self {
+        Self::over(Engine::new(pool))
+    }
+
+    pub fn over(engine: Engine) -> Self {
+        let router = executord::app::router(executord::app::AppState {
+            pool: engine.pool.clone(),
+            catalog: engine.catalog.clone(),
+            events: engine.events.clone(),
+        });
+        Self { engine, router }
+    }
+
+    pub async fn send(&self, request: axum::http::Request<axum::body::Body>) -> Reply {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut builder = axum::http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let body = match body {
+            Some(json) => {
+                builder = builder.header("content-type", "application/json");
+                axum::body::Body::from(json.to_string())
+            }
+            None => axum::body::Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None, &[]).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(&body), &[]).await
+    }
+
+    pub async fn patch_json(&self, path: &str, body: Value) -> Reply {
+        self.call("PATCH", path, Some(&body), &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", path, None, &[]).await
+    }
+
+    pub async fn run_until_idle(&self) -> usize {
+        self.engine.drain().await
+    }
+
+    /// Creates an instance through the API and drives it to `ok`; returns its id.
+    pub async fn ok_instance(&self, name: &str) -> String {
+        let created = self
+            .post_json(
+                "/api/v1/resources",
+                serde_json::json!({"kind": "instance", "name": name, "attributes": {"tenant": "acme", "flavor": "small"}}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        self.run_until_idle().await;
+        created.body["id"].as_str().unwrap().to_owned()
     }
 }
