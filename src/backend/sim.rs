@@ -674,7 +674,6 @@ impl Backend for Sim {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::super::ResourceView;
     use super::*;
