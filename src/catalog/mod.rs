@@ -435,3 +435,123 @@ fn check_interval(place: &str, interval_ms: u64) -> Result<(), CatalogError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Catalog, DEFAULT_CATALOG};
+    use crate::backend::Backends;
+    use crate::backend::sim::{Sim, SimConfig};
+
+    fn backends() -> Backends {
+        Backends::new().with("sim", Arc::new(Sim::new(SimConfig::instant())))
+    }
+
+    fn refusal(text: &str) -> String {
+        Catalog::parse(text, &backends()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_default_catalog_has_instances_and_volumes() {
+        let catalog = Catalog::default_catalog(&backends()).unwrap();
+        let instance = catalog.kind("instance").unwrap();
+        assert_eq!(
+            instance
+                .actions
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["resize", "restart", "start", "stop"]
+        );
+        assert_eq!(instance.updatable, ["name"]);
+        assert_eq!(
+            catalog.kind("volume").unwrap().actions["extend"].increase_only,
+            ["size_gb"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_task_type_is_refused_with_its_line() {
+        let text = DEFAULT_CATALOG.replace(r#"{ type = "throttle","#, r#"{ type = "frobnicate","#);
+        let message = refusal(&text);
+        assert!(
+            message.contains("frobnicate") && message.contains("line"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_backend_method_is_refused_naming_the_step() {
+        let text = DEFAULT_CATALOG.replace("\"create_instance\"", "\"create_instanse\"");
+        assert_eq!(
+            refusal(&text),
+            "catalog kinds.instance.create[1]: backend `sim` has no method `create_instanse`"
+        );
+    }
+
+    #[test]
+    fn a_method_of_the_wrong_role_is_refused() {
+        let text = DEFAULT_CATALOG.replace(
+            r#"{ type = "backend_method", method = "stop_instance" }"#,
+            r#"{ type = "backend_method", method = "pull_instance" }"#,
+        );
+        assert!(refusal(&text).starts_with(
+            "catalog kinds.instance.actions.stop.chain[0]: `pull_instance` is a Pull method"
+        ));
+    }
+
+    #[test]
+    fn an_unknown_runtime_state_is_refused_naming_the_action() {
+        let text = DEFAULT_CATALOG.replace(
+            r#"runtime_state_on_success = "SHUTOFF""#,
+            r#"runtime_state_on_success = "OFF""#,
+        );
+        let message = refusal(&text);
+        assert!(
+            message.starts_with("catalog kinds.instance.actions."),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("backend `sim` has no runtime state `OFF`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_resource_state_is_refused() {
+        let text = DEFAULT_CATALOG.replace(
+            "[kinds.instance.actions.stop]\n",
+            "[kinds.instance.actions.stop]\nstates = [\"okay\"]\n",
+        );
+        assert!(refusal(&text).contains("okay"));
+        let text = DEFAULT_CATALOG.replace(
+            "[kinds.instance.actions.stop]\n",
+            "[kinds.instance.actions.stop]\nstates = [\"updating\"]\n",
+        );
+        assert!(refusal(&text).contains("transitional"));
+    }
+
+    #[test]
+    fn a_broken_schema_is_refused_naming_it() {
+        let text = DEFAULT_CATALOG.replace(
+            "properties.image = { type = \"string\", maxLength = 255 }",
+            "properties.image = { type = \"strung\" }",
+        );
+        assert!(refusal(&text).starts_with("catalog kinds.instance.schema: invalid JSON Schema"));
+    }
+
+    #[test]
+    fn a_throttle_on_a_missing_attribute_and_an_unknown_backend_are_refused() {
+        let text = DEFAULT_CATALOG.replace(r#"scope = "tenant""#, r#"scope = "project""#);
+        assert_eq!(
+            refusal(&text),
+            "catalog kinds.instance.create[0]: scope `project` is not an attribute of the schema"
+        );
+        let text = DEFAULT_CATALOG.replacen("backend = \"sim\"", "backend = \"openstack\"", 1);
+        assert!(
+            refusal(&text)
+                .starts_with("catalog kinds.instance.backend: unknown backend `openstack`")
+        );
+    }
+}
