@@ -205,6 +205,7 @@ pub struct WaitQuery {
         (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` over 60", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_operation(
     State(state): State<AppState>,
@@ -254,6 +255,7 @@ async fn get_operation(
         (status = 200, description = "The task", body = TaskResponse),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_task(
     State(state): State<AppState>,

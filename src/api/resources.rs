@@ -190,6 +190,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind, invalid name or attributes", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn create_resource(
     State(state): State<AppState>,
@@ -229,6 +231,7 @@ async fn claim(
         (status = 200, description = "A page of resources", body = ResourceList),
         (status = 400, description = "Bad query string", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_resources(
     State(state): State<AppState>,
@@ -260,6 +263,7 @@ async fn list_resources(
             headers(("ETag" = String, description = "The resource's version, for If-Match"))),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_resource(
     State(state): State<AppState>,
@@ -291,6 +295,9 @@ async fn get_resource(
         (status = 409, description = "Wrong state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or non-updatable fields", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn update_resource(
     State(state): State<AppState>,
@@ -322,6 +329,7 @@ async fn update_resource(
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Wrong state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_resource(
     State(state): State<AppState>,
@@ -354,6 +362,8 @@ async fn delete_resource(
         (status = 409, description = "Wrong state or runtime state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn run_action(
     State(state): State<AppState>,
@@ -417,6 +427,7 @@ async fn run<E: Executor + Sync + Send>(
         (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource, now or before", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_resource_operations(
     State(state): State<AppState>,
