@@ -44,7 +44,7 @@ impl Idempotency {
                 )
             })?;
         let mut hasher = Sha256::new();
-        for part in [method, path, &body.to_string()] {
+        for part in [method, path, &canonical(body).to_string()] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
         }
@@ -102,6 +102,24 @@ impl Idempotency {
     }
 }
 
+/// `value` with every object's keys sorted, so key order does not change the fingerprint.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Commits `tx` after storing the response under the key, if any, and answers.
 pub async fn commit<T: Serialize>(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
@@ -124,4 +142,30 @@ fn respond(status: StatusCode, body: Value, location: Option<&str>) -> Response 
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HEADER, Idempotency};
+    use axum::http::HeaderMap;
+    use serde_json::json;
+
+    fn hash(body: &serde_json::Value) -> String {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER, "k".parse().unwrap());
+        Idempotency::from_request(&headers, "POST", "/p", body)
+            .unwrap()
+            .unwrap()
+            .request_hash
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_key_order_but_not_values() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"x": 1, "y": {"b": 2, "a": 3}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"y": {"a": 3, "b": 2}, "x": 1}"#).unwrap();
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&json!({"x": 2, "y": {"a": 3, "b": 2}})));
+    }
 }
