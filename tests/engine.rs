@@ -510,3 +510,49 @@ async fn polls_never_hold_a_worker_while_they_wait(pool: PgPool) {
     running.await.unwrap();
     assert!(slow.calls("pull_instance") >= 100);
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_stopping_runner_releases_what_it_cannot_finish_and_another_completes_it(pool: PgPool) {
+    let slow = SimConfig {
+        latency: Duration::from_secs(5),
+        ..SimConfig::instant()
+    };
+    let config = RunnerConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..fast_runner_config()
+    };
+    let engine = Engine::with(pool.clone(), slow, None, config);
+    let applied = engine
+        .create("volume", "data", json!({"tenant": "acme", "size_gb": 1}))
+        .await;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(engine.runner.clone().run(vec![Queue::Regular], stopping));
+    // Wait until the slow backend call is in flight.
+    loop {
+        let tasks = engine.tasks(applied.operation.id).await;
+        if tasks[1].state == TaskState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), running)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let released = &engine.tasks(applied.operation.id).await[1];
+    assert_eq!(
+        released.state,
+        TaskState::Ready,
+        "released, not left running"
+    );
+    assert_eq!(released.attempts, 0, "a release gives the claim back");
+
+    let next = Engine::new(pool);
+    next.drain().await;
+    assert_eq!(
+        next.resource(applied.resource.id).await.unwrap().state,
+        ResourceState::Ok
+    );
+}
