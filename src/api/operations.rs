@@ -197,7 +197,7 @@ pub struct WaitQuery {
     pub wait: Option<u64>,
 }
 
-/// Get an operation with its tasks; `?wait=N` long-polls until it finishes.
+/// Get an operation with its tasks; ?wait=N long-polls until it finishes.
 #[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
     params(("id" = Uuid, Path, description = "The operation's id"), WaitQuery),
     responses(

@@ -346,7 +346,7 @@ async fn delete_resource(
     .await
 }
 
-/// Run a named action of the resource's kind (see `GET /api/v1/kinds`).
+/// Run a named action of the resource's kind (see GET /api/v1/kinds).
 #[utoipa::path(post, path = "/api/v1/resources/{id}/actions/{action}", tag = "resources",
     params(("id" = Uuid, Path, description = "The resource's id"),
         ("action" = String, Path, description = "The action's name, e.g. `stop`"),
