@@ -11,7 +11,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use crate::db::{OPERATIONS_CHANNEL, TASKS_CHANNEL};
+use crate::db::{CANCEL_CHANNEL, OPERATIONS_CHANNEL, TASKS_CHANNEL};
 use crate::domain::Queue;
 
 /// The process's wake-up hub.
@@ -19,6 +19,7 @@ use crate::domain::Queue;
 pub struct Events {
     queues: Arc<[Notify; 3]>,
     finished: broadcast::Sender<Uuid>,
+    cancelled: broadcast::Sender<Uuid>,
 }
 
 impl Default for Events {
@@ -33,6 +34,7 @@ impl Events {
         Self {
             queues: Arc::new([Notify::new(), Notify::new(), Notify::new()]),
             finished: broadcast::channel(1024).0,
+            cancelled: broadcast::channel(1024).0,
         }
     }
 
@@ -62,6 +64,11 @@ impl Events {
     /// Subscribes to finished operations; subscribe before reading, then wait.
     pub fn subscribe_finished(&self) -> broadcast::Receiver<Uuid> {
         self.finished.subscribe()
+    }
+
+    /// Subscribes to tasks whose operation was cancelled while they ran.
+    pub fn subscribe_cancelled(&self) -> broadcast::Receiver<Uuid> {
+        self.cancelled.subscribe()
     }
 
     /// Feeds the hub from LISTEN until the process ends, reconnecting after errors.
@@ -96,6 +103,11 @@ impl Events {
                 OPERATIONS_CHANNEL => {
                     if let Ok(id) = notification.payload().parse() {
                         self.operation_finished(id);
+                    }
+                }
+                CANCEL_CHANNEL => {
+                    if let Ok(id) = notification.payload().parse() {
+                        let _ = self.cancelled.send(id);
                     }
                 }
                 _ => {}

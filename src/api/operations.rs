@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,6 +19,7 @@ use crate::db;
 use crate::db::operations::Operation;
 use crate::db::tasks::Task;
 use crate::domain::{OperationKind, OperationState, Queue, TaskState};
+use crate::executor::control;
 
 /// The longest `wait` accepted, in seconds.
 pub const MAX_WAIT_SECS: u64 = 60;
@@ -33,8 +35,10 @@ pub const MAX_WAIT_SECS: u64 = 60;
 pub struct TaskResponse {
     /// Its id; also the idempotency key of its backend calls.
     pub id: Uuid,
-    /// Its operation.
-    pub operation_id: Uuid,
+    /// Its operation; absent for a periodic job.
+    pub operation_id: Option<Uuid>,
+    /// The periodic job it runs (`pull`, `sweep`, `prune`), if it is one.
+    pub job: Option<String>,
     /// Its place in the chain, from 0.
     pub position: i32,
     /// The task type: `state_transition`, `backend_method`, `poll_runtime_state`, `poll_backend_check` or `throttle`.
@@ -71,6 +75,7 @@ impl From<Task> for TaskResponse {
         Self {
             id: t.id,
             operation_id: t.operation_id,
+            job: t.job,
             position: t.position,
             task_type: t.task_type,
             args: t.args,
@@ -179,7 +184,7 @@ impl Page {
             .into_iter()
             .map(|o| {
                 let (mine, rest): (Vec<Task>, Vec<Task>) =
-                    tasks.drain(..).partition(|t| t.operation_id == o.id);
+                    tasks.drain(..).partition(|t| t.operation_id == Some(o.id));
                 tasks = rest;
                 OperationResponse::new(o, mine)
             })
@@ -248,6 +253,51 @@ async fn get_operation(
     }
 }
 
+/// Cancel a scheduled or running operation; the resource ends erred.
+#[utoipa::path(post, path = "/api/v1/operations/{id}/cancel", tag = "operations",
+    params(("id" = Uuid, Path, description = "The operation's id")),
+    responses(
+        (status = 200, description = "Cancelled: pending tasks cancelled, a running one stopped and fenced", body = OperationResponse),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The operation has already ended", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn cancel_operation(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<axum::Json<OperationResponse>, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let operation = control::cancel(&mut tx, id).await?;
+    let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(OperationResponse::new(operation, tasks)))
+}
+
+/// Retry a failed operation from its failed step; earlier steps keep their results.
+#[utoipa::path(post, path = "/api/v1/operations/{id}/retry", tag = "operations",
+    params(("id" = Uuid, Path, description = "The operation's id")),
+    responses(
+        (status = 202, description = "Running again from its failed step", body = OperationResponse),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not failed, or the resource changed since", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn retry_operation(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<(StatusCode, axum::Json<OperationResponse>), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let operation = control::retry(&mut tx, id).await?;
+    let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(OperationResponse::new(operation, tasks)),
+    ))
+}
+
 /// Get one task.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "operations",
     params(("id" = Uuid, Path, description = "The task's id")),
@@ -272,5 +322,7 @@ async fn get_task(
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_operation))
+        .routes(routes!(cancel_operation))
+        .routes(routes!(retry_operation))
         .routes(routes!(get_task))
 }

@@ -1,6 +1,7 @@
 //! All SQL lives here, one module per table. Handlers and the runner call
 //! these functions; nothing else writes SQL.
 
+pub mod events;
 pub mod idempotency;
 pub mod operations;
 pub mod resources;
@@ -19,6 +20,9 @@ use crate::domain::Queue;
 pub const TASKS_CHANNEL: &str = "executord_tasks";
 /// The channel that announces finished operations; the payload is the operation id.
 pub const OPERATIONS_CHANNEL: &str = "executord_operations";
+
+/// The channel that asks runners to stop a task now; the payload is its id.
+pub const CANCEL_CHANNEL: &str = "executord_cancel";
 
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -70,6 +74,16 @@ pub async fn notify_finished(
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(OPERATIONS_CHANNEL)
         .bind(operation_id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Asks, on commit, whichever runner holds `task_id` to stop it.
+pub async fn notify_cancel(conn: &mut PgConnection, task_id: uuid::Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CANCEL_CHANNEL)
+        .bind(task_id.to_string())
         .execute(conn)
         .await?;
     Ok(())

@@ -84,6 +84,36 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Opera
         .await
 }
 
+/// The operation `id`, locked until the transaction ends.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Operation>> {
+    sqlx::query_as("SELECT * FROM operations WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Whether an operation on the same resource came after `id`.
+pub async fn has_later(conn: &mut PgConnection, resource_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM operations WHERE resource_id = $1 AND id > $2)",
+    )
+    .bind(resource_id)
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Runs a failed operation again (a retry).
+pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Operation> {
+    sqlx::query_as(
+        "UPDATE operations SET state = 'running', error = NULL, finished_at = NULL, updated_at = now()
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
 /// A resource's operations, newest first, at most `limit`, before `before` if given.
 pub async fn list_for_resource(
     conn: &mut PgConnection,

@@ -57,11 +57,17 @@ pub struct NewResource<'a> {
     pub operation_id: Uuid,
 }
 
-/// Inserts a resource in `creation_scheduled`.
+/// Inserts a resource in `creation_scheduled`, recording the event.
 pub async fn insert(conn: &mut PgConnection, new: &NewResource<'_>) -> sqlx::Result<Resource> {
     sqlx::query_as(
-        "INSERT INTO resources (id, kind, name, state, attributes, current_operation_id)
-         VALUES ($1, $2, $3, 'creation_scheduled', $4, $5) RETURNING *",
+        "WITH ins AS (
+             INSERT INTO resources (id, kind, name, state, attributes, current_operation_id)
+             VALUES ($1, $2, $3, 'creation_scheduled', $4, $5) RETURNING *
+         ), ev AS (
+             INSERT INTO resource_events (resource_id, operation_id, transition, to_state)
+             SELECT id, $5, 'create', state FROM ins
+         )
+         SELECT * FROM ins",
     )
     .bind(new.id)
     .bind(new.kind)
@@ -139,8 +145,8 @@ pub struct Schedule<'a> {
     pub attributes: Option<&'a Value>,
 }
 
-/// Applies `schedule_updating` or `schedule_deleting` as a compare-and-set;
-/// `None` if the resource is not in a source state.
+/// Applies `schedule_updating` or `schedule_deleting` as a compare-and-set,
+/// recording the event; `None` if the resource is not in a source state.
 pub async fn schedule(
     conn: &mut PgConnection,
     id: Uuid,
@@ -148,10 +154,18 @@ pub async fn schedule(
     s: &Schedule<'_>,
 ) -> sqlx::Result<Option<Resource>> {
     sqlx::query_as(
-        "UPDATE resources SET state = $3, current_operation_id = $4, action = $5, action_details = $6,
-                name = coalesce($7, name), attributes = attributes || coalesce($8, '{}'::jsonb),
-                error_message = NULL, error_details = NULL, version = version + 1, updated_at = now()
-         WHERE id = $1 AND state = ANY($2) RETURNING *",
+        "WITH prev AS (SELECT id, state FROM resources WHERE id = $1 FOR UPDATE),
+         upd AS (
+             UPDATE resources r SET state = $3, current_operation_id = $4, action = $5, action_details = $6,
+                    name = coalesce($7, r.name), attributes = r.attributes || coalesce($8, '{}'::jsonb),
+                    error_message = NULL, error_details = NULL, version = r.version + 1, updated_at = now()
+             FROM prev WHERE r.id = prev.id AND prev.state = ANY($2)
+             RETURNING r.*, prev.state AS prev_state
+         ), ev AS (
+             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state)
+             SELECT id, $4, $9, prev_state, state FROM upd
+         )
+         SELECT * FROM upd",
     )
     .bind(id)
     .bind(transition.source_names())
@@ -161,38 +175,66 @@ pub async fn schedule(
     .bind(s.action_details)
     .bind(s.name)
     .bind(s.attributes)
+    .bind(transition.as_str())
     .fetch_optional(conn)
     .await
+}
+
+/// Who may make a transition: the operation in flight, or (for background
+/// jobs, which run outside operations) whoever read this version with no
+/// operation in flight.
+#[derive(Debug, Clone, Copy)]
+pub enum Guard {
+    /// Only while this operation owns the resource.
+    Operation(Uuid),
+    /// Only at this version, with no operation in flight.
+    Version(i64),
 }
 
 /// How a transition ends, besides the state.
 #[derive(Debug, Default)]
 pub struct Ending<'a> {
-    /// The error message, for `set_erred`.
+    /// The error message, for `set_erred`; also the event's reason.
     pub error_message: Option<&'a str>,
     /// A runtime state to record.
     pub runtime_state: Option<&'a str>,
     /// Whether the operation in flight ends with this transition.
     pub ends_operation: bool,
+    /// The task that made it, for the history.
+    pub task_id: Option<Uuid>,
 }
 
-/// Applies `transition` as a compare-and-set on `operation_id`'s resource;
-/// `None` if the resource is gone, not in a source state, or owned by another operation.
+/// Applies `transition` as a compare-and-set under `guard`, recording the
+/// event; `None` if the resource is gone, not in a source state, or the guard fails.
 pub async fn transition(
     conn: &mut PgConnection,
     id: Uuid,
-    operation_id: Uuid,
+    guard: Guard,
     transition: Transition,
     ending: &Ending<'_>,
 ) -> sqlx::Result<Option<Resource>> {
+    let (operation_id, version) = match guard {
+        Guard::Operation(op) => (Some(op), None),
+        Guard::Version(v) => (None, Some(v)),
+    };
     sqlx::query_as(
-        "UPDATE resources SET state = $3, error_message = $5,
-                runtime_state = coalesce($6, runtime_state),
-                action = CASE WHEN $7 THEN NULL ELSE action END,
-                action_details = CASE WHEN $7 THEN NULL ELSE action_details END,
-                current_operation_id = CASE WHEN $7 THEN NULL ELSE current_operation_id END,
-                version = version + 1, updated_at = now()
-         WHERE id = $1 AND state = ANY($2) AND current_operation_id = $4 RETURNING *",
+        "WITH prev AS (SELECT id, state FROM resources WHERE id = $1 FOR UPDATE),
+         upd AS (
+             UPDATE resources r SET state = $3, error_message = $5,
+                    runtime_state = coalesce($6, r.runtime_state),
+                    action = CASE WHEN $7 THEN NULL ELSE r.action END,
+                    action_details = CASE WHEN $7 THEN NULL ELSE r.action_details END,
+                    current_operation_id = CASE WHEN $7 THEN NULL ELSE r.current_operation_id END,
+                    version = r.version + 1, updated_at = now()
+             FROM prev WHERE r.id = prev.id AND prev.state = ANY($2)
+               AND CASE WHEN $4::uuid IS NULL THEN r.current_operation_id IS NULL AND r.version = $8
+                        ELSE r.current_operation_id = $4 END
+             RETURNING r.*, prev.state AS prev_state
+         ), ev AS (
+             INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, reason)
+             SELECT id, $4, $9, $10, prev_state, state, $5 FROM upd
+         )
+         SELECT * FROM upd",
     )
     .bind(id)
     .bind(transition.source_names())
@@ -201,6 +243,43 @@ pub async fn transition(
     .bind(ending.error_message)
     .bind(ending.runtime_state)
     .bind(ending.ends_operation)
+    .bind(version)
+    .bind(ending.task_id)
+    .bind(transition.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Puts an `erred` resource back under a failed operation that is being
+/// retried, in the state its chain had reached (`creating`, `updating` or
+/// `deleting`); `None` if it is no longer `erred` at `version` with nothing in flight.
+pub async fn resume(
+    conn: &mut PgConnection,
+    id: Uuid,
+    version: i64,
+    operation_id: Uuid,
+    state: ResourceState,
+    action: Option<&str>,
+    action_details: Option<&Value>,
+) -> sqlx::Result<Option<Resource>> {
+    sqlx::query_as(
+        "WITH upd AS (
+             UPDATE resources SET state = $4, current_operation_id = $3, action = $5, action_details = $6,
+                    error_message = NULL, error_details = NULL, version = version + 1, updated_at = now()
+             WHERE id = $1 AND version = $2 AND state = 'erred' AND current_operation_id IS NULL
+             RETURNING *
+         ), ev AS (
+             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state)
+             SELECT id, $3, 'retry', 'erred', state FROM upd
+         )
+         SELECT * FROM upd",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(operation_id)
+    .bind(state)
+    .bind(action)
+    .bind(action_details)
     .fetch_optional(conn)
     .await
 }
@@ -229,14 +308,21 @@ pub async fn record_backend_reply(
     Ok(())
 }
 
-/// Deletes the resource of a finished delete operation.
+/// Deletes the resource of a finished delete operation, recording the event.
 pub async fn delete(conn: &mut PgConnection, id: Uuid, operation_id: Uuid) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "DELETE FROM resources WHERE id = $1 AND current_operation_id = $2 AND state = 'deleting'",
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH del AS (
+             DELETE FROM resources WHERE id = $1 AND current_operation_id = $2 AND state = 'deleting'
+             RETURNING id, state
+         ), ev AS (
+             INSERT INTO resource_events (resource_id, operation_id, transition, from_state)
+             SELECT id, $2, 'delete', state FROM del
+         )
+         SELECT count(*) FROM del",
     )
     .bind(id)
     .bind(operation_id)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(deleted == 1)
 }

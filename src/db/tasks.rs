@@ -12,8 +12,10 @@ use crate::domain::{Queue, TaskState};
 pub struct Task {
     /// Primary key (uuid v7); also the idempotency key of its backend calls.
     pub id: Uuid,
-    /// The operation it belongs to.
-    pub operation_id: Uuid,
+    /// The operation it belongs to; `None` for a periodic job.
+    pub operation_id: Option<Uuid>,
+    /// The periodic job it runs, if it is one.
+    pub job: Option<String>,
     /// Its place in the chain, from 0.
     pub position: i32,
     /// The task type.
@@ -272,15 +274,18 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
     .await
 }
 
-/// Makes the step at `position` of an operation ready; its queue, if there is one.
-pub async fn release_step(
+/// Makes the first waiting step after `position` ready; its queue, or `None`
+/// when no step waits (the chain is done).
+pub async fn release_next(
     conn: &mut PgConnection,
     operation_id: Uuid,
     position: i32,
 ) -> sqlx::Result<Option<Queue>> {
     sqlx::query_scalar(
         "UPDATE tasks SET state = 'ready', run_at = now(), updated_at = now()
-         WHERE operation_id = $1 AND position = $2 AND state = 'waiting' RETURNING queue",
+         WHERE id = (SELECT id FROM tasks WHERE operation_id = $1 AND position > $2 AND state = 'waiting'
+                     ORDER BY position LIMIT 1)
+         RETURNING queue",
     )
     .bind(operation_id)
     .bind(position)
@@ -298,6 +303,73 @@ pub async fn cancel_pending(conn: &mut PgConnection, operation_id: Uuid) -> sqlx
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// An operation's tasks in chain order, locked until the transaction ends
+/// (taken before the operation row, the order the runner locks them in).
+pub async fn lock_for_operation(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as("SELECT * FROM tasks WHERE operation_id = $1 ORDER BY position FOR UPDATE")
+        .bind(operation_id)
+        .fetch_all(conn)
+        .await
+}
+
+/// Cancels an operation's running tasks and takes their leases away, so the
+/// holders' outcomes are refused. Returns their ids.
+pub async fn fence_running(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "UPDATE tasks SET state = 'cancelled', lease_token = NULL, lease_until = NULL, status = NULL,
+                last_error = $2, finished_at = now(), updated_at = now()
+         WHERE operation_id = $1 AND state = 'running' RETURNING id",
+    )
+    .bind(operation_id)
+    .bind(reason)
+    .fetch_all(conn)
+    .await
+}
+
+/// Opens a finished task again (a retry), `ready` now or `waiting`, with fresh attempts.
+pub async fn reopen(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: TaskState,
+    status: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = $2, status = $3, attempts = 0, run_at = now(), finished_at = NULL,
+                lease_token = NULL, lease_until = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(status)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts an operation's cancelled steps after `position` back to `waiting` (a retry).
+pub async fn reopen_cancelled(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    position: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'waiting', finished_at = NULL, updated_at = now()
+         WHERE operation_id = $1 AND position > $2 AND state = 'cancelled'",
+    )
+    .bind(operation_id)
+    .bind(position)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The task `id`.

@@ -9,6 +9,7 @@
 //! that records the last step ([`hooks`]).
 
 mod action;
+pub mod control;
 mod create;
 mod delete;
 pub mod hooks;

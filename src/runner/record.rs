@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::db;
 use crate::db::operations::Operation;
-use crate::db::resources::Ending;
+use crate::db::resources::{Ending, Guard};
 use crate::db::tasks::Task;
 use crate::db::throttle::Acquired;
 use crate::domain::{OperationState, Queue, TaskState};
@@ -55,7 +55,12 @@ pub async fn record(
     let Some(task) = db::tasks::lock_held(&mut tx, task_id, token).await? else {
         return Ok(Recorded::Fenced);
     };
-    let operation = db::operations::get(&mut tx, task.operation_id)
+    let Some(operation_id) = task.operation_id else {
+        record_job(&mut tx, &task, outcome).await?;
+        tx.commit().await.context("committing the job's outcome")?;
+        return Ok(Recorded::Applied);
+    };
+    let operation = db::operations::get(&mut tx, operation_id)
         .await?
         .context("the task's operation is missing")?;
     let decision = decide(&mut tx, &task, &operation, outcome).await?;
@@ -71,11 +76,11 @@ pub async fn record(
             )
             .await?;
             db::operations::step_done(&mut tx, operation.id).await?;
-            match db::tasks::release_step(&mut tx, operation.id, task.position + 1).await? {
+            match db::tasks::release_next(&mut tx, operation.id, task.position).await? {
                 Some(queue) => {
                     ready.insert(queue);
                 }
-                None => succeed(&mut tx, catalog, &operation, &mut ready).await?,
+                None => succeed(&mut tx, catalog, &operation, task.id, &mut ready).await?,
             }
         }
         Decision::Reschedule {
@@ -101,7 +106,7 @@ pub async fn record(
         Decision::Fail(error) => {
             tracing::warn!(task_id = %task.id, operation_id = %operation.id, %error, "step failed");
             db::tasks::finish(&mut tx, task.id, TaskState::Failed, None, Some(&error)).await?;
-            fail(&mut tx, &operation, &error, &mut ready).await?;
+            fail(&mut tx, &operation, &error, Some(task.id), &mut ready).await?;
         }
     }
     for queue in ready {
@@ -119,12 +124,16 @@ async fn decide(
 ) -> anyhow::Result<Decision> {
     Ok(match outcome {
         Outcome::Transition(transition) => {
+            let ending = Ending {
+                task_id: Some(task.id),
+                ..Ending::default()
+            };
             let done = db::resources::transition(
                 conn,
                 operation.resource_id,
-                operation.id,
+                Guard::Operation(operation.id),
                 transition,
-                &Ending::default(),
+                &ending,
             )
             .await?;
             match done {
@@ -171,6 +180,7 @@ async fn decide(
             error: Some(error),
         },
         Outcome::Fail(error) => Decision::Fail(error),
+        Outcome::JobDone(_) => Decision::Fail("a job outcome for an operation's step".into()),
         Outcome::Erred(reply, error) => {
             store_reply(conn, operation, &reply).await?;
             Decision::Fail(error)
@@ -218,15 +228,16 @@ async fn succeed(
     conn: &mut PgConnection,
     catalog: &Catalog,
     operation: &Operation,
+    task_id: Uuid,
     ready: &mut BTreeSet<Queue>,
 ) -> anyhow::Result<()> {
-    match hooks::on_success(conn, catalog, operation).await? {
+    match hooks::on_success(conn, catalog, operation, Some(task_id)).await? {
         Ok(()) => {
             db::operations::finish(conn, operation.id, OperationState::Succeeded, None).await?;
-            end(conn, operation, ready).await?;
+            ready.extend(hooks::release(conn, operation.id).await?);
             tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, "operation succeeded");
         }
-        Err(error) => fail(conn, operation, &error, ready).await?,
+        Err(error) => fail(conn, operation, &error, Some(task_id), ready).await?,
     }
     Ok(())
 }
@@ -236,26 +247,35 @@ async fn fail(
     conn: &mut PgConnection,
     operation: &Operation,
     error: &str,
+    task_id: Option<Uuid>,
     ready: &mut BTreeSet<Queue>,
 ) -> anyhow::Result<()> {
     db::tasks::cancel_pending(conn, operation.id).await?;
-    hooks::on_failure(conn, operation, error).await?;
+    hooks::on_failure(conn, operation, error, task_id).await?;
     db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await?;
-    end(conn, operation, ready).await?;
+    ready.extend(hooks::release(conn, operation.id).await?);
     tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, %error, "operation failed");
     Ok(())
 }
 
-/// Whatever the ending: free throttle slots (handing them on) and announce it.
-async fn end(
-    conn: &mut PgConnection,
-    operation: &Operation,
-    ready: &mut BTreeSet<Queue>,
-) -> anyhow::Result<()> {
-    let granted = db::throttle::release(conn, operation.id).await?;
-    if !granted.is_empty() {
-        ready.extend(db::tasks::wake(conn, &granted).await?);
+/// A periodic job's outcome: it has no operation, so only its row changes.
+async fn record_job(conn: &mut PgConnection, task: &Task, outcome: Outcome) -> anyhow::Result<()> {
+    match outcome {
+        Outcome::JobDone(summary) => {
+            db::tasks::finish(conn, task.id, TaskState::Succeeded, Some(&summary), None).await?;
+        }
+        Outcome::Retry { error, delay } => {
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            db::tasks::reschedule(conn, task.id, delay_ms, true, None, Some(&error)).await?;
+        }
+        Outcome::Fail(error) => {
+            tracing::warn!(job = ?task.job, %error, "job failed");
+            db::tasks::finish(conn, task.id, TaskState::Failed, None, Some(&error)).await?;
+        }
+        other => {
+            let error = format!("a job cannot end with {other:?}");
+            db::tasks::finish(conn, task.id, TaskState::Failed, None, Some(&error)).await?;
+        }
     }
-    db::notify_finished(conn, operation.id).await?;
     Ok(())
 }

@@ -115,7 +115,12 @@ enum CallError {
 async fn call(ctx: &TaskContext, task: &Task, method: &str) -> Result<BackendReply, CallError> {
     let setup = |e: sqlx::Error| CallError::Setup(format!("loading the resource: {e}"));
     let mut conn = ctx.pool.acquire().await.map_err(setup)?;
-    let operation = db::operations::get(&mut conn, task.operation_id)
+    let operation_id = task.operation_id.ok_or_else(|| {
+        CallError::Backend(BackendError::Permanent(
+            "a backend step outside an operation".into(),
+        ))
+    })?;
+    let operation = db::operations::get(&mut conn, operation_id)
         .await
         .map_err(setup)?
         .ok_or_else(|| {

@@ -49,6 +49,8 @@ pub enum Outcome {
     },
     /// Failed for good: the operation fails with this message.
     Fail(String),
+    /// A periodic job finished; the summary is stored as its result.
+    JobDone(Value),
     /// The backend reports an erred runtime state: store it, then fail like [`Outcome::Fail`].
     Erred(BackendReply, String),
 }
@@ -78,7 +80,7 @@ impl std::fmt::Debug for TaskContext {
 }
 
 /// Runs one claimed task.
-#[tracing::instrument(skip_all, fields(task_id = %task.id, operation_id = %task.operation_id, task_type = %task.task_type, attempt = task.attempts))]
+#[tracing::instrument(skip_all, fields(task_id = %task.id, operation_id = ?task.operation_id, task_type = %task.task_type, attempt = task.attempts))]
 pub async fn run(ctx: &TaskContext, task: &Task) -> Outcome {
     if task.attempts > task.max_attempts {
         let last = task
@@ -110,7 +112,10 @@ async fn throttle_scope(
     key: Option<&str>,
 ) -> Result<String, String> {
     let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
-    let operation = db::operations::get(&mut conn, task.operation_id)
+    let operation_id = task
+        .operation_id
+        .ok_or("a throttle step outside an operation")?;
+    let operation = db::operations::get(&mut conn, operation_id)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the operation is gone")?;

@@ -1,0 +1,158 @@
+//! Operator controls on a whole operation: cancel one that is scheduled or
+//! running, retry one that failed from its failed step.
+//!
+//! Both lock the operation's tasks before the operation row, the order the
+//! runner's recording transaction uses, so they never deadlock with it.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{ExecutorError, hooks};
+use crate::db;
+use crate::db::operations::Operation;
+use crate::db::throttle::Acquired;
+use crate::domain::{OperationKind, OperationState, ResourceState, TaskState};
+
+async fn lock_operation(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<(Vec<db::tasks::Task>, Operation), ExecutorError> {
+    let tasks = db::tasks::lock_for_operation(conn, id).await?;
+    let operation = db::operations::lock(conn, id)
+        .await?
+        .ok_or_else(|| ExecutorError::NotFound(format!("no operation with id {id}")))?;
+    Ok((tasks, operation))
+}
+
+/// Cancels a scheduled or running operation: pending tasks are cancelled, a
+/// running one is fenced (its runner is told to stop, and its outcome would
+/// be refused), the resource ends `erred`, and throttle slots are handed on.
+pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<Operation, ExecutorError> {
+    let (_, operation) = lock_operation(conn, id).await?;
+    if operation.state.is_finished() {
+        return Err(ExecutorError::Conflict(format!(
+            "Operation is {}; only a scheduled or running operation can be cancelled",
+            state_name(operation.state)
+        )));
+    }
+    let message = format!("Operation {id} was cancelled");
+    let running = db::tasks::fence_running(conn, id, "cancelled while running").await?;
+    db::tasks::cancel_pending(conn, id).await?;
+    hooks::on_failure(conn, &operation, &message, None).await?;
+    db::operations::finish(
+        conn,
+        id,
+        OperationState::Cancelled,
+        Some("cancelled by request"),
+    )
+    .await?;
+    for queue in hooks::release(conn, id).await? {
+        db::notify_ready(conn, queue).await?;
+    }
+    for task in running {
+        db::notify_cancel(conn, task).await?;
+    }
+    tracing::info!(operation_id = %id, "operation cancelled");
+    Ok(db::operations::get(conn, id).await?.unwrap_or(operation))
+}
+
+/// Runs a failed operation again from its failed step; the steps before it
+/// keep their results. The resource must still be `erred` and untouched
+/// since: nothing in flight and no later operation.
+pub async fn retry(conn: &mut PgConnection, id: Uuid) -> Result<Operation, ExecutorError> {
+    let (tasks, operation) = lock_operation(conn, id).await?;
+    if operation.state != OperationState::Failed {
+        return Err(ExecutorError::Conflict(format!(
+            "Operation is {}; only a failed operation can be retried",
+            state_name(operation.state)
+        )));
+    }
+    let untouched = |why: &str| {
+        ExecutorError::Conflict(format!("The resource was changed since the failure: {why}"))
+    };
+    let resource = db::resources::lock(conn, operation.resource_id)
+        .await?
+        .ok_or_else(|| untouched("it is gone"))?;
+    if resource.state != ResourceState::Erred || resource.current_operation_id.is_some() {
+        return Err(untouched(&format!("it is {}", resource.state)));
+    }
+    if db::operations::has_later(conn, resource.id, id).await? {
+        return Err(untouched("a later operation ran on it"));
+    }
+    let failed = tasks
+        .iter()
+        .find(|t| t.state == TaskState::Failed)
+        .ok_or_else(|| ExecutorError::Conflict("the operation has no failed step".into()))?;
+    let state = match (operation.kind, failed.position) {
+        (OperationKind::Create, 0) => ResourceState::CreationScheduled,
+        (OperationKind::Create, _) => ResourceState::Creating,
+        (OperationKind::Update | OperationKind::Action, 0) => ResourceState::UpdateScheduled,
+        (OperationKind::Update | OperationKind::Action, _) => ResourceState::Updating,
+        (OperationKind::Delete, 0) => ResourceState::DeletionScheduled,
+        (OperationKind::Delete, _) => ResourceState::Deleting,
+    };
+    let details = (operation.kind == OperationKind::Action).then_some(&operation.request);
+    db::resources::resume(
+        conn,
+        resource.id,
+        resource.version,
+        id,
+        state,
+        operation.action.as_deref(),
+        details,
+    )
+    .await?
+    .ok_or_else(|| untouched("it moved on"))?;
+    // Slots were freed when the operation failed: take them again before going on.
+    let mut parked = false;
+    for throttle in tasks.iter().filter(|t| {
+        t.position < failed.position && t.task_type == "throttle" && t.state == TaskState::Succeeded
+    }) {
+        let scope = throttle
+            .result
+            .as_ref()
+            .and_then(|r| r.get("scope"))
+            .and_then(Value::as_str);
+        let limit = throttle
+            .args
+            .get("limit")
+            .and_then(Value::as_i64)
+            .and_then(|l| i32::try_from(l).ok());
+        let (Some(scope), Some(limit)) = (scope, limit) else {
+            continue;
+        };
+        if let Acquired::Queued { held, position } =
+            db::throttle::acquire(conn, scope, id, throttle.id, limit).await?
+        {
+            let status = format!(
+                "waiting for a throttle slot: {held}/{limit} in use for {scope} (place {position} in line)"
+            );
+            db::tasks::reopen(conn, throttle.id, TaskState::Waiting, &status).await?;
+            parked = true;
+        }
+    }
+    let (next, status) = if parked {
+        (TaskState::Waiting, "retried; waiting for its throttle slot")
+    } else {
+        (TaskState::Ready, "retried")
+    };
+    db::tasks::reopen(conn, failed.id, next, status).await?;
+    db::tasks::reopen_cancelled(conn, id, failed.position).await?;
+    let operation = db::operations::reopen(conn, id).await?;
+    if !parked {
+        db::notify_ready(conn, failed.queue).await?;
+    }
+    tracing::info!(operation_id = %id, from_step = failed.position, "operation retried");
+    Ok(operation)
+}
+
+fn state_name(state: OperationState) -> &'static str {
+    match state {
+        OperationState::Scheduled => "scheduled",
+        OperationState::Running => "running",
+        OperationState::Succeeded => "succeeded",
+        OperationState::Failed => "failed",
+        OperationState::Cancelled => "cancelled",
+    }
+}

@@ -1,0 +1,330 @@
+//! Operator controls and history through the real router: cancel, retry, events.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Engine, TestApp, fast_runner_config};
+use executord::backend::sim::SimConfig;
+use executord::domain::Queue;
+use executord::runner::RunnerConfig;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+fn instance(name: &str, sim: Value) -> Value {
+    json!({"kind": "instance", "name": name, "attributes": {"tenant": "acme", "flavor": "small", "sim": sim}})
+}
+
+async fn wait_until(app: &TestApp, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let reply = app.get(path).await;
+        if check(&reply.body) {
+            return reply.body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path}: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn the_history_records_every_transition_and_outlives_the_resource(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let id = app.ok_instance("web-1").await;
+    let base = format!("/api/v1/resources/{id}");
+    assert_eq!(
+        app.post_json(&format!("{base}/actions/stop"), json!({}))
+            .await
+            .status,
+        202
+    );
+    app.run_until_idle().await;
+    assert_eq!(app.delete(&base).await.status, 202);
+    app.run_until_idle().await;
+
+    let events = app.get(&format!("{base}/events")).await;
+    assert_eq!(events.status, 200);
+    let steps: Vec<(String, Value, Value)> = events.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["transition"].as_str().unwrap().to_owned(),
+                e["from_state"].clone(),
+                e["to_state"].clone(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("create", Value::Null, json!("creation_scheduled")),
+        (
+            "begin_creating",
+            json!("creation_scheduled"),
+            json!("creating"),
+        ),
+        ("set_ok", json!("creating"), json!("ok")),
+        ("schedule_updating", json!("ok"), json!("update_scheduled")),
+        (
+            "begin_updating",
+            json!("update_scheduled"),
+            json!("updating"),
+        ),
+        ("set_ok", json!("updating"), json!("ok")),
+        (
+            "schedule_deleting",
+            json!("ok"),
+            json!("deletion_scheduled"),
+        ),
+        (
+            "begin_deleting",
+            json!("deletion_scheduled"),
+            json!("deleting"),
+        ),
+        ("delete", json!("deleting"), Value::Null),
+    ];
+    let expected: Vec<(String, Value, Value)> = expected
+        .into_iter()
+        .map(|(t, f, to)| (t.to_owned(), f, to))
+        .collect();
+    assert_eq!(steps, expected);
+    // Each event's from-state is the previous event's to-state.
+    for pair in steps.windows(2) {
+        assert_eq!(pair[0].2, pair[1].1);
+    }
+    assert!(events.body["items"][1]["task_id"].is_string());
+    assert_eq!(
+        app.get("/api/v1/resources/0193a5c2-7f3e-7c1a-9a4e-3f1d2b8c9e01/events")
+            .await
+            .status,
+        404
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn cancelling_a_polling_operation_ends_it_at_once(pool: PgPool) {
+    let sim = SimConfig {
+        transition_delay: Duration::from_secs(600),
+        ..SimConfig::instant()
+    };
+    let app = TestApp::over(Engine::with(pool, sim, None, fast_runner_config()));
+    let created = app
+        .post_json("/api/v1/resources", instance("web-1", json!({})))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let op = created.body["current_operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(
+        app.engine
+            .runner
+            .clone()
+            .run(vec![Queue::Regular], stopping),
+    );
+    wait_until(&app, &format!("/api/v1/operations/{op}"), |o| {
+        o["tasks"][3]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("waiting for runtime state ACTIVE"))
+    })
+    .await;
+
+    let started = Instant::now();
+    let cancelled = app
+        .call(
+            "POST",
+            &format!("/api/v1/operations/{op}/cancel"),
+            None,
+            &[],
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.body["state"], "cancelled");
+    let states: Vec<&str> = cancelled.body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["succeeded", "succeeded", "succeeded", "cancelled"]);
+    let resource = app.get(&format!("/api/v1/resources/{id}")).await;
+    assert_eq!(resource.body["state"], "erred");
+    assert!(
+        resource.body["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled")
+    );
+    assert_eq!(app.engine.count("throttle_slots").await, 0);
+
+    let again = app
+        .call(
+            "POST",
+            &format!("/api/v1/operations/{op}/cancel"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, 409);
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn cancelling_a_running_step_frees_its_worker(pool: PgPool) {
+    let sim = SimConfig {
+        latency: Duration::from_secs(30),
+        ..SimConfig::instant()
+    };
+    let config = RunnerConfig {
+        regular: 1,
+        ..fast_runner_config()
+    };
+    let app = TestApp::over(Engine::with(pool, sim, None, config));
+    let listener = tokio::spawn(app.engine.events.clone().listen(app.engine.pool.clone()));
+    let created = app
+        .post_json("/api/v1/resources", instance("web-1", json!({})))
+        .await;
+    let op = created.body["current_operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(
+        app.engine
+            .runner
+            .clone()
+            .run(vec![Queue::Regular], stopping),
+    );
+    wait_until(&app, &format!("/api/v1/operations/{op}"), |o| {
+        o["tasks"][2]["state"] == "running"
+    })
+    .await;
+
+    let cancelled = app
+        .call(
+            "POST",
+            &format!("/api/v1/operations/{op}/cancel"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(cancelled.body["tasks"][2]["state"], "cancelled");
+    // The single worker slot comes back: the runner stops well before the 30 s call would end.
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), runner)
+        .await
+        .unwrap()
+        .unwrap();
+    listener.abort();
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn retry_reruns_from_the_failed_step_and_keeps_earlier_results(pool: PgPool) {
+    let app = TestApp::new(pool);
+    // Five transient failures use up the create step's five attempts; the sixth call succeeds.
+    let created = app
+        .post_json(
+            "/api/v1/resources",
+            instance("web-1", json!({"transient_failures": 5})),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let op = created.body["current_operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.run_until_idle().await;
+    let failed = app.get(&format!("/api/v1/operations/{op}")).await;
+    assert_eq!(failed.body["state"], "failed");
+    let before: Vec<Value> = failed.body["tasks"].as_array().unwrap()[..2].to_vec();
+
+    let retried = app
+        .call("POST", &format!("/api/v1/operations/{op}/retry"), None, &[])
+        .await;
+    assert_eq!(retried.status, 202, "{}", retried.body);
+    assert_eq!(retried.body["state"], "running");
+    assert_eq!(
+        app.get(&format!("/api/v1/resources/{id}")).await.body["state"],
+        "creating"
+    );
+    app.run_until_idle().await;
+
+    let done = app.get(&format!("/api/v1/operations/{op}")).await;
+    assert_eq!(done.body["state"], "succeeded", "{}", done.body);
+    assert_eq!(done.body["steps_done"], 4);
+    assert_eq!(
+        &done.body["tasks"].as_array().unwrap()[..2],
+        &before[..],
+        "earlier steps are not run again"
+    );
+    assert_eq!(app.engine.sim.calls("create_instance"), 6);
+    let resource = app.get(&format!("/api/v1/resources/{id}")).await;
+    assert_eq!(
+        (
+            resource.body["state"].as_str(),
+            resource.body["runtime_state"].as_str()
+        ),
+        (Some("ok"), Some("ACTIVE"))
+    );
+    assert_eq!(app.engine.count("throttle_slots").await, 0);
+    let transitions: Vec<String> = app
+        .get(&format!("/api/v1/resources/{id}/events"))
+        .await
+        .body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["transition"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        transitions,
+        ["create", "begin_creating", "set_erred", "retry", "set_ok"]
+    );
+
+    // Only a failed operation can be retried.
+    assert_eq!(
+        app.call("POST", &format!("/api/v1/operations/{op}/retry"), None, &[])
+            .await
+            .status,
+        409
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn retry_is_refused_once_the_resource_has_moved_on(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let created = app
+        .post_json(
+            "/api/v1/resources",
+            instance("web-1", json!({"fail_on": "create_instance"})),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let op = created.body["current_operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.run_until_idle().await;
+    // A later operation (a delete of the erred resource) touches it.
+    assert_eq!(
+        app.delete(&format!("/api/v1/resources/{id}")).await.status,
+        202
+    );
+    let refused = app
+        .call("POST", &format!("/api/v1/operations/{op}/retry"), None, &[])
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("changed since the failure")
+    );
+}
