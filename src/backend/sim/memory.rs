@@ -1,0 +1,144 @@
+//! The in-process store: the simulated cloud in this process's memory,
+//! shaped like the shared store's tables.
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::SimConfig;
+use super::SimStats;
+use super::model::{Loaded, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide};
+use crate::backend::{BackendCall, BackendReply};
+
+/// The first successful effect under an idempotency key.
+#[derive(Debug)]
+struct Effect {
+    method: String,
+    reply: BackendReply,
+    /// How many times it was applied: more than 1 is an idempotency violation.
+    applied: u32,
+}
+
+/// Everything the simulated cloud holds; callers keep it behind a mutex, so
+/// each call is atomic.
+#[derive(Debug, Default)]
+pub(super) struct Memory {
+    /// Live objects by backend id.
+    objects: HashMap<String, Object<Instant>>,
+    effects: HashMap<Uuid, Effect>,
+    /// Injected transient failures already given, by resource id.
+    transient: HashMap<Uuid, u32>,
+    /// The most creations each tenant had in flight at once.
+    max_in_flight: HashMap<String, usize>,
+}
+
+impl Memory {
+    /// Runs one call now.
+    pub(super) fn call(
+        &mut self,
+        config: &SimConfig,
+        plan: &Plan<'_>,
+        call: &BackendCall,
+    ) -> Outcome<Instant> {
+        let now = Instant::now();
+        self.settle(now);
+        let key = call.idempotency_key;
+        let loaded = Loaded {
+            now,
+            at: now + config.transition_delay,
+            prior: plan
+                .effect
+                .then(|| self.effects.get(&key))
+                .flatten()
+                .map(|e| (e.method.clone(), e.reply.clone())),
+            transient_given: if plan.transient {
+                self.transient.get(&call.resource.id).copied().unwrap_or(0)
+            } else {
+                0
+            },
+            object: plan.object_id.and_then(|id| self.objects.get(id).cloned()),
+            tenant: plan
+                .create_tenant
+                .as_deref()
+                .map(|tenant| self.tenant(tenant))
+                .unwrap_or_default(),
+        };
+        let outcome = decide(config, plan, call, loaded);
+        self.write(call, &outcome);
+        outcome
+    }
+
+    fn write(&mut self, call: &BackendCall, outcome: &Outcome<Instant>) {
+        if let Some(given) = outcome.transient_given {
+            self.transient.insert(call.resource.id, given);
+        }
+        match &outcome.object {
+            ObjectWrite::Keep => {}
+            ObjectWrite::Put(id, object) => {
+                self.objects.insert(id.clone(), object.clone());
+            }
+            ObjectWrite::Remove(id) => {
+                self.objects.remove(id);
+            }
+        }
+        if let Some((method, reply)) = &outcome.effect {
+            self.effects
+                .entry(call.idempotency_key)
+                .and_modify(|e| e.applied += 1)
+                .or_insert_with(|| Effect {
+                    method: method.clone(),
+                    reply: reply.clone(),
+                    applied: 1,
+                });
+        }
+        if let Some(created) = &outcome.created {
+            let max = self
+                .max_in_flight
+                .entry(created.tenant.clone())
+                .or_default();
+            *max = (*max).max(created.in_flight);
+        }
+    }
+
+    /// Applies every transition that is due at `now`.
+    pub(super) fn settle(&mut self, now: Instant) {
+        self.objects.retain(|_, object| object.settle(now));
+    }
+
+    fn tenant(&self, tenant: &str) -> TenantLoad {
+        let mut load = TenantLoad::default();
+        for object in self.objects.values().filter(|o| o.tenant == tenant) {
+            load.owned += 1;
+            load.in_flight += usize::from(object.building);
+        }
+        load
+    }
+
+    /// Creations of `tenant` in flight now.
+    pub(super) fn in_flight(&self, tenant: &str) -> usize {
+        self.tenant(tenant).in_flight
+    }
+
+    /// Live objects at `now`.
+    pub(super) fn object_count(&mut self, now: Instant) -> usize {
+        self.settle(now);
+        self.objects.len()
+    }
+
+    /// Everything the store counts, at `now`.
+    pub(super) fn stats(&mut self, now: Instant) -> SimStats {
+        self.settle(now);
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        for object in self.objects.values().filter(|o| o.building) {
+            *in_flight.entry(object.tenant.clone()).or_default() += 1;
+        }
+        SimStats {
+            objects: self.objects.len(),
+            total_effects: self.effects.values().map(|e| u64::from(e.applied)).sum(),
+            effects: self.effects.iter().map(|(k, e)| (*k, e.applied)).collect(),
+            in_flight,
+            max_in_flight: self.max_in_flight.clone(),
+        }
+    }
+}

@@ -1,0 +1,860 @@
+//! A simulated cloud backend, for tests and demos.
+//!
+//! It offers instances and volumes whose runtime states move on their own
+//! after [`SimConfig::transition_delay`], the way a real cloud's do, so the
+//! executor's polling steps have something to wait for. Nothing runs in the
+//! background: each call first settles the transitions that are due, so an
+//! object's state is a pure function of the calls made and the time passed.
+//!
+//! The cloud lives in one of two stores, with the same rules:
+//!
+//! - [`Sim::new`]: in this process's memory; each call runs under a mutex.
+//! - [`Sim::shared`]: in PostgreSQL (the `sim_*` tables), so every process on
+//!   the database sees the same cloud: an instance created by one worker can
+//!   be pulled by another. Each call is one transaction, serialized on what it
+//!   touches with advisory locks, and time is the database's clock.
+//!
+//! Failures are injected per resource through the reserved attribute object
+//! `attributes.sim`:
+//!
+//! - `{"fail_on": "create_instance", "message": "No valid host was found"}`:
+//!   that method fails permanently (the message is optional);
+//! - `{"transient_failures": 2}`: the first two effectful calls for the
+//!   resource fail transiently, then calls succeed;
+//! - `{"runtime_error": true}`: the object ends its build in `ERROR` / `error`.
+//!
+//! The simulator also counts what it sees (calls, effects per idempotency key,
+//! creations in flight per tenant) so tests can check the executor's
+//! guarantees from the outside. [`Sim::stats`] reads the store's counts (all
+//! processes' in shared mode); the synchronous accessors ([`Sim::calls`],
+//! [`Sim::effects_applied`], ...) report what this process saw, which for the
+//! in-memory store is everything.
+
+mod memory;
+mod model;
+mod shared;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo};
+use memory::Memory;
+use model::{METHODS, Outcome, Plan, RUNTIME_STATES};
+
+/// How the simulated cloud behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Added to every method call (a `tokio::time::sleep` before it runs).
+    pub latency: Duration,
+    /// How long an object takes to move to its next runtime state on its own
+    /// (`BUILD` to `ACTIVE`, `deleting` to gone, ...).
+    pub transition_delay: Duration,
+    /// Most live objects a tenant (`attributes.tenant`) may have; a create
+    /// past it fails permanently, as a quota would.
+    pub tenant_capacity: usize,
+}
+
+impl SimConfig {
+    /// No latency and no transition delay: every transition is visible on the next call.
+    pub fn instant() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            transition_delay: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            transition_delay: Duration::from_secs(1),
+            tenant_capacity: 1000,
+        }
+    }
+}
+
+/// What a store counts, from [`Sim::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Live objects of every kind and tenant, deleting ones included until gone.
+    pub objects: usize,
+    /// Effects applied in all, replays not counted.
+    pub total_effects: u64,
+    /// How many times effects were applied, by idempotency key (keys with
+    /// none are absent): more than 1 means an idempotency violation.
+    pub effects: HashMap<Uuid, u32>,
+    /// Creations applied and not yet seen built by a pull (nor deleted), by
+    /// tenant (tenants with none may be absent).
+    pub in_flight: HashMap<String, usize>,
+    /// The most creations each tenant ever had in flight at once.
+    pub max_in_flight: HashMap<String, usize>,
+}
+
+impl SimStats {
+    /// How many times effects were applied under `key`.
+    pub fn effects_applied(&self, key: Uuid) -> u32 {
+        self.effects.get(&key).copied().unwrap_or(0)
+    }
+
+    /// The keys whose effect was applied more than once: idempotency violations.
+    pub fn repeated_effects(&self) -> Vec<Uuid> {
+        let mut keys: Vec<Uuid> = self
+            .effects
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(key, _)| *key)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Creations of `tenant` in flight.
+    pub fn in_flight(&self, tenant: &str) -> usize {
+        self.in_flight.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// The most creations `tenant` ever had in flight at once.
+    pub fn max_in_flight(&self, tenant: &str) -> usize {
+        self.max_in_flight.get(tenant).copied().unwrap_or(0)
+    }
+}
+
+/// Where the cloud lives.
+#[derive(Debug)]
+enum Store {
+    Memory(Mutex<Memory>),
+    Shared(PgPool),
+}
+
+/// What this process saw: kept in memory in both modes.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: HashMap<String, u64>,
+    effects: HashMap<Uuid, u32>,
+    total_effects: u64,
+    max_in_flight: HashMap<String, usize>,
+}
+
+impl Seen {
+    fn record<T>(&mut self, key: Uuid, outcome: &Outcome<T>) {
+        if outcome.effect.is_some() {
+            *self.effects.entry(key).or_default() += 1;
+            self.total_effects += 1;
+        }
+        if let Some(created) = &outcome.created {
+            let max = self
+                .max_in_flight
+                .entry(created.tenant.clone())
+                .or_default();
+            *max = (*max).max(created.in_flight);
+        }
+    }
+}
+
+/// A simulated cloud: see the module docs.
+#[derive(Debug)]
+pub struct Sim {
+    config: SimConfig,
+    store: Store,
+    seen: Mutex<Seen>,
+}
+
+impl Sim {
+    /// An empty cloud in this process's memory, behaving as `config` says.
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            config,
+            store: Store::Memory(Mutex::new(Memory::default())),
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// The cloud kept in `pool`'s database (the `sim_*` tables, which the
+    /// migrations create), shared by every `Sim::shared` on that database,
+    /// in this process or another. `config` should be the same everywhere:
+    /// each call uses its own process's. Database failures are transient
+    /// errors (`sim store: ...`).
+    pub fn shared(config: SimConfig, pool: PgPool) -> Self {
+        Self {
+            config,
+            store: Store::Shared(pool),
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// How this cloud behaves.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Whether the cloud is in the database ([`Sim::shared`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.store, Store::Shared(_))
+    }
+
+    /// What the store counts: in shared mode, every process's objects and
+    /// effects (read from the database, hence async and fallible).
+    pub async fn stats(&self) -> Result<SimStats, BackendError> {
+        match &self.store {
+            Store::Memory(memory) => Ok(lock(memory).stats(Instant::now())),
+            Store::Shared(pool) => shared::stats(pool).await,
+        }
+    }
+
+    /// How many times effects were applied under `key` by this process: more
+    /// than 1 means an idempotency violation (a retry repeated its effect).
+    /// In shared mode other processes' effects are not included: see [`Sim::stats`].
+    pub fn effects_applied(&self, key: Uuid) -> u32 {
+        self.seen().effects.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Effects applied by this process in all, replays not counted.
+    /// In shared mode other processes' effects are not included: see [`Sim::stats`].
+    pub fn total_effects(&self) -> u64 {
+        self.seen().total_effects
+    }
+
+    /// Creations of `tenant` applied and not yet seen built by a pull (nor
+    /// deleted). In-memory store only: always 0 in shared mode, where
+    /// [`Sim::stats`] has it.
+    pub fn in_flight(&self, tenant: &str) -> usize {
+        match &self.store {
+            Store::Memory(memory) => lock(memory).in_flight(tenant),
+            Store::Shared(_) => 0,
+        }
+    }
+
+    /// The most creations `tenant` had in flight at once, as seen by this
+    /// process's creations (which, in shared mode, count every process's
+    /// objects in flight at that moment; [`Sim::stats`] has the maximum over
+    /// every process's creations).
+    pub fn max_in_flight(&self, tenant: &str) -> usize {
+        self.seen().max_in_flight.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// How many times `method` was called on this process, failures and
+    /// unknown names included.
+    pub fn calls(&self, method: &str) -> u64 {
+        self.seen().calls.get(method).copied().unwrap_or(0)
+    }
+
+    /// Live objects of every kind and tenant, deleting ones included until
+    /// gone. In-memory store only: always 0 in shared mode, where
+    /// [`Sim::stats`] has it.
+    pub fn object_count(&self) -> usize {
+        match &self.store {
+            Store::Memory(memory) => lock(memory).object_count(Instant::now()),
+            Store::Shared(_) => 0,
+        }
+    }
+
+    /// Settles the in-memory store's transitions as if it were `now`.
+    #[cfg(test)]
+    fn settle_at(&self, now: Instant) {
+        if let Store::Memory(memory) = &self.store {
+            lock(memory).settle(now);
+        }
+    }
+
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        lock(&self.seen)
+    }
+
+    /// One call, after the latency.
+    async fn call_now(
+        &self,
+        method: &str,
+        call: &BackendCall,
+    ) -> Result<BackendReply, BackendError> {
+        let plan = Plan::new(method, call)?;
+        let key = call.idempotency_key;
+        match &self.store {
+            Store::Memory(memory) => {
+                // Recorded under the store's lock, so counts never lag the store.
+                let mut memory = lock(memory);
+                let outcome = memory.call(&self.config, &plan, call);
+                self.seen().record(key, &outcome);
+                outcome.result
+            }
+            Store::Shared(pool) => {
+                let outcome = shared::call(pool, &self.config, &plan, call).await?;
+                self.seen().record(key, &outcome);
+                outcome.result
+            }
+        }
+    }
+}
+
+/// The guarded value, even if a test thread panicked while holding it: the
+/// counters stay meaningful, and a sim must not turn one panic into many.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Backend for Sim {
+    fn methods(&self) -> &'static [MethodInfo] {
+        METHODS
+    }
+
+    fn runtime_states(&self) -> &'static [&'static str] {
+        RUNTIME_STATES
+    }
+
+    async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError> {
+        // Counted on arrival, so a call abandoned during the latency counts too.
+        *self.seen().calls.entry(method.to_owned()).or_default() += 1;
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        self.call_now(method, &call).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ResourceView;
+    use super::model::Op;
+    use super::*;
+    use serde_json::{Map, Value, json};
+
+    pub(super) fn resource(attributes: Value) -> ResourceView {
+        ResourceView {
+            id: Uuid::now_v7(),
+            kind: "server".to_owned(),
+            name: "web-1".to_owned(),
+            backend_id: None,
+            runtime_state: None,
+            attributes,
+        }
+    }
+
+    pub(super) fn call_on(resource: &ResourceView, params: Value) -> BackendCall {
+        BackendCall {
+            idempotency_key: Uuid::now_v7(),
+            resource: resource.clone(),
+            params,
+        }
+    }
+
+    /// Calls `method` with a fresh key and merges the reply into `resource`,
+    /// as the executor would.
+    pub(super) async fn step(
+        sim: &Sim,
+        method: &str,
+        resource: &mut ResourceView,
+        params: Value,
+    ) -> Result<BackendReply, BackendError> {
+        let reply = sim.call(method, call_on(resource, params)).await?;
+        if let Some(id) = &reply.backend_id {
+            resource.backend_id = Some(id.clone());
+        }
+        if let Some(state) = &reply.runtime_state {
+            resource.runtime_state = Some(state.clone());
+        }
+        Ok(reply)
+    }
+
+    pub(super) async fn pull(sim: &Sim, method: &str, resource: &ResourceView) -> String {
+        let reply = sim
+            .call(method, call_on(resource, json!({})))
+            .await
+            .unwrap();
+        reply.runtime_state.unwrap()
+    }
+
+    /// Live objects, as the store counts them.
+    pub(super) async fn objects(sim: &Sim) -> usize {
+        sim.stats().await.unwrap().objects
+    }
+
+    /// An instance that has finished building (instant config).
+    pub(super) async fn active_instance(sim: &Sim, attributes: Value) -> ResourceView {
+        let mut r = resource(attributes);
+        step(sim, "create_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(pull(sim, "pull_instance", &r).await, "ACTIVE");
+        r
+    }
+
+    #[test]
+    fn every_method_parses_with_its_listed_role() {
+        for info in METHODS {
+            let (_, op) = Op::parse(info.name).unwrap();
+            assert_eq!(op.role(), info.role, "{}", info.name);
+        }
+        let sim = Sim::new(SimConfig::default());
+        assert_eq!(sim.runtime_states().len(), 12);
+        assert_eq!(sim.config().transition_delay, Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn create_then_pull_moves_build_to_active_after_the_delay() {
+        let config = SimConfig {
+            transition_delay: Duration::from_millis(300),
+            ..SimConfig::default()
+        };
+        let sim = Sim::new(config);
+        let mut r = resource(json!({"tenant": "t1"}));
+        let reply = step(&sim, "create_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        let id = reply.backend_id.unwrap();
+        assert!(id.starts_with("sim-") && id.len() == 36, "{id}");
+        assert_eq!(reply.runtime_state.as_deref(), Some("BUILD"));
+        assert_eq!(pull(&sim, "pull_instance", &r).await, "BUILD");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(pull(&sim, "pull_instance", &r).await, "ACTIVE");
+        assert_eq!(sim.object_count(), 1);
+        assert_eq!(sim.calls("pull_instance"), 2);
+    }
+
+    #[tokio::test]
+    async fn instant_config_shows_the_move_on_the_next_call() {
+        instant_config_shows_the_move_on_the_next_call_on(&Sim::new(SimConfig::instant())).await;
+    }
+
+    /// The scenario of `instant_config_shows_the_move_on_the_next_call`, on any store.
+    pub(super) async fn instant_config_shows_the_move_on_the_next_call_on(sim: &Sim) {
+        let mut r = resource(json!({}));
+        step(sim, "create_volume", &mut r, json!({})).await.unwrap();
+        assert_eq!(pull(sim, "pull_volume", &r).await, "available");
+        let reply = step(sim, "extend_volume", &mut r, json!({"size_gb": 20}))
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("extending"));
+        assert_eq!(reply.attributes.unwrap()["size_gb"], json!(20));
+        assert_eq!(pull(sim, "pull_volume", &r).await, "available");
+        // Volumes are not instances.
+        let err = sim
+            .call("pull_instance", call_on(&r, json!({})))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn runtime_error_ends_the_build_in_error() {
+        runtime_error_ends_the_build_in_error_on(&Sim::new(SimConfig::instant())).await;
+    }
+
+    /// The scenario of `runtime_error_ends_the_build_in_error`, on any store.
+    pub(super) async fn runtime_error_ends_the_build_in_error_on(sim: &Sim) {
+        let mut r = resource(json!({"sim": {"runtime_error": true}}));
+        step(sim, "create_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(pull(sim, "pull_instance", &r).await, "ERROR");
+        let mut v = resource(json!({"sim": {"runtime_error": true}}));
+        step(sim, "create_volume", &mut v, json!({})).await.unwrap();
+        assert_eq!(pull(sim, "pull_volume", &v).await, "error");
+    }
+
+    #[tokio::test]
+    async fn fail_on_fails_permanently_with_the_message() {
+        fail_on_fails_permanently_with_the_message_on(&Sim::new(SimConfig::instant())).await;
+    }
+
+    /// The scenario of `fail_on_fails_permanently_with_the_message`, on any store.
+    pub(super) async fn fail_on_fails_permanently_with_the_message_on(sim: &Sim) {
+        let mut r = resource(json!({
+            "sim": {"fail_on": "create_instance", "message": "No valid host was found"}
+        }));
+        let err = step(sim, "create_instance", &mut r, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::Permanent("No valid host was found".to_owned())
+        );
+        assert_eq!(objects(sim).await, 0);
+        assert_eq!(sim.total_effects(), 0);
+        assert_eq!(sim.calls("create_instance"), 1);
+
+        let mut r = active_instance(sim, json!({"sim": {"fail_on": "stop_instance"}})).await;
+        let err = step(sim, "stop_instance", &mut r, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::Permanent("Simulated failure in stop_instance".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn transient_failures_then_success() {
+        let sim = Sim::new(SimConfig::instant());
+        let r = resource(json!({"sim": {"transient_failures": 2}}));
+        let call = call_on(&r, json!({}));
+        for i in 1..=2 {
+            let err = sim.call("create_instance", call.clone()).await.unwrap_err();
+            let expected = format!("Simulated transient failure ({i} of 2)");
+            assert_eq!(err, BackendError::Transient(expected));
+        }
+        assert_eq!(sim.effects_applied(call.idempotency_key), 0);
+        let reply = sim.call("create_instance", call.clone()).await.unwrap();
+        assert!(reply.backend_id.is_some());
+        assert_eq!(sim.effects_applied(call.idempotency_key), 1);
+        assert_eq!(sim.calls("create_instance"), 3);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_replays_the_first_reply() {
+        let sim = Sim::new(SimConfig::instant());
+        let call = call_on(&resource(json!({"tenant": "t"})), json!({}));
+        let first = sim.call("create_instance", call.clone()).await.unwrap();
+        let again = sim.call("create_instance", call.clone()).await.unwrap();
+        let third = sim.call("create_instance", call.clone()).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first, third);
+        assert_eq!(sim.effects_applied(call.idempotency_key), 1);
+        assert_eq!(sim.total_effects(), 1);
+        assert_eq!(sim.object_count(), 1);
+        assert_eq!(sim.in_flight("t"), 1);
+        // The same key on another method is a caller bug, not a replay.
+        let err = sim.call("delete_instance", call).await.unwrap_err();
+        assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_stop_does_not_transition_twice() {
+        let config = SimConfig {
+            transition_delay: Duration::from_secs(60),
+            ..SimConfig::default()
+        };
+        let sim = Sim::new(config);
+        let mut r = resource(json!({}));
+        step(&sim, "create_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        // Still building: not stoppable, and the failure is not remembered.
+        let call = call_on(&r, json!({}));
+        let err = sim.call("stop_instance", call.clone()).await.unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::Permanent("Cannot stop instance in state BUILD".to_owned())
+        );
+        assert_eq!(sim.effects_applied(call.idempotency_key), 0);
+        sim.settle_at(Instant::now() + Duration::from_secs(61));
+        let first = sim.call("stop_instance", call.clone()).await.unwrap();
+        let again = sim.call("stop_instance", call.clone()).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(sim.effects_applied(call.idempotency_key), 1);
+        // A new stop while the first is under way is refused.
+        let err = step(&sim, "stop_instance", &mut r, json!({}))
+            .await
+            .unwrap_err();
+        let expected = "Cannot stop instance in state ACTIVE (changing to SHUTOFF)";
+        assert_eq!(err, BackendError::Permanent(expected.to_owned()));
+    }
+
+    #[tokio::test]
+    async fn stop_requires_active_and_start_requires_shutoff() {
+        stop_requires_active_and_start_requires_shutoff_on(&Sim::new(SimConfig::instant())).await;
+    }
+
+    /// The scenario of `stop_requires_active_and_start_requires_shutoff`, on any store.
+    pub(super) async fn stop_requires_active_and_start_requires_shutoff_on(sim: &Sim) {
+        let mut r = active_instance(sim, json!({})).await;
+        let err = step(sim, "start_instance", &mut r, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::Permanent("Cannot start instance in state ACTIVE".to_owned())
+        );
+        let reply = step(sim, "stop_instance", &mut r, json!({})).await.unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("ACTIVE"));
+        assert_eq!(pull(sim, "pull_instance", &r).await, "SHUTOFF");
+        let err = step(sim, "stop_instance", &mut r, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::Permanent("Cannot stop instance in state SHUTOFF".to_owned())
+        );
+        step(sim, "start_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(pull(sim, "pull_instance", &r).await, "ACTIVE");
+        let reply = step(sim, "restart_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("REBOOT"));
+        assert_eq!(pull(sim, "pull_instance", &r).await, "ACTIVE");
+
+        let mut ghost = resource(json!({}));
+        ghost.backend_id = Some("sim-nope".to_owned());
+        let err = step(sim, "stop_instance", &mut ghost, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::Permanent("instance sim-nope not found".to_owned())
+        );
+        let err = step(sim, "update_instance", &mut ghost, json!({}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn resize_returns_the_flavor() {
+        resize_returns_the_flavor_on(&Sim::new(SimConfig::instant())).await;
+    }
+
+    /// The scenario of `resize_returns_the_flavor`, on any store.
+    pub(super) async fn resize_returns_the_flavor_on(sim: &Sim) {
+        let mut r = active_instance(sim, json!({"flavor": "m1.small"})).await;
+        let err = step(
+            sim,
+            "resize_instance",
+            &mut r,
+            json!({"flavor": "m1.large"}),
+        )
+        .await;
+        assert!(matches!(err, Err(BackendError::Permanent(_))), "{err:?}");
+        step(sim, "stop_instance", &mut r, json!({})).await.unwrap();
+        let err = step(sim, "resize_instance", &mut r, json!({})).await;
+        assert!(matches!(err, Err(BackendError::Permanent(_))), "{err:?}");
+        let reply = step(
+            sim,
+            "resize_instance",
+            &mut r,
+            json!({"flavor": "m1.large"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("RESIZE"));
+        let mut expected = Map::new();
+        expected.insert("flavor".to_owned(), json!("m1.large"));
+        assert_eq!(reply.attributes, Some(expected));
+        assert_eq!(pull(sim, "pull_instance", &r).await, "SHUTOFF");
+        let reply = step(sim, "update_instance", &mut r, json!({"name": "web-2"}))
+            .await
+            .unwrap();
+        assert_eq!(reply, BackendReply::default());
+    }
+
+    #[tokio::test]
+    async fn deletes_succeed_even_for_unknown_objects() {
+        deletes_succeed_even_for_unknown_objects_on(&Sim::new(SimConfig::instant())).await;
+    }
+
+    /// The scenario of `deletes_succeed_even_for_unknown_objects`, on any store.
+    pub(super) async fn deletes_succeed_even_for_unknown_objects_on(sim: &Sim) {
+        let mut ghost = resource(json!({}));
+        ghost.backend_id = Some("sim-unknown".to_owned());
+        let reply = step(sim, "delete_instance", &mut ghost, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply, BackendReply::default());
+        let reply = sim
+            .call("is_instance_deleted", call_on(&ghost, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(reply.done, Some(true));
+
+        let mut r = active_instance(sim, json!({})).await;
+        let reply = step(sim, "delete_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("DELETING"));
+        assert_eq!(objects(sim).await, 0);
+        let reply = sim
+            .call("is_instance_deleted", call_on(&r, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(reply.done, Some(true));
+        let err = sim
+            .call("pull_instance", call_on(&r, json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::NotFound(format!("instance {} not found", r.backend_id.unwrap()))
+        );
+    }
+
+    #[tokio::test]
+    async fn is_deleted_is_false_while_deleting() {
+        let config = SimConfig {
+            transition_delay: Duration::from_secs(60),
+            ..SimConfig::default()
+        };
+        let sim = Sim::new(config);
+        let mut v = resource(json!({}));
+        step(&sim, "create_volume", &mut v, json!({}))
+            .await
+            .unwrap();
+        step(&sim, "delete_volume", &mut v, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(pull(&sim, "pull_volume", &v).await, "deleting");
+        let reply = sim
+            .call("is_volume_deleted", call_on(&v, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(reply.done, Some(false));
+    }
+
+    #[tokio::test]
+    async fn quota_limits_live_objects_per_tenant() {
+        let config = SimConfig {
+            tenant_capacity: 2,
+            ..SimConfig::instant()
+        };
+        let sim = Sim::new(config);
+        let mut a = resource(json!({"tenant": "acme"}));
+        step(&sim, "create_instance", &mut a, json!({}))
+            .await
+            .unwrap();
+        step(
+            &sim,
+            "create_volume",
+            &mut resource(json!({"tenant": "acme"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        let err = step(
+            &sim,
+            "create_instance",
+            &mut resource(json!({"tenant": "acme"})),
+            json!({}),
+        )
+        .await
+        .unwrap_err();
+        let expected = "Quota exceeded: tenant acme already has 2 objects";
+        assert_eq!(err, BackendError::Permanent(expected.to_owned()));
+        // Other tenants are not affected, and a delete frees room.
+        step(
+            &sim,
+            "create_instance",
+            &mut resource(json!({"tenant": "other"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        step(&sim, "delete_instance", &mut a, json!({}))
+            .await
+            .unwrap();
+        step(
+            &sim,
+            "create_instance",
+            &mut resource(json!({"tenant": "acme"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_tracks_creations_until_pulled_or_deleted() {
+        let sim = Sim::new(SimConfig::instant());
+        let mut rs = Vec::new();
+        for _ in 0..3 {
+            let mut r = resource(json!({"tenant": "t"}));
+            step(&sim, "create_instance", &mut r, json!({}))
+                .await
+                .unwrap();
+            rs.push(r);
+        }
+        assert_eq!(sim.in_flight("t"), 3);
+        assert_eq!(pull(&sim, "pull_instance", &rs[0]).await, "ACTIVE");
+        assert_eq!(pull(&sim, "pull_instance", &rs[0]).await, "ACTIVE");
+        assert_eq!(sim.in_flight("t"), 2);
+        step(&sim, "delete_instance", &mut rs[1], json!({}))
+            .await
+            .unwrap();
+        assert_eq!(sim.in_flight("t"), 1);
+        step(
+            &sim,
+            "create_volume",
+            &mut resource(json!({"tenant": "t"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sim.in_flight("t"), 2);
+        assert_eq!(sim.max_in_flight("t"), 3);
+        assert_eq!(sim.max_in_flight("nobody"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creations_are_all_counted() {
+        let config = SimConfig {
+            latency: Duration::from_millis(5),
+            ..SimConfig::instant()
+        };
+        let sim = std::sync::Arc::new(Sim::new(config));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    let call = call_on(&resource(json!({"tenant": "busy"})), json!({}));
+                    sim.call("create_instance", call).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(sim.max_in_flight("busy"), 8);
+        assert_eq!(sim.total_effects(), 8);
+    }
+
+    #[tokio::test]
+    async fn stats_agree_with_the_sync_counters_in_memory() {
+        let config = SimConfig {
+            transition_delay: Duration::from_secs(60),
+            ..SimConfig::default()
+        };
+        let sim = Sim::new(config);
+        assert!(!sim.is_shared());
+        assert_eq!(sim.stats().await.unwrap(), SimStats::default());
+        let mut keys = Vec::new();
+        for tenant in ["a", "a", "b"] {
+            let call = call_on(&resource(json!({"tenant": tenant})), json!({}));
+            sim.call("create_volume", call.clone()).await.unwrap();
+            sim.call("create_volume", call.clone()).await.unwrap();
+            keys.push(call.idempotency_key);
+        }
+        let stats = sim.stats().await.unwrap();
+        assert_eq!(stats.objects, sim.object_count());
+        assert_eq!(stats.objects, 3);
+        assert_eq!(stats.total_effects, sim.total_effects());
+        for key in keys {
+            assert_eq!(stats.effects_applied(key), 1);
+            assert_eq!(sim.effects_applied(key), 1);
+        }
+        assert!(stats.repeated_effects().is_empty());
+        assert_eq!((stats.in_flight("a"), sim.in_flight("a")), (2, 2));
+        assert_eq!((stats.max_in_flight("a"), sim.max_in_flight("a")), (2, 2));
+        assert_eq!((stats.in_flight("b"), stats.max_in_flight("b")), (1, 1));
+        assert_eq!(stats.in_flight("nobody"), 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_are_permanent_errors() {
+        let sim = Sim::new(SimConfig::instant());
+        let err = sim
+            .call(
+                "reboot_everything",
+                call_on(&resource(json!({})), json!({})),
+            )
+            .await;
+        let expected = "sim backend has no method reboot_everything";
+        assert_eq!(err, Err(BackendError::Permanent(expected.to_owned())));
+        assert_eq!(sim.calls("reboot_everything"), 1);
+    }
+}

@@ -1,0 +1,717 @@
+//! The simulation's rules, whatever store holds its state.
+//!
+//! A call runs in three parts: the store loads what the call may need
+//! ([`Loaded`], under whatever locks make the call atomic), [`decide`] applies
+//! the rules to it (pure: no I/O, no clock), and the store writes back what
+//! [`Outcome`] says changed. The in-memory and the PostgreSQL store differ
+//! only in how they load and write; the time type `T` is theirs too
+//! (`tokio::time::Instant` in memory, the database's `timestamptz` when shared).
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::SimConfig;
+use crate::backend::{BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
+
+/// The methods the simulator offers; roles follow [`Op::role`].
+pub(super) static METHODS: &[MethodInfo] = &[
+    method("create_instance", MethodRole::Effect),
+    method("delete_instance", MethodRole::Effect),
+    method("stop_instance", MethodRole::Effect),
+    method("start_instance", MethodRole::Effect),
+    method("restart_instance", MethodRole::Effect),
+    method("resize_instance", MethodRole::Effect),
+    method("update_instance", MethodRole::Effect),
+    method("pull_instance", MethodRole::Pull),
+    method("is_instance_deleted", MethodRole::Check),
+    method("create_volume", MethodRole::Effect),
+    method("extend_volume", MethodRole::Effect),
+    method("update_volume", MethodRole::Effect),
+    method("delete_volume", MethodRole::Effect),
+    method("pull_volume", MethodRole::Pull),
+    method("is_volume_deleted", MethodRole::Check),
+];
+
+const fn method(name: &'static str, role: MethodRole) -> MethodInfo {
+    MethodInfo { name, role }
+}
+
+/// Every runtime state an object can be in (the migration's CHECK lists them too).
+pub(super) static RUNTIME_STATES: &[&str] = &[
+    "BUILD",
+    "ACTIVE",
+    "SHUTOFF",
+    "REBOOT",
+    "RESIZE",
+    "DELETING",
+    "ERROR",
+    "creating",
+    "available",
+    "extending",
+    "deleting",
+    "error",
+];
+
+/// `name` as one of [`RUNTIME_STATES`], if it is one.
+pub(super) fn runtime_state(name: &str) -> Option<&'static str> {
+    RUNTIME_STATES.iter().copied().find(|s| *s == name)
+}
+
+/// The kinds of object the simulator holds, with their state names
+/// (instances use Nova's, volumes Cinder's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Instance,
+    Volume,
+}
+
+impl Kind {
+    /// The name in messages and in the store.
+    pub(super) fn noun(self) -> &'static str {
+        match self {
+            Kind::Instance => "instance",
+            Kind::Volume => "volume",
+        }
+    }
+
+    /// The kind whose [`Kind::noun`] is `noun`.
+    pub(super) fn from_noun(noun: &str) -> Option<Self> {
+        match noun {
+            "instance" => Some(Kind::Instance),
+            "volume" => Some(Kind::Volume),
+            _ => None,
+        }
+    }
+
+    fn building(self) -> &'static str {
+        match self {
+            Kind::Instance => "BUILD",
+            Kind::Volume => "creating",
+        }
+    }
+
+    fn ready(self) -> &'static str {
+        match self {
+            Kind::Instance => "ACTIVE",
+            Kind::Volume => "available",
+        }
+    }
+
+    fn erred(self) -> &'static str {
+        match self {
+            Kind::Instance => "ERROR",
+            Kind::Volume => "error",
+        }
+    }
+
+    fn deleting(self) -> &'static str {
+        match self {
+            Kind::Instance => "DELETING",
+            Kind::Volume => "deleting",
+        }
+    }
+}
+
+/// What a method does, independent of the kind it acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    Create,
+    Delete,
+    Update,
+    Stop,
+    Start,
+    Restart,
+    Resize,
+    Extend,
+    Pull,
+    IsDeleted,
+}
+
+impl Op {
+    pub(super) fn parse(method: &str) -> Option<(Kind, Op)> {
+        let found = match method {
+            "create_instance" => (Kind::Instance, Op::Create),
+            "delete_instance" => (Kind::Instance, Op::Delete),
+            "update_instance" => (Kind::Instance, Op::Update),
+            "stop_instance" => (Kind::Instance, Op::Stop),
+            "start_instance" => (Kind::Instance, Op::Start),
+            "restart_instance" => (Kind::Instance, Op::Restart),
+            "resize_instance" => (Kind::Instance, Op::Resize),
+            "pull_instance" => (Kind::Instance, Op::Pull),
+            "is_instance_deleted" => (Kind::Instance, Op::IsDeleted),
+            "create_volume" => (Kind::Volume, Op::Create),
+            "delete_volume" => (Kind::Volume, Op::Delete),
+            "update_volume" => (Kind::Volume, Op::Update),
+            "extend_volume" => (Kind::Volume, Op::Extend),
+            "pull_volume" => (Kind::Volume, Op::Pull),
+            "is_volume_deleted" => (Kind::Volume, Op::IsDeleted),
+            _ => return None,
+        };
+        Some(found)
+    }
+
+    pub(super) fn role(self) -> MethodRole {
+        match self {
+            Op::Pull => MethodRole::Pull,
+            Op::IsDeleted => MethodRole::Check,
+            _ => MethodRole::Effect,
+        }
+    }
+
+    /// For actions: the state the object must be in, the state it shows
+    /// meanwhile, and the state it reaches after the transition delay.
+    fn transition(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Op::Stop => Some(("ACTIVE", "ACTIVE", "SHUTOFF")),
+            Op::Start => Some(("SHUTOFF", "SHUTOFF", "ACTIVE")),
+            Op::Restart => Some(("ACTIVE", "REBOOT", "ACTIVE")),
+            Op::Resize => Some(("SHUTOFF", "RESIZE", "SHUTOFF")),
+            Op::Extend => Some(("available", "extending", "available")),
+            _ => None,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Delete => "delete",
+            Op::Update => "update",
+            Op::Stop => "stop",
+            Op::Start => "start",
+            Op::Restart => "restart",
+            Op::Resize => "resize",
+            Op::Extend => "extend",
+            Op::Pull => "pull",
+            Op::IsDeleted => "check",
+        }
+    }
+}
+
+/// Where a pending transition leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    To(&'static str),
+    /// The object disappears (the end of a delete).
+    Gone,
+}
+
+/// One simulated object; `T` is the store's time.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Object<T> {
+    pub(super) kind: Kind,
+    pub(super) tenant: String,
+    pub(super) attributes: Value,
+    pub(super) state: &'static str,
+    pub(super) pending: Option<(Next, T)>,
+    /// Counted in its tenant's in-flight creations until a pull sees it built (or it is deleted).
+    pub(super) building: bool,
+}
+
+impl<T: Copy + PartialOrd> Object<T> {
+    /// Applies the pending transition if it is due at `now`; false if the
+    /// object is gone.
+    pub(super) fn settle(&mut self, now: T) -> bool {
+        match self.pending {
+            Some((next, at)) if now >= at => {
+                self.pending = None;
+                match next {
+                    Next::To(state) => {
+                        self.state = state;
+                        true
+                    }
+                    Next::Gone => false,
+                }
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The failure-injection options read from `attributes.sim`.
+#[derive(Debug, Default)]
+pub(super) struct Options {
+    fail_on: Option<String>,
+    message: Option<String>,
+    transient_failures: u32,
+    runtime_error: bool,
+}
+
+impl Options {
+    fn of(attributes: &Value) -> Self {
+        let Some(sim) = attributes.get("sim").and_then(Value::as_object) else {
+            return Self::default();
+        };
+        Self {
+            fail_on: sim
+                .get("fail_on")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            message: sim
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            transient_failures: sim
+                .get("transient_failures")
+                .and_then(Value::as_u64)
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            runtime_error: sim.get("runtime_error").and_then(Value::as_bool) == Some(true),
+        }
+    }
+}
+
+/// What a call is and what the store must load (and lock) for it.
+#[derive(Debug)]
+pub(super) struct Plan<'a> {
+    method: &'a str,
+    kind: Kind,
+    op: Op,
+    options: Options,
+    /// An effect: replayed per idempotency key, counted, subject to injected
+    /// transient failures. The store loads the key's first reply.
+    pub(super) effect: bool,
+    /// Whether injected transient failures apply: the store loads the
+    /// resource's counter.
+    pub(super) transient: bool,
+    /// The object the call acts on (all but creates): the store loads it.
+    pub(super) object_id: Option<&'a str>,
+    /// For creates, the tenant the new object counts under: the store loads
+    /// the tenant's counts.
+    pub(super) create_tenant: Option<String>,
+}
+
+impl<'a> Plan<'a> {
+    /// The plan for `method`, or a permanent error if the sim has no such method.
+    pub(super) fn new(method: &'a str, call: &'a BackendCall) -> Result<Self, BackendError> {
+        let Some((kind, op)) = Op::parse(method) else {
+            return Err(BackendError::Permanent(format!(
+                "sim backend has no method {method}"
+            )));
+        };
+        let options = Options::of(&call.resource.attributes);
+        let effect = op.role() == MethodRole::Effect;
+        let create = op == Op::Create;
+        Ok(Self {
+            method,
+            kind,
+            op,
+            effect,
+            transient: effect && options.transient_failures > 0,
+            object_id: if create {
+                None
+            } else {
+                call.resource.backend_id.as_deref()
+            },
+            create_tenant: create.then(|| tenant_of(&call.resource.attributes)),
+            options,
+        })
+    }
+}
+
+/// A tenant's counts, loaded for creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct TenantLoad {
+    /// Live objects (deleting ones included until gone).
+    pub(super) owned: usize,
+    /// Objects still counted as in-flight creations.
+    pub(super) in_flight: usize,
+}
+
+/// What the store loaded for a call, as the [`Plan`] asked.
+#[derive(Debug)]
+pub(super) struct Loaded<T> {
+    /// The store's clock now.
+    pub(super) now: T,
+    /// `now` plus the transition delay: when a transition started now ends.
+    pub(super) at: T,
+    /// The method and reply of the key's first successful effect.
+    pub(super) prior: Option<(String, BackendReply)>,
+    /// Injected transient failures already given for the resource.
+    pub(super) transient_given: u32,
+    /// [`Plan::object_id`]'s object as stored (not yet settled), if any.
+    pub(super) object: Option<Object<T>>,
+    /// [`Plan::create_tenant`]'s counts, settled at `now`.
+    pub(super) tenant: TenantLoad,
+}
+
+/// What to do to the stored object.
+#[derive(Debug, PartialEq)]
+pub(super) enum ObjectWrite<T> {
+    /// Nothing changed.
+    Keep,
+    /// Store the object under this id (new or changed).
+    Put(String, Object<T>),
+    /// The object is gone.
+    Remove(String),
+}
+
+/// A new object's creation, for the in-flight statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Created {
+    /// Its tenant.
+    pub(super) tenant: String,
+    /// The tenant's creations in flight, this one included.
+    pub(super) in_flight: usize,
+}
+
+/// A call's result and what the store must write, whether the call
+/// succeeded or not (settled transitions and given failures stick).
+#[derive(Debug)]
+pub(super) struct Outcome<T> {
+    /// The answer to the caller.
+    pub(super) result: Result<BackendReply, BackendError>,
+    /// The resource's new count of injected transient failures given.
+    pub(super) transient_given: Option<u32>,
+    /// The object's change.
+    pub(super) object: ObjectWrite<T>,
+    /// A newly applied effect: the method and reply to record under the key.
+    pub(super) effect: Option<(String, BackendReply)>,
+    /// Set when the effect created an object.
+    pub(super) created: Option<Created>,
+}
+
+/// Applies the rules to one call: see the module docs.
+pub(super) fn decide<T: Copy + PartialOrd>(
+    config: &SimConfig,
+    plan: &Plan<'_>,
+    call: &BackendCall,
+    loaded: Loaded<T>,
+) -> Outcome<T> {
+    let Loaded {
+        now,
+        at,
+        prior,
+        transient_given,
+        object: stored,
+        tenant,
+    } = loaded;
+    let mut object = stored.clone();
+    if let Some(o) = object.as_mut()
+        && !o.settle(now)
+    {
+        object = None;
+    }
+    let mut step = Step {
+        config,
+        plan,
+        call,
+        at,
+        object,
+        created: None,
+        transient_given: None,
+        fresh: false,
+    };
+    let result = step.run(prior, transient_given, tenant);
+
+    let Step {
+        object,
+        created,
+        transient_given,
+        fresh,
+        ..
+    } = step;
+    let applied = fresh && plan.effect && result.is_ok();
+    let (object, created) = match (created, plan.object_id) {
+        (Some((id, new, in_flight)), _) => {
+            let created = Created {
+                tenant: new.tenant.clone(),
+                in_flight,
+            };
+            (ObjectWrite::Put(id, new), applied.then_some(created))
+        }
+        (None, Some(id)) => match (stored, object) {
+            (Some(_), None) => (ObjectWrite::Remove(id.to_owned()), None),
+            (Some(before), Some(after)) if before != after => {
+                (ObjectWrite::Put(id.to_owned(), after), None)
+            }
+            _ => (ObjectWrite::Keep, None),
+        },
+        (None, None) => (ObjectWrite::Keep, None),
+    };
+    let effect = match (&result, applied) {
+        (Ok(reply), true) => Some((plan.method.to_owned(), reply.clone())),
+        _ => None,
+    };
+    Outcome {
+        result,
+        transient_given,
+        object,
+        effect,
+        created,
+    }
+}
+
+/// One call being decided.
+struct Step<'a, T> {
+    config: &'a SimConfig,
+    plan: &'a Plan<'a>,
+    call: &'a BackendCall,
+    at: T,
+    /// The plan's object, settled; `None` if there is none (or it is gone).
+    object: Option<Object<T>>,
+    /// A created object: its id, itself, and its tenant's creations in flight.
+    created: Option<(String, Object<T>, usize)>,
+    transient_given: Option<u32>,
+    /// Whether the call got past replays and injected failures to the method itself.
+    fresh: bool,
+}
+
+impl<T: Copy + PartialOrd> Step<'_, T> {
+    fn run(
+        &mut self,
+        prior: Option<(String, BackendReply)>,
+        transient_given: u32,
+        tenant: TenantLoad,
+    ) -> Result<BackendReply, BackendError> {
+        let plan = self.plan;
+        let (method, options) = (plan.method, &plan.options);
+        let key = self.call.idempotency_key;
+        if plan.effect {
+            if let Some((first, reply)) = prior {
+                return if first == method {
+                    Ok(reply)
+                } else {
+                    Err(BackendError::Permanent(format!(
+                        "idempotency key {key} was already used for {first}, not {method}"
+                    )))
+                };
+            }
+            if transient_given < options.transient_failures {
+                let given = transient_given + 1;
+                self.transient_given = Some(given);
+                return Err(BackendError::Transient(format!(
+                    "Simulated transient failure ({given} of {})",
+                    options.transient_failures
+                )));
+            }
+        }
+        if options.fail_on.as_deref() == Some(method) {
+            let message = options
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("Simulated failure in {method}"));
+            return Err(BackendError::Permanent(message));
+        }
+
+        self.fresh = true;
+        match plan.op {
+            Op::Create => self.create(tenant),
+            Op::Delete => Ok(self.delete()),
+            Op::Update => self.update(),
+            Op::Stop | Op::Start | Op::Restart => self.act(),
+            Op::Resize => {
+                let flavor = param(self.call, method, "flavor", Value::is_string)?;
+                let mut reply = self.act()?;
+                self.set_attribute("flavor", &flavor, &mut reply);
+                Ok(reply)
+            }
+            Op::Extend => {
+                let size = param(self.call, method, "size_gb", |v| {
+                    v.as_u64().is_some_and(|n| n > 0)
+                })?;
+                let mut reply = self.act()?;
+                self.set_attribute("size_gb", &size, &mut reply);
+                Ok(reply)
+            }
+            Op::Pull => self.pull(),
+            Op::IsDeleted => Ok(BackendReply {
+                done: Some(self.found().is_none()),
+                ..BackendReply::default()
+            }),
+        }
+    }
+
+    /// The plan's object, if it is live and of the plan's kind.
+    fn found(&mut self) -> Option<&mut Object<T>> {
+        let kind = self.plan.kind;
+        self.object.as_mut().filter(|o| o.kind == kind)
+    }
+
+    /// Like [`Step::found`], but a missing object is an error saying which.
+    fn require(&mut self) -> Result<&mut Object<T>, String> {
+        let noun = self.plan.kind.noun();
+        let resource = &self.call.resource;
+        let Some(id) = resource.backend_id.as_deref() else {
+            return Err(format!(
+                "{noun} of resource {} has no backend id",
+                resource.id
+            ));
+        };
+        let missing = format!("{noun} {id} not found");
+        self.found().ok_or(missing)
+    }
+
+    fn create(&mut self, tenant: TenantLoad) -> Result<BackendReply, BackendError> {
+        let kind = self.plan.kind;
+        let name = self.plan.create_tenant.clone().unwrap_or_default();
+        if tenant.owned >= self.config.tenant_capacity {
+            return Err(BackendError::Permanent(format!(
+                "Quota exceeded: tenant {name} already has {} objects",
+                tenant.owned
+            )));
+        }
+        let backend_id = format!("sim-{}", Uuid::new_v4().simple());
+        let end = if self.plan.options.runtime_error {
+            kind.erred()
+        } else {
+            kind.ready()
+        };
+        let object = Object {
+            kind,
+            tenant: name,
+            attributes: self.call.resource.attributes.clone(),
+            state: kind.building(),
+            pending: Some((Next::To(end), self.at)),
+            building: true,
+        };
+        self.created = Some((backend_id.clone(), object, tenant.in_flight + 1));
+        Ok(BackendReply {
+            backend_id: Some(backend_id),
+            runtime_state: Some(kind.building().to_owned()),
+            ..BackendReply::default()
+        })
+    }
+
+    /// Deleting what is not there succeeds: the caller wants it gone, and it is.
+    fn delete(&mut self) -> BackendReply {
+        let (kind, at) = (self.plan.kind, self.at);
+        let Some(object) = self.found() else {
+            return BackendReply::default();
+        };
+        object.building = false;
+        // A second delete leaves the first one's timer alone.
+        if object.state != kind.deleting() {
+            object.state = kind.deleting();
+            object.pending = Some((Next::Gone, at));
+        }
+        BackendReply {
+            runtime_state: Some(kind.deleting().to_owned()),
+            ..BackendReply::default()
+        }
+    }
+
+    /// Changes only the stored attributes: an update has no runtime effect.
+    fn update(&mut self) -> Result<BackendReply, BackendError> {
+        let params = &self.call.params;
+        let object = self.require().map_err(BackendError::Permanent)?;
+        if let (Some(stored), Some(changes)) =
+            (object.attributes.as_object_mut(), params.as_object())
+        {
+            stored.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Ok(BackendReply::default())
+    }
+
+    /// Runs an action (see [`Op::transition`]). It is refused while another
+    /// transition is under way, as a real cloud refuses a busy server.
+    fn act(&mut self) -> Result<BackendReply, BackendError> {
+        let (op, at) = (self.plan.op, self.at);
+        let (noun, verb) = (self.plan.kind.noun(), op.verb());
+        let Some((from, during, to)) = op.transition() else {
+            return Err(BackendError::Permanent(format!(
+                "sim: {verb} is not an action"
+            )));
+        };
+        let object = self.require().map_err(BackendError::Permanent)?;
+        match object.pending {
+            Some((Next::To(next), _)) if object.state == from => {
+                return Err(BackendError::Permanent(format!(
+                    "Cannot {verb} {noun} in state {from} (changing to {next})"
+                )));
+            }
+            _ if object.state != from => {
+                return Err(BackendError::Permanent(format!(
+                    "Cannot {verb} {noun} in state {}",
+                    object.state
+                )));
+            }
+            _ => {}
+        }
+        object.state = during;
+        object.pending = Some((Next::To(to), at));
+        Ok(BackendReply {
+            runtime_state: Some(during.to_owned()),
+            ..BackendReply::default()
+        })
+    }
+
+    /// Records `name = value` on the object and in the reply, to be merged into the resource.
+    fn set_attribute(&mut self, name: &str, value: &Value, reply: &mut BackendReply) {
+        if let Some(stored) = self
+            .object
+            .as_mut()
+            .and_then(|o| o.attributes.as_object_mut())
+        {
+            stored.insert(name.to_owned(), value.clone());
+        }
+        reply
+            .attributes
+            .get_or_insert_with(Map::new)
+            .insert(name.to_owned(), value.clone());
+    }
+
+    fn pull(&mut self) -> Result<BackendReply, BackendError> {
+        let building = self.plan.kind.building();
+        let object = self.require().map_err(BackendError::NotFound)?;
+        if object.state != building {
+            object.building = false;
+        }
+        Ok(BackendReply {
+            runtime_state: Some(object.state.to_owned()),
+            ..BackendReply::default()
+        })
+    }
+}
+
+/// `params[name]`, if `valid` accepts it; a bad request is permanent.
+fn param(
+    call: &BackendCall,
+    method: &str,
+    name: &str,
+    valid: impl Fn(&Value) -> bool,
+) -> Result<Value, BackendError> {
+    match call.params.get(name) {
+        Some(value) if valid(value) => Ok(value.clone()),
+        _ => Err(BackendError::Permanent(format!(
+            "{method} needs a valid params.{name}, got {}",
+            call.params
+        ))),
+    }
+}
+
+/// The tenant an object is counted under; objects without one share the tenant "".
+pub(super) fn tenant_of(attributes: &Value) -> String {
+    match attributes.get("tenant") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(tenant)) => tenant.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A reply as stored in `sim_effects.reply`.
+pub(super) fn reply_to_json(reply: &BackendReply) -> Value {
+    let mut stored = Map::new();
+    if let Some(id) = &reply.backend_id {
+        stored.insert("backend_id".to_owned(), Value::from(id.as_str()));
+    }
+    if let Some(state) = &reply.runtime_state {
+        stored.insert("runtime_state".to_owned(), Value::from(state.as_str()));
+    }
+    if let Some(attributes) = &reply.attributes {
+        stored.insert("attributes".to_owned(), Value::Object(attributes.clone()));
+    }
+    if let Some(done) = reply.done {
+        stored.insert("done".to_owned(), Value::Bool(done));
+    }
+    Value::Object(stored)
+}
+
+/// The reply [`reply_to_json`] stored.
+pub(super) fn reply_from_json(stored: &Value) -> BackendReply {
+    let text = |name: &str| stored.get(name).and_then(Value::as_str).map(str::to_owned);
+    BackendReply {
+        backend_id: text("backend_id"),
+        runtime_state: text("runtime_state"),
+        attributes: stored.get("attributes").and_then(Value::as_object).cloned(),
+        done: stored.get("done").and_then(Value::as_bool),
+    }
+}

@@ -1,0 +1,672 @@
+//! The shared store: the simulated cloud in PostgreSQL (the `sim_*` tables),
+//! so every process on the database sees the same cloud.
+//!
+//! Each call is one transaction: it takes transaction-scoped advisory locks
+//! on what it touches, always in the same order (the idempotency key, the
+//! resource's failure counter, the tenant of a create, the object), loads,
+//! decides with the same rules as the in-memory store, writes back and
+//! commits. Time is the database's (`clock_timestamp()`, read once the locks
+//! are held), so transitions end at the same moment for every process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::SimConfig;
+use super::SimStats;
+use super::model::{
+    Kind, Loaded, Next, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide, reply_from_json,
+    reply_to_json, runtime_state,
+};
+use crate::backend::{BackendCall, BackendError};
+
+/// The database time type.
+type Time = DateTime<Utc>;
+
+/// What `next_state` holds for a pending disappearance.
+const GONE: &str = "gone";
+
+/// A database failure, as the caller sees it: worth retrying.
+pub(super) fn store_error(error: &sqlx::Error) -> BackendError {
+    BackendError::Transient(format!("sim store: {error}"))
+}
+
+/// A row the rules cannot read (the CHECK constraints should prevent it).
+fn corrupt(what: &str) -> BackendError {
+    BackendError::Permanent(format!("sim store: {what}"))
+}
+
+async fn lock(conn: &mut PgConnection, name: &str) -> Result<(), BackendError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(name)
+        .execute(conn)
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(())
+}
+
+/// `now + delay`, saturating.
+fn later(now: Time, delay: Duration) -> Time {
+    TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Runs one call in its own transaction; database errors are transient.
+pub(super) async fn call(
+    pool: &PgPool,
+    config: &SimConfig,
+    plan: &Plan<'_>,
+    call: &BackendCall,
+) -> Result<Outcome<Time>, BackendError> {
+    let mut tx = pool.begin().await.map_err(|e| store_error(&e))?;
+    let key = call.idempotency_key;
+    let resource_id = call.resource.id;
+    if plan.effect {
+        lock(&mut tx, &format!("sim:key:{key}")).await?;
+    }
+    if plan.transient {
+        lock(&mut tx, &format!("sim:resource:{resource_id}")).await?;
+    }
+    if let Some(tenant) = &plan.create_tenant {
+        lock(&mut tx, &format!("sim:tenant:{tenant}")).await?;
+    }
+    if let Some(id) = plan.object_id {
+        lock(&mut tx, &format!("sim:object:{id}")).await?;
+    }
+    let now: Time = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| store_error(&e))?;
+
+    let prior = if plan.effect {
+        let row: Option<(String, Value)> =
+            sqlx::query_as("SELECT method, reply FROM sim_effects WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| store_error(&e))?;
+        row.map(|(method, reply)| (method, reply_from_json(&reply)))
+    } else {
+        None
+    };
+    let transient_given = if plan.transient {
+        let given: Option<i32> =
+            sqlx::query_scalar("SELECT failures_seen FROM sim_transient WHERE resource_id = $1")
+                .bind(resource_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| store_error(&e))?;
+        given.map_or(0, |n| u32::try_from(n).unwrap_or(0))
+    } else {
+        0
+    };
+    let object = match plan.object_id {
+        Some(id) => load_object(&mut tx, id).await?,
+        None => None,
+    };
+    let tenant = match &plan.create_tenant {
+        Some(tenant) => load_tenant(&mut tx, tenant, now).await?,
+        None => TenantLoad::default(),
+    };
+
+    let loaded = Loaded {
+        now,
+        at: later(now, config.transition_delay),
+        prior,
+        transient_given,
+        object,
+        tenant,
+    };
+    let outcome = decide(config, plan, call, loaded);
+    write(&mut tx, call, &outcome)
+        .await
+        .map_err(|e| store_error(&e))?;
+    tx.commit().await.map_err(|e| store_error(&e))?;
+    Ok(outcome)
+}
+
+/// A `sim_objects` row: kind, tenant, runtime_state, next_state, next_at, attributes, in_flight.
+type ObjectRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<Time>,
+    Value,
+    bool,
+);
+
+async fn load_object(
+    conn: &mut PgConnection,
+    backend_id: &str,
+) -> Result<Option<Object<Time>>, BackendError> {
+    let row: Option<ObjectRow> = sqlx::query_as(
+        "SELECT kind, tenant, runtime_state, next_state, next_at, attributes, in_flight \
+         FROM sim_objects WHERE backend_id = $1",
+    )
+    .bind(backend_id)
+    .fetch_optional(conn)
+    .await
+    .map_err(|e| store_error(&e))?;
+    let Some((kind, tenant, state, next_state, next_at, attributes, in_flight)) = row else {
+        return Ok(None);
+    };
+    let kind = Kind::from_noun(&kind)
+        .ok_or_else(|| corrupt(&format!("object {backend_id}: kind {kind}")))?;
+    let state = runtime_state(&state)
+        .ok_or_else(|| corrupt(&format!("object {backend_id}: runtime state {state}")))?;
+    let pending = match (next_state, next_at) {
+        (None, None) => None,
+        (Some(next), Some(at)) if next == GONE => Some((Next::Gone, at)),
+        (Some(next), Some(at)) => {
+            let next = runtime_state(&next)
+                .ok_or_else(|| corrupt(&format!("object {backend_id}: next state {next}")))?;
+            Some((Next::To(next), at))
+        }
+        _ => return Err(corrupt(&format!("object {backend_id}: half a transition"))),
+    };
+    Ok(Some(Object {
+        kind,
+        tenant,
+        attributes,
+        state,
+        pending,
+        building: in_flight,
+    }))
+}
+
+/// The tenant's live objects and in-flight creations at `now` (objects
+/// whose deletion is due are gone, whether or not a call removed them yet).
+async fn load_tenant(
+    conn: &mut PgConnection,
+    tenant: &str,
+    now: Time,
+) -> Result<TenantLoad, BackendError> {
+    let (owned, in_flight): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE in_flight) FROM sim_objects \
+         WHERE tenant = $1 AND NOT (next_state IS NOT DISTINCT FROM 'gone' AND next_at <= $2)",
+    )
+    .bind(tenant)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| store_error(&e))?;
+    Ok(TenantLoad {
+        owned: usize::try_from(owned).unwrap_or(usize::MAX),
+        in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
+    })
+}
+
+async fn write(
+    conn: &mut PgConnection,
+    call: &BackendCall,
+    outcome: &Outcome<Time>,
+) -> sqlx::Result<()> {
+    if let Some(given) = outcome.transient_given {
+        sqlx::query(
+            "INSERT INTO sim_transient (resource_id, failures_seen) VALUES ($1, $2) \
+             ON CONFLICT (resource_id) DO UPDATE SET failures_seen = EXCLUDED.failures_seen",
+        )
+        .bind(call.resource.id)
+        .bind(i32::try_from(given).unwrap_or(i32::MAX))
+        .execute(&mut *conn)
+        .await?;
+    }
+    match &outcome.object {
+        ObjectWrite::Keep => {}
+        ObjectWrite::Put(id, object) => {
+            let (next_state, next_at) = match object.pending {
+                None => (None, None),
+                Some((Next::Gone, at)) => (Some(GONE), Some(at)),
+                Some((Next::To(state), at)) => (Some(state), Some(at)),
+            };
+            sqlx::query(
+                "INSERT INTO sim_objects \
+                 (backend_id, kind, tenant, runtime_state, next_state, next_at, attributes, in_flight) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (backend_id) DO UPDATE SET \
+                 runtime_state = EXCLUDED.runtime_state, next_state = EXCLUDED.next_state, \
+                 next_at = EXCLUDED.next_at, attributes = EXCLUDED.attributes, \
+                 in_flight = EXCLUDED.in_flight, updated_at = now()",
+            )
+            .bind(id)
+            .bind(object.kind.noun())
+            .bind(&object.tenant)
+            .bind(object.state)
+            .bind(next_state)
+            .bind(next_at)
+            .bind(&object.attributes)
+            .bind(object.building)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ObjectWrite::Remove(id) => {
+            sqlx::query("DELETE FROM sim_objects WHERE backend_id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    if let Some((method, reply)) = &outcome.effect {
+        // The key's lock makes a conflict impossible unless the rules replayed
+        // wrongly; if it ever happens, it is counted, not hidden.
+        sqlx::query(
+            "INSERT INTO sim_effects (idempotency_key, method, resource_id, reply, applied) \
+             VALUES ($1, $2, $3, $4, 1) \
+             ON CONFLICT (idempotency_key) DO UPDATE SET applied = sim_effects.applied + 1",
+        )
+        .bind(call.idempotency_key)
+        .bind(method)
+        .bind(call.resource.id)
+        .bind(reply_to_json(reply))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(created) = &outcome.created {
+        sqlx::query(
+            "INSERT INTO sim_tenants (tenant, max_in_flight) VALUES ($1, $2) \
+             ON CONFLICT (tenant) DO UPDATE \
+             SET max_in_flight = GREATEST(sim_tenants.max_in_flight, EXCLUDED.max_in_flight)",
+        )
+        .bind(&created.tenant)
+        .bind(i32::try_from(created.in_flight).unwrap_or(i32::MAX))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Everything the tables count, now.
+pub(super) async fn stats(pool: &PgPool) -> Result<SimStats, BackendError> {
+    let mut conn = pool.acquire().await.map_err(|e| store_error(&e))?;
+    let objects: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sim_objects \
+         WHERE NOT (next_state IS NOT DISTINCT FROM 'gone' AND next_at <= clock_timestamp())",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| store_error(&e))?;
+    let effects: Vec<(Uuid, i32)> =
+        sqlx::query_as("SELECT idempotency_key, applied FROM sim_effects")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| store_error(&e))?;
+    let in_flight: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tenant, count(*) FROM sim_objects WHERE in_flight GROUP BY tenant")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| store_error(&e))?;
+    let max_in_flight: Vec<(String, i32)> =
+        sqlx::query_as("SELECT tenant, max_in_flight FROM sim_tenants")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| store_error(&e))?;
+    let effects: HashMap<Uuid, u32> = effects
+        .into_iter()
+        .map(|(key, n)| (key, u32::try_from(n).unwrap_or(0)))
+        .collect();
+    Ok(SimStats {
+        objects: usize::try_from(objects).unwrap_or(0),
+        total_effects: effects.values().map(|n| u64::from(*n)).sum(),
+        effects,
+        in_flight: in_flight
+            .into_iter()
+            .map(|(t, n)| (t, usize::try_from(n).unwrap_or(0)))
+            .collect(),
+        max_in_flight: max_in_flight
+            .into_iter()
+            .map(|(t, n)| (t, usize::try_from(n).unwrap_or(0)))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use sqlx::PgPool;
+
+    use super::super::tests as scenarios;
+    use super::super::tests::{call_on, pull, resource, step};
+    use super::super::{Sim, SimConfig};
+    use crate::backend::{Backend, BackendError};
+
+    /// Two sims on one database, as two processes would have.
+    fn pair(pool: &PgPool, config: &SimConfig) -> (Sim, Sim) {
+        (
+            Sim::shared(config.clone(), pool.clone()),
+            Sim::shared(config.clone(), pool.clone()),
+        )
+    }
+
+    async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn two_sims_on_one_database_are_one_cloud(pool: PgPool) {
+        let config = SimConfig {
+            transition_delay: Duration::from_millis(300),
+            ..SimConfig::default()
+        };
+        let (a, b) = pair(&pool, &config);
+        assert!(a.is_shared());
+        let mut r = resource(json!({"tenant": "t1"}));
+        let reply = step(&a, "create_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        let id = reply.backend_id.unwrap();
+        assert!(id.starts_with("sim-") && id.len() == 36, "{id}");
+        assert_eq!(reply.runtime_state.as_deref(), Some("BUILD"));
+        assert_eq!(pull(&b, "pull_instance", &r).await, "BUILD");
+        let stats = b.stats().await.unwrap();
+        assert_eq!((stats.objects, stats.in_flight("t1")), (1, 1));
+
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(pull(&b, "pull_instance", &r).await, "ACTIVE");
+        assert_eq!(a.stats().await.unwrap().in_flight("t1"), 0);
+
+        let reply = step(&b, "delete_instance", &mut r, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("DELETING"));
+        let check = a
+            .call("is_instance_deleted", call_on(&r, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(check.done, Some(false));
+        assert_eq!(a.stats().await.unwrap().objects, 1);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(a.stats().await.unwrap().objects, 0);
+        let check = a
+            .call("is_instance_deleted", call_on(&r, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(check.done, Some(true));
+        let err = b
+            .call("pull_instance", call_on(&r, json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BackendError::NotFound(format!("instance {id} not found"))
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM sim_objects").await, 0);
+
+        let stats = a.stats().await.unwrap();
+        assert_eq!(stats.total_effects, 2);
+        assert_eq!(stats.max_in_flight("t1"), 1);
+        assert!(stats.repeated_effects().is_empty());
+        // Per-process observations: each sim saw its own calls and effects.
+        assert_eq!(
+            (a.calls("create_instance"), b.calls("create_instance")),
+            (1, 0)
+        );
+        assert_eq!((a.calls("pull_instance"), b.calls("pull_instance")), (0, 3));
+        assert_eq!((a.total_effects(), b.total_effects()), (1, 1));
+        assert_eq!(a.max_in_flight("t1"), 1);
+        // The store-wide counts need the database, hence stats().
+        assert_eq!((a.object_count(), a.in_flight("t1")), (0, 0));
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_create_repeated_on_another_process_applies_once(pool: PgPool) {
+        let (a, b) = pair(&pool, &SimConfig::instant());
+        let call = call_on(&resource(json!({"tenant": "t"})), json!({}));
+        let key = call.idempotency_key;
+        let first = a.call("create_instance", call.clone()).await.unwrap();
+        let again = b.call("create_instance", call.clone()).await.unwrap();
+        let third = a.call("create_instance", call.clone()).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first, third);
+        let stats = b.stats().await.unwrap();
+        assert_eq!(stats.effects_applied(key), 1);
+        assert_eq!((stats.total_effects, stats.objects), (1, 1));
+        assert_eq!(stats.in_flight("t"), 1);
+        assert_eq!((a.effects_applied(key), b.effects_applied(key)), (1, 0));
+        let (method, applied): (String, i32) =
+            sqlx::query_as("SELECT method, applied FROM sim_effects WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((method.as_str(), applied), ("create_instance", 1));
+        // The same key on another method is a caller bug, not a replay.
+        let err = b.call("delete_instance", call).await.unwrap_err();
+        assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
+
+        // A reply with attributes replays whole, too.
+        let mut r = scenarios::active_instance(&a, json!({})).await;
+        step(&a, "stop_instance", &mut r, json!({})).await.unwrap();
+        assert_eq!(pull(&b, "pull_instance", &r).await, "SHUTOFF");
+        let resize = call_on(&r, json!({"flavor": "m1.large"}));
+        let first = a.call("resize_instance", resize.clone()).await.unwrap();
+        let again = b.call("resize_instance", resize.clone()).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first.attributes.unwrap()["flavor"], json!("m1.large"));
+        assert_eq!(
+            b.stats()
+                .await
+                .unwrap()
+                .effects_applied(resize.idempotency_key),
+            1
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn concurrent_repeats_of_a_create_apply_once(pool: PgPool) {
+        let config = SimConfig {
+            latency: Duration::from_millis(2),
+            ..SimConfig::instant()
+        };
+        let a = Arc::new(Sim::shared(config.clone(), pool.clone()));
+        let b = Arc::new(Sim::shared(config, pool.clone()));
+        let call = call_on(&resource(json!({"tenant": "race"})), json!({}));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let sim = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let call = call.clone();
+                tokio::spawn(async move { sim.call("create_instance", call).await.unwrap() })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for task in tasks {
+            replies.push(task.await.unwrap());
+        }
+        assert!(replies.iter().all(|r| *r == replies[0]));
+        let stats = a.stats().await.unwrap();
+        assert_eq!(stats.effects_applied(call.idempotency_key), 1);
+        assert_eq!((stats.total_effects, stats.objects), (1, 1));
+        assert_eq!(a.total_effects() + b.total_effects(), 1);
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn transient_failures_are_counted_across_processes(pool: PgPool) {
+        let (a, b) = pair(&pool, &SimConfig::instant());
+        let r = resource(json!({"sim": {"transient_failures": 2}}));
+        let call = call_on(&r, json!({}));
+        let err = a.call("create_instance", call.clone()).await.unwrap_err();
+        let expected = "Simulated transient failure (1 of 2)".to_owned();
+        assert_eq!(err, BackendError::Transient(expected));
+        let err = b.call("create_instance", call.clone()).await.unwrap_err();
+        let expected = "Simulated transient failure (2 of 2)".to_owned();
+        assert_eq!(err, BackendError::Transient(expected));
+        assert_eq!(a.stats().await.unwrap().total_effects, 0);
+        let reply = a.call("create_instance", call.clone()).await.unwrap();
+        assert!(reply.backend_id.is_some());
+        assert_eq!(
+            b.call("create_instance", call.clone()).await.unwrap(),
+            reply
+        );
+        assert_eq!(
+            b.stats()
+                .await
+                .unwrap()
+                .effects_applied(call.idempotency_key),
+            1
+        );
+        let given: i32 =
+            sqlx::query_scalar("SELECT failures_seen FROM sim_transient WHERE resource_id = $1")
+                .bind(r.id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(given, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn the_quota_counts_every_process_objects(pool: PgPool) {
+        let config = SimConfig {
+            tenant_capacity: 2,
+            ..SimConfig::instant()
+        };
+        let (a, b) = pair(&pool, &config);
+        let mut first = resource(json!({"tenant": "acme"}));
+        step(&a, "create_instance", &mut first, json!({}))
+            .await
+            .unwrap();
+        step(
+            &b,
+            "create_volume",
+            &mut resource(json!({"tenant": "acme"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        let err = step(
+            &a,
+            "create_instance",
+            &mut resource(json!({"tenant": "acme"})),
+            json!({}),
+        )
+        .await
+        .unwrap_err();
+        let expected = "Quota exceeded: tenant acme already has 2 objects";
+        assert_eq!(err, BackendError::Permanent(expected.to_owned()));
+        // Other tenants are not affected, and a delete (seen gone at once) frees room.
+        step(
+            &a,
+            "create_instance",
+            &mut resource(json!({"tenant": "other"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        step(&b, "delete_instance", &mut first, json!({}))
+            .await
+            .unwrap();
+        step(
+            &a,
+            "create_instance",
+            &mut resource(json!({"tenant": "acme"})),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.stats().await.unwrap().objects, 3);
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn concurrent_creates_never_exceed_the_quota(pool: PgPool) {
+        let config = SimConfig {
+            tenant_capacity: 5,
+            ..SimConfig::default()
+        };
+        let a = Arc::new(Sim::shared(config.clone(), pool.clone()));
+        let b = Arc::new(Sim::shared(config, pool.clone()));
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let sim = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move {
+                    let call = call_on(&resource(json!({"tenant": "busy"})), json!({}));
+                    sim.call("create_instance", call).await
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(err) => assert!(
+                    matches!(&err, BackendError::Permanent(m) if m.starts_with("Quota exceeded")),
+                    "{err:?}"
+                ),
+            }
+        }
+        assert_eq!(created, 5);
+        let stats = a.stats().await.unwrap();
+        assert_eq!(stats.objects, 5);
+        assert_eq!(stats.in_flight("busy"), 5);
+        assert_eq!(stats.max_in_flight("busy"), 5);
+        assert_eq!(a.max_in_flight("busy").max(b.max_in_flight("busy")), 5);
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_lost_database_is_a_transient_error(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool.clone());
+        pool.close().await;
+        let err = sim
+            .call("create_instance", call_on(&resource(json!({})), json!({})))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BackendError::Transient(m) if m.starts_with("sim store: ")),
+            "{err:?}"
+        );
+        assert!(matches!(sim.stats().await, Err(BackendError::Transient(_))));
+        assert_eq!(sim.calls("create_instance"), 1);
+        // Unknown methods are refused before the store is asked.
+        let err = sim
+            .call(
+                "reboot_everything",
+                call_on(&resource(json!({})), json!({})),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn shared_instant_config_shows_the_move_on_the_next_call(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool);
+        scenarios::instant_config_shows_the_move_on_the_next_call_on(&sim).await;
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn shared_runtime_error_ends_the_build_in_error(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool);
+        scenarios::runtime_error_ends_the_build_in_error_on(&sim).await;
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn shared_fail_on_fails_permanently_with_the_message(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool);
+        scenarios::fail_on_fails_permanently_with_the_message_on(&sim).await;
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn shared_stop_requires_active_and_start_requires_shutoff(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool);
+        scenarios::stop_requires_active_and_start_requires_shutoff_on(&sim).await;
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn shared_resize_returns_the_flavor(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool);
+        scenarios::resize_returns_the_flavor_on(&sim).await;
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn shared_deletes_succeed_even_for_unknown_objects(pool: PgPool) {
+        let sim = Sim::shared(SimConfig::instant(), pool);
+        scenarios::deletes_succeed_even_for_unknown_objects_on(&sim).await;
+    }
+}
