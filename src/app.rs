@@ -25,6 +25,7 @@ use crate::db;
 use crate::embedded::EmbeddedPostgres;
 use crate::events::Events;
 use crate::runner::Runner;
+use crate::runner::scheduler::Scheduler;
 use crate::tasks::TaskContext;
 
 /// The largest request body accepted.
@@ -85,13 +86,19 @@ struct Node {
 
 impl Node {
     async fn start(database: &DatabaseArgs, catalog: &CatalogArgs) -> anyhow::Result<Self> {
-        let backends = Backends::new().with("sim", Arc::new(Sim::new(catalog.sim_config())));
+        // The catalog is checked before the database starts: a bad file fails fast.
+        let check = Backends::new().with("sim", Arc::new(Sim::new(catalog.sim_config())));
         let parsed = match &catalog.catalog {
-            Some(path) => Catalog::load(path, &backends)?,
-            None => Catalog::default_catalog(&backends)?,
+            Some(path) => Catalog::load(path, &check)?,
+            None => Catalog::default_catalog(&check)?,
         };
         let (pool, embedded) = open_database(database).await?;
         db::migrate(&pool).await?;
+        // The simulated cloud lives in the database, so every process sees the same one.
+        let backends = Backends::new().with(
+            "sim",
+            Arc::new(Sim::shared(catalog.sim_config(), pool.clone())),
+        );
         let events = Events::new();
         tokio::spawn(events.clone().listen(pool.clone()));
         Ok(Self {
@@ -100,6 +107,24 @@ impl Node {
             backends,
             events,
             embedded,
+        })
+    }
+
+    /// The runner's pools and the periodic-job scheduler, until `stopping` turns true.
+    fn run_tasks(
+        &self,
+        args: &RunnerArgs,
+        stopping: &watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let runner = self.runner(args);
+        tracing::info!(worker = runner.worker(), queues = ?args.queues, "runner started");
+        let scheduler = Scheduler::new(self.pool.clone(), args.schedule_config());
+        let (pools, jobs) = (
+            runner.run(args.queues.clone(), stopping.clone()),
+            scheduler.run(stopping.clone()),
+        );
+        tokio::spawn(async move {
+            tokio::join!(pools, jobs);
         })
     }
 
@@ -146,10 +171,7 @@ pub async fn open_database(
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let node = Node::start(&args.database, &args.catalog).await?;
     let (stop, stopping) = watch::channel(false);
-    let runner = (!args.no_runner).then(|| {
-        let runner = node.runner(&args.runner);
-        tokio::spawn(runner.run(args.runner.queues.clone(), stopping.clone()))
-    });
+    let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
     let app = router(AppState {
         pool: node.pool.clone(),
         catalog: node.catalog.clone(),
@@ -183,9 +205,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     let node = Node::start(&args.database, &args.catalog).await?;
     let (stop, stopping) = watch::channel(false);
-    let runner = node.runner(&args.runner);
-    tracing::info!(worker = runner.worker(), queues = ?args.runner.queues, "executord worker running");
-    let running = tokio::spawn(runner.run(args.runner.queues.clone(), stopping));
+    let running = node.run_tasks(&args.runner, &stopping);
     shutdown_signal().await;
     tracing::info!("shutting down");
     stop.send(true).ok();

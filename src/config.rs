@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::backend::sim::SimConfig;
 use crate::domain::Queue;
 use crate::runner::RunnerConfig;
+use crate::runner::scheduler::ScheduleConfig;
 
 /// Durable executors over a REST API.
 #[derive(Debug, Parser)]
@@ -88,7 +89,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "EXECUTORD_DATA_DIR", default_value = ".executord")]
     pub data_dir: PathBuf,
     /// Most database connections this process opens.
-    #[arg(long, env = "EXECUTORD_DB_CONNECTIONS", default_value_t = 20)]
+    #[arg(long, env = "EXECUTORD_DB_CONNECTIONS", default_value_t = 32)]
     pub db_connections: u32,
 }
 
@@ -99,7 +100,7 @@ pub struct RunnerArgs {
     #[arg(long, env = "EXECUTORD_QUEUES", value_delimiter = ',', default_value = "regular,heavy,background", value_parser = parse_queue)]
     pub queues: Vec<Queue>,
     /// Concurrent tasks of the regular queue.
-    #[arg(long, env = "EXECUTORD_REGULAR_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "EXECUTORD_REGULAR_CONCURRENCY", default_value_t = 16)]
     pub regular_concurrency: usize,
     /// Concurrent tasks of the heavy queue.
     #[arg(long, env = "EXECUTORD_HEAVY_CONCURRENCY", default_value_t = 4)]
@@ -122,6 +123,22 @@ pub struct RunnerArgs {
     /// Seconds in-flight tasks may run on at shutdown before they are released.
     #[arg(long, env = "EXECUTORD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Seconds between pulls of stable resources' runtime state (0 disables).
+    #[arg(long, env = "EXECUTORD_PULL_INTERVAL_SECS", default_value_t = 60)]
+    pub pull_interval_secs: u64,
+    /// Seconds between sweeps for stranded resources (0 disables).
+    #[arg(long, env = "EXECUTORD_SWEEP_INTERVAL_SECS", default_value_t = 60)]
+    pub sweep_interval_secs: u64,
+    /// Seconds between prunes of old history (0 disables).
+    #[arg(long, env = "EXECUTORD_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
+    pub prune_interval_secs: u64,
+    /// Days finished operations are kept before pruning.
+    #[arg(long, env = "EXECUTORD_RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u64,
+}
+
+fn every(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 fn parse_queue(s: &str) -> Result<Queue, String> {
@@ -130,6 +147,17 @@ fn parse_queue(s: &str) -> Result<Queue, String> {
 }
 
 impl RunnerArgs {
+    /// The periodic jobs' schedule.
+    pub fn schedule_config(&self) -> ScheduleConfig {
+        ScheduleConfig {
+            pull: every(self.pull_interval_secs),
+            sweep: every(self.sweep_interval_secs),
+            prune: every(self.prune_interval_secs),
+            retention: Duration::from_secs(self.retention_days.saturating_mul(24 * 3600)),
+            ..ScheduleConfig::default()
+        }
+    }
+
     /// The runner's configuration.
     pub fn runner_config(&self) -> RunnerConfig {
         RunnerConfig {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::backend::{Backends, MethodRole};
 use crate::domain::{FieldError, Queue, ResourceState};
 
-pub use step::Step;
+pub use step::{Job, Step};
 
 /// The catalog used when none is configured.
 pub const DEFAULT_CATALOG: &str = include_str!("default.toml");
@@ -170,6 +170,11 @@ pub struct Kind {
     pub delete: Vec<Step>,
     /// Named actions, by name.
     pub actions: BTreeMap<String, Action>,
+    /// Runtime states its chains wait for as success (and actions end in):
+    /// a resource reporting one of these is healthy.
+    pub healthy_runtime_states: Vec<String>,
+    /// Runtime states its chains treat as failure: a resource reporting one is erred.
+    pub erred_runtime_states: Vec<String>,
 }
 
 /// A named action on a kind (start, stop, resize, ...).
@@ -322,8 +327,34 @@ fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, Cat
             },
         );
     }
+    let (mut healthy, mut erred) = (Vec::new(), Vec::new());
+    let chains = [&raw.create, &raw.update, &raw.delete]
+        .into_iter()
+        .chain(actions.values().map(|a: &Action| &a.chain));
+    for step in chains.flatten() {
+        if let Step::PollRuntimeState {
+            success,
+            erred: bad,
+            ..
+        } = step
+        {
+            healthy.extend(success.iter().cloned());
+            erred.extend(bad.iter().cloned());
+        }
+    }
+    healthy.extend(
+        actions
+            .values()
+            .filter_map(|a| a.runtime_state_on_success.clone()),
+    );
+    for list in [&mut healthy, &mut erred] {
+        list.sort();
+        list.dedup();
+    }
     Ok(Kind {
         name: name.to_owned(),
+        healthy_runtime_states: healthy,
+        erred_runtime_states: erred,
         description: raw.description,
         backend: raw.backend,
         schema,
@@ -348,6 +379,7 @@ impl StepChecker<'_> {
             let place = format!("{place}[{i}]");
             match step {
                 Step::StateTransition { .. } => {}
+                Step::Job { .. } => return Err(error(place, "a job is not a step of a chain")),
                 Step::BackendMethod {
                     method,
                     max_attempts,

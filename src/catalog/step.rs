@@ -58,6 +58,14 @@ pub enum Step {
         #[serde(default = "default_poll_timeout_s")]
         timeout_s: u64,
     },
+    /// A periodic job (enqueued by the scheduler; not allowed in a chain).
+    Job {
+        /// Which job.
+        job: Job,
+        /// For `prune`: how old finished work must be, in seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_s: Option<u64>,
+    },
     /// Takes one of `limit` slots of a scope (e.g. per tenant) and holds it
     /// until the operation ends; waits in FIFO order while all are taken.
     Throttle {
@@ -71,6 +79,32 @@ pub enum Step {
     },
 }
 
+/// The periodic jobs (`type = "job"` steps; enqueued by the scheduler, never part of a chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Job {
+    /// Refresh the runtime state of stable resources; err the vanished, recover the healed.
+    Pull,
+    /// Err resources left in a transitional state with no live operation.
+    Sweep,
+    /// Delete finished operations, job tasks and idempotency keys past the retention.
+    Prune,
+}
+
+impl Job {
+    /// Every job.
+    pub const ALL: [Job; 3] = [Self::Pull, Self::Sweep, Self::Prune];
+
+    /// Its name, as stored in `tasks.job`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pull => "pull",
+            Self::Sweep => "sweep",
+            Self::Prune => "prune",
+        }
+    }
+}
+
 impl Step {
     /// The task type's name, as stored in `tasks.type`.
     pub fn type_name(&self) -> &'static str {
@@ -80,6 +114,7 @@ impl Step {
             Self::PollRuntimeState { .. } => "poll_runtime_state",
             Self::PollBackendCheck { .. } => "poll_backend_check",
             Self::Throttle { .. } => "throttle",
+            Self::Job { .. } => "job",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod idempotency;
+pub mod jobs;
 pub mod operations;
 pub mod resources;
 pub mod tasks;

@@ -326,3 +326,40 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid, operation_id: Uuid) -> sq
     .await?;
     Ok(deleted == 1)
 }
+
+/// Stable resources (`ok` or `erred`, nothing in flight) with a backend object, by id after `after`.
+pub async fn list_pullable(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Resource>> {
+    sqlx::query_as(
+        "SELECT * FROM resources
+         WHERE state IN ('ok', 'erred') AND backend_id IS NOT NULL AND current_operation_id IS NULL
+           AND ($1::uuid IS NULL OR id > $1)
+         ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a pulled runtime state if the resource is still at `version` with nothing in flight.
+pub async fn set_runtime_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    version: i64,
+    runtime_state: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE resources SET runtime_state = $3, version = version + 1, updated_at = now()
+         WHERE id = $1 AND version = $2 AND current_operation_id IS NULL",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(runtime_state)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -9,6 +9,7 @@
 //!   grace period, release the rest for another process.
 
 pub mod record;
+pub mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;

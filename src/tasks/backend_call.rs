@@ -17,7 +17,7 @@ pub(super) async fn run(ctx: &TaskContext, task: &Task, step: &Step) -> Outcome 
         Step::BackendMethod { method, .. }
         | Step::PollRuntimeState { method, .. }
         | Step::PollBackendCheck { method, .. } => method,
-        Step::StateTransition { .. } | Step::Throttle { .. } => {
+        Step::StateTransition { .. } | Step::Throttle { .. } | Step::Job { .. } => {
             return Outcome::Fail("not a backend step".into());
         }
     };

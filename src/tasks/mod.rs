@@ -3,6 +3,7 @@
 //! for the database is applied by the runner in one transaction.
 
 mod backend_call;
+mod jobs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +102,7 @@ pub async fn run(ctx: &TaskContext, task: &Task) -> Outcome {
         Step::Throttle { scope, limit, key } => throttle_scope(ctx, task, &scope, key.as_deref())
             .await
             .map_or_else(Outcome::Fail, |scope| Outcome::Throttle { scope, limit }),
+        Step::Job { job, retention_s } => jobs::run(ctx, job, retention_s).await,
         step => backend_call::run(ctx, task, &step).await,
     }
 }

@@ -1,0 +1,133 @@
+//! SQL for periodic jobs: enqueueing (unique per job), and the queries of
+//! the sweep and prune jobs.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::ResourceState;
+
+/// Enqueues `job` if its interval has passed since it was last enqueued and
+/// no task of it is pending or running. Returns whether it was enqueued.
+pub async fn enqueue_due(
+    conn: &mut PgConnection,
+    job: &str,
+    every_ms: i64,
+    args: &serde_json::Value,
+) -> sqlx::Result<bool> {
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "WITH due AS (
+             INSERT INTO job_schedule AS s (job, last_enqueued_at) VALUES ($1, now())
+             ON CONFLICT (job) DO UPDATE SET last_enqueued_at = now()
+                 WHERE s.last_enqueued_at <= now() - $2 * interval '1 millisecond'
+             RETURNING job
+         )
+         INSERT INTO tasks (id, job, position, type, args, queue, state, max_attempts)
+         SELECT $3, job, 0, 'job', $4, 'background', 'ready', 3 FROM due
+         ON CONFLICT (job) WHERE job IS NOT NULL AND state IN ('waiting', 'ready', 'running') DO NOTHING
+         RETURNING id",
+    )
+    .bind(job)
+    .bind(every_ms)
+    .bind(Uuid::now_v7())
+    .bind(args)
+    .fetch_optional(conn)
+    .await?;
+    Ok(inserted.is_some())
+}
+
+/// A resource left in a transitional state with no live operation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stranded {
+    /// The resource.
+    pub id: Uuid,
+    /// Its version when seen.
+    pub version: i64,
+    /// Its state.
+    pub state: ResourceState,
+    /// The operation it names, if any.
+    pub operation_id: Option<Uuid>,
+    /// That operation's state, if it exists.
+    pub operation_state: Option<String>,
+}
+
+const STRANDED: &str = "
+    FROM resources r LEFT JOIN operations o ON o.id = r.current_operation_id
+    WHERE r.state NOT IN ('ok', 'erred')
+      AND (o.id IS NULL
+           OR o.state IN ('succeeded', 'failed', 'cancelled')
+           OR NOT EXISTS (SELECT 1 FROM tasks t WHERE t.operation_id = o.id
+                          AND t.state IN ('waiting', 'ready', 'running')))";
+
+/// Up to `limit` stranded resources.
+pub async fn stranded(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Stranded>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT r.id, r.version, r.state, r.current_operation_id AS operation_id, o.state AS operation_state
+         {STRANDED} ORDER BY r.id LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Whether the resource `id` is still stranded at `version`, locking it.
+pub async fn still_stranded(conn: &mut PgConnection, id: Uuid, version: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 {STRANDED} AND r.id = $1 AND r.version = $2 FOR UPDATE OF r)"
+    )))
+    .bind(id)
+    .bind(version)
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes up to `batch` operations (with their tasks) finished before `before`.
+pub async fn prune_operations(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM operations WHERE id IN (
+             SELECT id FROM operations WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes up to `batch` finished job tasks that ended before `before`.
+pub async fn prune_job_tasks(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM tasks WHERE id IN (
+             SELECT id FROM tasks WHERE job IS NOT NULL AND finished_at < $1 LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes up to `batch` idempotency keys created before `before`.
+pub async fn prune_idempotency_keys(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE key IN (
+             SELECT key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
