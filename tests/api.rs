@@ -1,5 +1,7 @@
 //! The HTTP API through the real router: every endpoint and every error status.
 
+#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Operator controls and history through the real router: cancel, retry, events.
 
+#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The durable executor engine against real Postgres: executors, chains,
 //! failures, leases, races and the throttle.
 
+#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
+
 mod common;
 
 use std::time::Duration;

@@ -191,9 +191,12 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
         let done =
             db::resources::transition(&mut tx, resource.id, guard, Transition::SetErred, &ending)
                 .await?;
-        if let Some(op) = resource.operation_id {
-            if db::operations::finish(&mut tx, op, OperationState::Failed, Some(&message)).await? {
-                db::throttle::release(&mut tx, op).await?;
+        if let Some(op) = resource.operation_id
+            && db::operations::finish(&mut tx, op, OperationState::Failed, Some(&message)).await?
+        {
+            db::tasks::cancel_pending(&mut tx, op).await?;
+            for queue in crate::executor::hooks::release(&mut tx, op).await? {
+                db::notify_ready(&mut tx, queue).await?;
             }
         }
         tx.commit().await?;
