@@ -558,3 +558,40 @@ async fn a_stopping_runner_releases_what_it_cannot_finish_and_another_completes_
         ResourceState::Ok
     );
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_hung_backend_call_is_cut_at_its_steps_timeout_and_retried(pool: PgPool) {
+    // The step's own timeout (1 s) overrides the runner's default (60 s).
+    let catalog = executord::catalog::DEFAULT_CATALOG.replace(
+        r#"{ type = "backend_method", method = "create_instance" }"#,
+        r#"{ type = "backend_method", method = "create_instance", timeout_s = 1 }"#,
+    );
+    let engine = Engine::with(
+        pool,
+        SimConfig::instant(),
+        Some(&catalog),
+        fast_runner_config(),
+    );
+    let mut attributes = instance("acme");
+    attributes["sim"] = json!({"hang_calls": 1});
+    let applied = engine.create("instance", "web-1", attributes).await;
+    let started = std::time::Instant::now();
+    engine.drain().await;
+
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        engine.resource(applied.resource.id).await.unwrap().state,
+        ResourceState::Ok
+    );
+    let step = &engine.tasks(applied.operation.id).await[2];
+    assert_eq!(step.attempts, 2);
+    assert_eq!(
+        step.last_error.as_deref(),
+        Some("create_instance timed out after 1s")
+    );
+    assert_eq!(engine.sim.effects_applied(step.id), 1);
+}

@@ -383,6 +383,7 @@ impl StepChecker<'_> {
                 Step::BackendMethod {
                     method,
                     max_attempts,
+                    ..
                 } => {
                     self.method(&place, method, MethodRole::Effect)?;
                     if max_attempts.is_some_and(|n| n < 1) {

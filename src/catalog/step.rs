@@ -29,6 +29,9 @@ pub enum Step {
         /// Attempts before a transient failure becomes final (default from the runner's config).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_attempts: Option<i32>,
+        /// Longest one call may take, in seconds (default from the runner's config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_s: Option<u64>,
     },
     /// Calls a pull method until the runtime state is one of `success` (done)
     /// or `erred` (fails at once), rescheduling itself in between.
@@ -46,6 +49,9 @@ pub enum Step {
         /// The step fails if not done this long after it first ran, in seconds.
         #[serde(default = "default_poll_timeout_s")]
         timeout_s: u64,
+        /// Longest one call may take, in seconds (default from the runner's config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_timeout_s: Option<u64>,
     },
     /// Calls a check method until it answers `done`, rescheduling itself in between.
     PollBackendCheck {
@@ -57,6 +63,9 @@ pub enum Step {
         /// The step fails if not done this long after it first ran, in seconds.
         #[serde(default = "default_poll_timeout_s")]
         timeout_s: u64,
+        /// Longest one call may take, in seconds (default from the runner's config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_timeout_s: Option<u64>,
     },
     /// A periodic job (enqueued by the scheduler; not allowed in a chain).
     Job {

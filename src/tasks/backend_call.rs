@@ -13,15 +13,28 @@ use crate::db;
 use crate::db::tasks::Task;
 
 pub(super) async fn run(ctx: &TaskContext, task: &Task, step: &Step) -> Outcome {
-    let method = match step {
-        Step::BackendMethod { method, .. }
-        | Step::PollRuntimeState { method, .. }
-        | Step::PollBackendCheck { method, .. } => method,
+    let (method, timeout) = match step {
+        Step::BackendMethod {
+            method, timeout_s, ..
+        }
+        | Step::PollRuntimeState {
+            method,
+            call_timeout_s: timeout_s,
+            ..
+        }
+        | Step::PollBackendCheck {
+            method,
+            call_timeout_s: timeout_s,
+            ..
+        } => (
+            method,
+            timeout_s.map_or(ctx.backend_timeout, Duration::from_secs),
+        ),
         Step::StateTransition { .. } | Step::Throttle { .. } | Step::Job { .. } => {
             return Outcome::Fail("not a backend step".into());
         }
     };
-    let reply = match call(ctx, task, method).await {
+    let reply = match call(ctx, task, method, timeout).await {
         Ok(reply) => reply,
         Err(CallError::Backend(BackendError::Transient(error)))
             if task.attempts < task.max_attempts =>
@@ -112,7 +125,12 @@ enum CallError {
     Setup(String),
 }
 
-async fn call(ctx: &TaskContext, task: &Task, method: &str) -> Result<BackendReply, CallError> {
+async fn call(
+    ctx: &TaskContext,
+    task: &Task,
+    method: &str,
+    timeout: Duration,
+) -> Result<BackendReply, CallError> {
     let setup = |e: sqlx::Error| CallError::Setup(format!("loading the resource: {e}"));
     let mut conn = ctx.pool.acquire().await.map_err(setup)?;
     let operation_id = task.operation_id.ok_or_else(|| {
@@ -157,11 +175,10 @@ async fn call(ctx: &TaskContext, task: &Task, method: &str) -> Result<BackendRep
         },
         params: operation.request,
     };
-    match tokio::time::timeout(ctx.backend_timeout, backend.call(method, call)).await {
+    match tokio::time::timeout(timeout, backend.call(method, call)).await {
         Ok(result) => result.map_err(CallError::Backend),
         Err(_) => Err(CallError::Backend(BackendError::Transient(format!(
-            "{method} timed out after {:?}",
-            ctx.backend_timeout
+            "{method} timed out after {timeout:?}"
         )))),
     }
 }

@@ -21,6 +21,8 @@
 //!   that method fails permanently (the message is optional);
 //! - `{"transient_failures": 2}`: the first two effectful calls for the
 //!   resource fail transiently, then calls succeed;
+//! - `{"hang_calls": 1}`: the first effectful call for the resource (in this
+//!   process) never answers, as a hung backend would;
 //! - `{"runtime_error": true}`: the object ends its build in `ERROR` / `error`.
 //!
 //! The simulator also counts what it sees (calls, effects per idempotency key,
@@ -43,7 +45,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo};
+use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
 use memory::Memory;
 use model::{METHODS, Outcome, Plan, RUNTIME_STATES};
 
@@ -138,6 +140,8 @@ enum Store {
 #[derive(Debug, Default)]
 struct Seen {
     calls: HashMap<String, u64>,
+    /// Injected hangs already given, by resource id (this process's).
+    hangs: HashMap<Uuid, u64>,
     effects: HashMap<Uuid, u32>,
     total_effects: u64,
     max_in_flight: HashMap<String, usize>,
@@ -264,6 +268,28 @@ impl Sim {
         }
     }
 
+    /// Whether this call should hang (`{"sim": {"hang_calls": n}}`: the first
+    /// n effectful calls for the resource in this process never answer).
+    fn hangs(&self, method: &str, call: &BackendCall) -> bool {
+        let wanted = call
+            .resource
+            .attributes
+            .get("sim")
+            .and_then(|sim| sim.get("hang_calls"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let effect = METHODS
+            .iter()
+            .any(|m| m.name == method && m.role == MethodRole::Effect);
+        if wanted == 0 || !effect {
+            return false;
+        }
+        let mut seen = self.seen();
+        let given = seen.hangs.entry(call.resource.id).or_default();
+        *given += 1;
+        *given <= wanted
+    }
+
     fn seen(&self) -> MutexGuard<'_, Seen> {
         lock(&self.seen)
     }
@@ -314,6 +340,10 @@ impl Backend for Sim {
         *self.seen().calls.entry(method.to_owned()).or_default() += 1;
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
+        }
+        if self.hangs(method, &call) {
+            // A backend that never answers: only the caller's timeout ends this call.
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
         }
         self.call_now(method, &call).await
     }
