@@ -44,6 +44,7 @@ pub struct AppState {
 
 /// The whole HTTP application: API, OpenAPI document, docs, and layers.
 pub fn router(state: AppState) -> Router {
+    crate::metrics::install();
     let (api, doc) = api::routes();
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(api::metrics::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http()

@@ -22,5 +22,6 @@ pub mod domain;
 pub mod embedded;
 pub mod events;
 pub mod executor;
+pub mod metrics;
 pub mod runner;
 pub mod tasks;

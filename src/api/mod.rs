@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod kinds;
+pub mod metrics;
 pub mod operations;
 pub mod resources;
 
@@ -26,7 +27,7 @@ use crate::app::AppState;
         (name = "resources", description = "Resources and the executors that act on them"),
         (name = "operations", description = "Operation and task status"),
         (name = "kinds", description = "The catalog of kinds"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "health", description = "Liveness, readiness and metrics"),
     )
 )]
 struct ApiDoc;
@@ -38,6 +39,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(operations::router())
         .merge(kinds::router())
         .merge(health::router())
+        .merge(metrics::router())
         .split_for_parts()
 }
 

@@ -47,6 +47,7 @@ pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<Operation, Exec
         Some("cancelled by request"),
     )
     .await?;
+    crate::metrics::operation_finished(operation.kind, OperationState::Cancelled);
     for queue in hooks::release(conn, id).await? {
         db::notify_ready(conn, queue).await?;
     }

@@ -23,7 +23,7 @@ use crate::db;
 use crate::db::tasks::Task;
 use crate::domain::Queue;
 use crate::events::Events;
-use crate::tasks::{self, TaskContext};
+use crate::tasks::{self, Outcome, TaskContext};
 
 pub use record::Recorded;
 
@@ -192,6 +192,7 @@ impl Runner {
             Ok(queues) => {
                 if !queues.is_empty() {
                     tracing::warn!(count = queues.len(), "leases expired; tasks queued again");
+                    crate::metrics::leases_expired(queues.len());
                 }
                 for queue in queues {
                     self.inner.events.wake(queue);
@@ -212,6 +213,7 @@ impl Runner {
             return;
         };
         let queue = task.queue;
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             outcome = tasks::run(&self.inner.ctx, &task) => Some(outcome),
             () = self.heartbeat(&task) => {
@@ -228,6 +230,10 @@ impl Runner {
             }
         };
         if let Some(outcome) = outcome {
+            crate::metrics::task_ran(&task.task_type, outcome_label(&outcome), started.elapsed());
+            if matches!(outcome, Outcome::Retry { .. }) {
+                crate::metrics::task_retried(&task.task_type);
+            }
             match record::record(
                 self.pool(),
                 &self.inner.ctx.catalog,
@@ -315,6 +321,17 @@ impl Runner {
                 .min(Duration::from_millis(200));
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// The outcome's label in the task duration histogram.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Transition(_) | Outcome::Done(_) | Outcome::JobDone(_) => "succeeded",
+        Outcome::Throttle { .. } => "throttle",
+        Outcome::Poll { .. } => "polling",
+        Outcome::Retry { .. } => "retried",
+        Outcome::Fail(_) | Outcome::Erred(..) => "failed",
     }
 }
 

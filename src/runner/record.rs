@@ -102,7 +102,10 @@ pub async fn record(
                 ready.insert(task.queue);
             }
         }
-        Decision::Park(status) => db::tasks::park(&mut tx, task.id, &status).await?,
+        Decision::Park(status) => {
+            db::tasks::park(&mut tx, task.id, &status).await?;
+            crate::metrics::throttle_waited();
+        }
         Decision::Fail(error) => {
             tracing::warn!(task_id = %task.id, operation_id = %operation.id, %error, "step failed");
             db::tasks::finish(&mut tx, task.id, TaskState::Failed, None, Some(&error)).await?;
@@ -234,6 +237,7 @@ async fn succeed(
     match hooks::on_success(conn, catalog, operation, Some(task_id)).await? {
         Ok(()) => {
             db::operations::finish(conn, operation.id, OperationState::Succeeded, None).await?;
+            crate::metrics::operation_finished(operation.kind, OperationState::Succeeded);
             ready.extend(hooks::release(conn, operation.id).await?);
             tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, "operation succeeded");
         }
@@ -253,6 +257,7 @@ async fn fail(
     db::tasks::cancel_pending(conn, operation.id).await?;
     hooks::on_failure(conn, operation, error, task_id).await?;
     db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await?;
+    crate::metrics::operation_finished(operation.kind, OperationState::Failed);
     ready.extend(hooks::release(conn, operation.id).await?);
     tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, %error, "operation failed");
     Ok(())

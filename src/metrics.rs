@@ -1,0 +1,132 @@
+//! Prometheus metrics. Counters and histograms are recorded in-process as
+//! work happens; the queue gauges are read from the database at scrape time,
+//! so every process reports the same, true queue.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+use crate::domain::{OperationKind, OperationState, Queue};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Installs the process-wide recorder (once) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .map(PrometheusBuilder::build_recorder);
+            match recorder {
+                Ok(recorder) => {
+                    let handle = recorder.handle();
+                    if metrics::set_global_recorder(recorder).is_err() {
+                        tracing::warn!("a metrics recorder was already installed");
+                    }
+                    register_zeroes();
+                    handle
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics buckets refused; using defaults");
+                    let recorder = PrometheusBuilder::new().build_recorder();
+                    let handle = recorder.handle();
+                    let _ = metrics::set_global_recorder(recorder);
+                    handle
+                }
+            }
+        })
+        .clone()
+}
+
+/// Makes the counters that may stay at zero visible from the first scrape.
+fn register_zeroes() {
+    counter!("executord_lease_expiries_total").absolute(0);
+    counter!("executord_throttle_waits_total").absolute(0);
+}
+
+/// A task run ended with `outcome` after `elapsed`.
+pub fn task_ran(task_type: &str, outcome: &'static str, elapsed: Duration) {
+    histogram!("executord_task_duration_seconds", "type" => task_type.to_owned(), "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A step will be retried after a transient failure.
+pub fn task_retried(task_type: &str) {
+    counter!("executord_task_retries_total", "type" => task_type.to_owned()).increment(1);
+}
+
+/// Leases expired and their tasks were queued again.
+pub fn leases_expired(count: usize) {
+    counter!("executord_lease_expiries_total").increment(count as u64);
+}
+
+/// A throttle step found no free slot and waits in line.
+pub fn throttle_waited() {
+    counter!("executord_throttle_waits_total").increment(1);
+}
+
+/// An operation ended.
+pub fn operation_finished(kind: OperationKind, state: OperationState) {
+    let kind = match kind {
+        OperationKind::Create => "create",
+        OperationKind::Update => "update",
+        OperationKind::Delete => "delete",
+        OperationKind::Action => "action",
+    };
+    let outcome = match state {
+        OperationState::Succeeded => "succeeded",
+        OperationState::Failed => "failed",
+        OperationState::Cancelled => "cancelled",
+        OperationState::Scheduled | OperationState::Running => "unfinished",
+    };
+    counter!("executord_operations_total", "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// An HTTP request was answered.
+pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!("executord_http_requests_total", &labels).increment(1);
+    histogram!("executord_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+/// The Prometheus text: queue gauges read now, then everything recorded.
+pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
+    let handle = install();
+    let ready: Vec<(Queue, i64, f64)> = sqlx::query_as(
+        "SELECT queue, count(*),
+                coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8, 0)
+         FROM tasks WHERE state = 'ready' GROUP BY queue",
+    )
+    .fetch_all(pool)
+    .await?;
+    let running: Vec<(Queue, i64)> =
+        sqlx::query_as("SELECT queue, count(*) FROM tasks WHERE state = 'running' GROUP BY queue")
+            .fetch_all(pool)
+            .await?;
+    for queue in Queue::ALL {
+        let (count, age) = ready
+            .iter()
+            .find(|(q, _, _)| *q == queue)
+            .map_or((0, 0.0), |(_, n, age)| (*n, *age));
+        let busy = running
+            .iter()
+            .find(|(q, _)| *q == queue)
+            .map_or(0, |(_, n)| *n);
+        gauge!("executord_tasks_ready", "queue" => queue.as_str()).set(count as f64);
+        gauge!("executord_oldest_ready_task_age_seconds", "queue" => queue.as_str()).set(age);
+        gauge!("executord_tasks_running", "queue" => queue.as_str()).set(busy as f64);
+    }
+    Ok(handle.render())
+}
