@@ -426,7 +426,7 @@ backend = "sim"
 schema = { type = "object", properties = { tenant = { type = "string" } } }
 create = [
   { type = "backend_method", method = "create_instance" },
-  { type = "poll_runtime_state", method = "pull_instance", success = ["ACTIVE"], interval_ms = 100 },
+  { type = "poll_runtime_state", method = "pull_instance", success = ["ACTIVE"], interval_ms = 2000 },
 ]
 [kinds.fast]
 backend = "fast"
