@@ -368,7 +368,7 @@ async fn fifty_slow_heavy_operations_never_delay_a_regular_one(pool: PgPool) {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "the regular operation waited behind heavy work"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
