@@ -16,11 +16,16 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api;
+use crate::api::auth::Auth;
 use crate::api::error::problem;
 use crate::backend::Backends;
 use crate::backend::sim::Sim;
 use crate::catalog::Catalog;
-use crate::config::{CatalogArgs, DatabaseArgs, RunnerArgs, ServeArgs, WorkerArgs};
+use std::io::Write;
+
+use crate::config::{
+    CatalogArgs, DatabaseArgs, RunnerArgs, ServeArgs, TokenAction, TokensArgs, WorkerArgs,
+};
 use crate::db;
 use crate::embedded::EmbeddedPostgres;
 use crate::events::Events;
@@ -40,6 +45,20 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Wake-ups (finished operations, for `?wait`).
     pub events: Events,
+    /// Authentication settings and cache.
+    pub auth: Auth,
+}
+
+impl AppState {
+    /// The state of an API over `pool`, with `/metrics` public.
+    pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
+        Self {
+            pool,
+            catalog,
+            events,
+            auth: Auth::new(false),
+        }
+    }
 }
 
 /// The whole HTTP application: API, OpenAPI document, docs, and layers.
@@ -57,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), api::auth::authenticate))
         .layer(axum::middleware::from_fn(api::metrics::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -174,11 +194,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let node = Node::start(&args.database, &args.catalog).await?;
     let (stop, stopping) = watch::channel(false);
     let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
-    let app = router(AppState {
-        pool: node.pool.clone(),
-        catalog: node.catalog.clone(),
-        events: node.events.clone(),
-    });
+    let state = AppState {
+        auth: Auth::new(args.protect_metrics),
+        ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
+    };
+    let app = router(state);
+    if !db::tokens::any_active(&node.pool).await? {
+        if !args.listen.ip().is_loopback() && !args.allow_open {
+            node.stop().await?;
+            anyhow::bail!(
+                "refusing to serve {} without API tokens: create one with `executord tokens create`, \
+                 listen on loopback, or pass --allow-open",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            address = %args.listen,
+            "no API tokens exist: the API is open to anyone who can reach it (fine for local use; \
+             create a token with `executord tokens create` to require authentication)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -241,4 +276,42 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// `executord tokens …`.
+pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
+    let (pool, embedded) = open_database(&args.database).await?;
+    let result = async {
+        db::migrate(&pool).await?;
+        let mut out = std::io::stdout().lock();
+        match args.action {
+            TokenAction::Create { tenant, role, name } => {
+                anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must not be empty");
+                let (token, hash, prefix) = crate::auth::new_token();
+                let mut conn = pool.acquire().await?;
+                let row = db::tokens::insert(&mut conn, &name, tenant.trim(), role.as_str(), &hash, &prefix).await?;
+                tracing::info!(id = %row.id, tenant = %row.tenant, role = %row.role, "token created; it is shown once");
+                writeln!(out, "{token}")?;
+            }
+            TokenAction::List => {
+                writeln!(out, "{:<36}  {:<12}  {:<16}  {:<8}  {:<20}  name", "id", "prefix", "tenant", "role", "revoked")?;
+                for t in db::tokens::list(&pool).await? {
+                    let revoked = t.revoked_at.map(|r| r.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
+                    writeln!(out, "{:<36}  {:<12}  {:<16}  {:<8}  {:<20}  {}", t.id, t.prefix, t.tenant, t.role, revoked, t.name)?;
+                }
+            }
+            TokenAction::Revoke { token } => {
+                let n = db::tokens::revoke(&pool, &token).await?;
+                anyhow::ensure!(n > 0, "no active token has id or prefix `{token}`");
+                writeln!(out, "revoked {n} token(s)")?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    pool.close().await;
+    if let Some(embedded) = embedded {
+        embedded.stop().await?;
+    }
+    result
 }

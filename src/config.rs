@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::sim::SimConfig;
-use crate::domain::Queue;
+use crate::domain::{Queue, Role};
 use crate::runner::RunnerConfig;
 use crate::runner::scheduler::ScheduleConfig;
 
@@ -41,6 +41,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Create, list and revoke API tokens.
+    Tokens(TokensArgs),
     /// Print the OpenAPI document and exit.
     Openapi,
 }
@@ -54,6 +56,12 @@ pub struct ServeArgs {
     /// Serve the API only; leave tasks to `executord worker` processes.
     #[arg(long, env = "EXECUTORD_NO_RUNNER")]
     pub no_runner: bool,
+    /// Require a token for `/metrics` too.
+    #[arg(long, env = "EXECUTORD_PROTECT_METRICS")]
+    pub protect_metrics: bool,
+    /// Serve without tokens on a non-loopback address (anyone who can reach it may do anything).
+    #[arg(long, env = "EXECUTORD_ALLOW_OPEN")]
+    pub allow_open: bool,
     /// Database settings.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -77,6 +85,45 @@ pub struct WorkerArgs {
     /// Catalog and backend settings.
     #[command(flatten)]
     pub catalog: CatalogArgs,
+}
+
+/// `executord tokens`.
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: TokenAction,
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print it (once: only its hash is stored).
+    Create {
+        /// The tenant it acts for.
+        #[arg(long)]
+        tenant: String,
+        /// `admin` (every tenant), `operator` (read and run executors) or `viewer` (read only).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A label for people.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List,
+    /// Revoke a token by id or prefix.
+    Revoke {
+        /// The token's id, or the prefix `tokens list` shows.
+        token: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("unknown role `{s}` (roles: admin, operator, viewer)"))
 }
 
 /// Where the data lives.

@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => executord::app::serve(args).await,
         Command::Worker(args) => executord::app::work(args).await,
         Command::Migrate(args) => executord::app::migrate(args).await,
+        Command::Tokens(args) => executord::app::tokens(args).await,
         Command::Openapi => {
             let document = executord::api::openapi().to_pretty_json()?;
             writeln!(std::io::stdout().lock(), "{document}")?;

@@ -38,6 +38,12 @@ pub enum ApiError {
     /// 400: the request cannot be read (malformed JSON, a bad id in the path).
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no valid token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the token's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such thing.
     #[error("{0}")]
     NotFound(String),
@@ -85,6 +91,8 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -152,11 +160,19 @@ impl IntoResponse for ApiError {
             }
             other => Some(other.to_string()),
         };
+        let unauthorized = matches!(self, Self::Unauthorized(_));
         let errors = match self {
             Self::Invalid { errors, .. } => errors,
             _ => Vec::new(),
         };
-        problem(status, detail, errors)
+        let mut response = problem(status, detail, errors);
+        if unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"executord\""),
+            );
+        }
+        response
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Health {
 }
 
 /// Liveness: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health",
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
     responses((status = 200, description = "Up", body = Health)))]
 async fn healthz() -> axum::Json<Health> {
     axum::Json(Health {
@@ -28,7 +28,7 @@ async fn healthz() -> axum::Json<Health> {
 }
 
 /// Readiness: the database answers and every migration is applied.
-#[utoipa::path(get, path = "/readyz", tag = "health",
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "The database is unreachable or not migrated", body = Problem, content_type = "application/problem+json"),

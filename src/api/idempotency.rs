@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 
 use super::error::ApiError;
 use crate::db;
+use crate::domain::Caller;
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -27,6 +28,7 @@ impl Idempotency {
     /// The key of this request, if it sent one.
     pub fn from_request(
         headers: &HeaderMap,
+        caller: &Caller,
         method: &str,
         path: &str,
         body: &Value,
@@ -53,8 +55,9 @@ impl Idempotency {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        // Keys are per tenant: one tenant's key never replays another's response.
         Ok(Some(Self {
-            key: key.to_owned(),
+            key: format!("{}\u{1f}{key}", caller.tenant),
             request_hash,
         }))
     }
@@ -147,13 +150,14 @@ fn respond(status: StatusCode, body: Value, location: Option<&str>) -> Response 
 #[cfg(test)]
 mod tests {
     use super::{HEADER, Idempotency};
+    use crate::domain::Caller;
     use axum::http::HeaderMap;
     use serde_json::json;
 
     fn hash(body: &serde_json::Value) -> String {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER, "k".parse().unwrap());
-        Idempotency::from_request(&headers, "POST", "/p", body)
+        Idempotency::from_request(&headers, &Caller::open(), "POST", "/p", body)
             .unwrap()
             .unwrap()
             .request_hash

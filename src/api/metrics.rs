@@ -14,7 +14,7 @@ use crate::app::AppState;
 
 /// Metrics in the Prometheus text format: queue depth and age, running tasks,
 /// task durations, retries, lease expiries, throttle waits, operations, HTTP requests.
-#[utoipa::path(get, path = "/metrics", tag = "health",
+#[utoipa::path(get, path = "/metrics", tag = "health", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
         (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),

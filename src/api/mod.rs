@@ -1,6 +1,7 @@
 //! The HTTP API (v1). Each module ends with `router()`; this one merges them
 //! and generates the OpenAPI document from the same code.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -16,11 +17,73 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token from `executord tokens create`. Without any token the service runs open on loopback.",
+                    ))
+                    .build(),
+            ),
+        );
+        // Every protected operation can answer 401, and every write 403.
+        for (path, item) in &mut openapi.paths.paths {
+            if !path.starts_with("/api/") {
+                continue;
+            }
+            let operations = [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.patch, true),
+                (&mut item.delete, true),
+            ];
+            for (operation, writes) in operations {
+                let Some(operation) = operation.as_mut() else {
+                    continue;
+                };
+                let mut statuses = vec![("401", "No valid token")];
+                if writes {
+                    statuses.push(("403", "The token's role may not write"));
+                }
+                for (status, description) in statuses {
+                    operation
+                        .responses
+                        .responses
+                        .insert(status.to_owned(), problem_response(description).into());
+                }
+            }
+        }
+    }
+}
+
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     info(
         title = "executord",
-        description = "Durable executors: create, update, delete and act on resources; every operation is a chain of tasks you can watch.\n\nErrors are RFC 9457 `application/problem+json`. Mutations accept `Idempotency-Key`; update, delete and actions accept `If-Match` with the resource's `ETag`.",
+        description = "Durable executors: create, update, delete and act on resources; every operation is a chain of tasks you can watch.\n\nErrors are RFC 9457 `application/problem+json`. Every `/api/v1` request needs `Authorization: Bearer <token>` (401 without; 403 when a viewer token writes); other tenants' resources answer 404. Mutations accept `Idempotency-Key`; update, delete and actions accept `If-Match` with the resource's `ETag`.",
         license(name = "Apache-2.0")
     ),
     tags(

@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::db;
 use crate::db::operations::Operation;
 use crate::db::tasks::Task;
-use crate::domain::{OperationKind, OperationState, Queue, TaskState};
+use crate::domain::{Caller, OperationKind, OperationState, Queue, TaskState};
 use crate::executor::control;
 
 /// The longest `wait` accepted, in seconds.
@@ -214,6 +214,7 @@ pub struct WaitQuery {
     ))]
 async fn get_operation(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     Query(query): Query<WaitQuery>,
 ) -> Result<axum::Json<OperationResponse>, ApiError> {
@@ -231,7 +232,7 @@ async fn get_operation(
     let mut finished = state.events.subscribe_finished();
     loop {
         let mut conn = state.pool.acquire().await?;
-        let operation = db::operations::get(&mut conn, id)
+        let operation = db::operations::get_in(&mut conn, id, caller.scope())
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no operation with id {id}")))?;
         if operation.state.is_finished() || tokio::time::Instant::now() >= deadline {
@@ -265,10 +266,11 @@ async fn get_operation(
     ))]
 async fn cancel_operation(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
 ) -> Result<axum::Json<OperationResponse>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let operation = control::cancel(&mut tx, id).await?;
+    let operation = control::cancel(&mut tx, id, caller.scope()).await?;
     let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
     tx.commit().await?;
     Ok(axum::Json(OperationResponse::new(operation, tasks)))
@@ -286,10 +288,11 @@ async fn cancel_operation(
     ))]
 async fn retry_operation(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
 ) -> Result<(StatusCode, axum::Json<OperationResponse>), ApiError> {
     let mut tx = state.pool.begin().await?;
-    let operation = control::retry(&mut tx, id).await?;
+    let operation = control::retry(&mut tx, id, caller.scope()).await?;
     let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
     tx.commit().await?;
     Ok((
@@ -309,10 +312,11 @@ async fn retry_operation(
     ))]
 async fn get_task(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
 ) -> Result<axum::Json<TaskResponse>, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    let task = db::tasks::get(&mut conn, id)
+    let task = db::tasks::get_in(&mut conn, id, caller.scope())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
     Ok(axum::Json(task.into()))

@@ -18,7 +18,7 @@ use super::operations::{OperationList, OperationResponse, Page};
 use crate::app::AppState;
 use crate::db;
 use crate::db::resources::Resource;
-use crate::domain::ResourceState;
+use crate::domain::{Caller, ResourceState};
 use crate::executor::{Action, Create, Delete, Executor, Update};
 
 /// A resource.
@@ -195,16 +195,24 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     ))]
 async fn create_resource(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Json(request): Json<CreateResourceRequest>,
 ) -> Result<Response, ApiError> {
-    let key = Idempotency::from_request(&headers, "POST", "/api/v1/resources", &json!(request))?;
+    let key = Idempotency::from_request(
+        &headers,
+        &caller,
+        "POST",
+        "/api/v1/resources",
+        &json!(request),
+    )?;
     let create = Create::parse(
         &state.catalog,
         &request.kind,
         &request.name,
         request.attributes,
-    )?;
+    )?
+    .for_tenant(&caller.tenant);
     let mut tx = state.pool.begin().await?;
     if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
         return Ok(replay);
@@ -235,6 +243,7 @@ async fn claim(
     ))]
 async fn list_resources(
     State(state): State<AppState>,
+    caller: Caller,
     Query(query): Query<ListResourcesQuery>,
 ) -> Result<axum::Json<ResourceList>, ApiError> {
     let limit = page_limit(query.limit)?;
@@ -243,6 +252,7 @@ async fn list_resources(
         state: query.state,
         name: query.name.as_deref(),
         before: query.cursor,
+        tenant: caller.scope(),
     };
     let mut conn = state.pool.acquire().await?;
     let rows = db::resources::list(&mut conn, &filter, limit).await?;
@@ -267,10 +277,11 @@ async fn list_resources(
     ))]
 async fn get_resource(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    let resource = db::resources::get(&mut conn, id)
+    let resource = db::resources::get_in(&mut conn, id, caller.scope())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no resource with id {id}")))?;
     let etag = HeaderValue::from_str(&format!("\"{}\"", resource.version)).ok();
@@ -301,19 +312,21 @@ async fn get_resource(
     ))]
 async fn update_resource(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     headers: HeaderMap,
     Json(request): Json<UpdateResourceRequest>,
 ) -> Result<Response, ApiError> {
     let path = format!("/api/v1/resources/{id}");
-    let key = Idempotency::from_request(&headers, "PATCH", &path, &json!(request))?;
+    let key = Idempotency::from_request(&headers, &caller, "PATCH", &path, &json!(request))?;
     let update = Update::new(
         &state.catalog,
         id,
         request.name,
         request.attributes,
         if_match(&headers)?,
-    );
+    )
+    .within(caller.scope());
     run(&state, key, update).await
 }
 
@@ -333,15 +346,16 @@ async fn update_resource(
     ))]
 async fn delete_resource(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let path = format!("/api/v1/resources/{id}");
-    let key = Idempotency::from_request(&headers, "DELETE", &path, &Value::Null)?;
+    let key = Idempotency::from_request(&headers, &caller, "DELETE", &path, &Value::Null)?;
     run(
         &state,
         key,
-        Delete::new(&state.catalog, id, if_match(&headers)?),
+        Delete::new(&state.catalog, id, if_match(&headers)?).within(caller.scope()),
     )
     .await
 }
@@ -367,6 +381,7 @@ async fn delete_resource(
     ))]
 async fn run_action(
     State(state): State<AppState>,
+    caller: Caller,
     axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -376,11 +391,11 @@ async fn run_action(
         .map_err(|_| ApiError::BadRequest(format!("bad id in the path: `{id}` is not a UUID")))?;
     let params = action_params(body)?;
     let path = format!("/api/v1/resources/{id}/actions/{action}");
-    let key = Idempotency::from_request(&headers, "POST", &path, &params)?;
+    let key = Idempotency::from_request(&headers, &caller, "POST", &path, &params)?;
     run(
         &state,
         key,
-        Action::new(&state.catalog, id, action, params, if_match(&headers)?),
+        Action::new(&state.catalog, id, action, params, if_match(&headers)?).within(caller.scope()),
     )
     .await
 }
@@ -431,15 +446,20 @@ async fn run<E: Executor + Sync + Send>(
     ))]
 async fn list_resource_operations(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<OperationList>, ApiError> {
     let limit = page_limit(query.limit)?;
     let mut conn = state.pool.acquire().await?;
-    let operations = db::operations::list_for_resource(&mut conn, id, query.cursor, limit).await?;
+    let operations =
+        db::operations::list_for_resource(&mut conn, id, caller.scope(), query.cursor, limit)
+            .await?;
     if operations.is_empty()
         && query.cursor.is_none()
-        && db::resources::get(&mut conn, id).await?.is_none()
+        && db::resources::get_in(&mut conn, id, caller.scope())
+            .await?
+            .is_none()
     {
         return Err(ApiError::NotFound(format!("no resource with id {id}")));
     }
@@ -505,12 +525,14 @@ pub struct EventsQuery {
     ))]
 async fn list_resource_events(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventList>, ApiError> {
     let limit = page_limit(query.limit)?;
     let mut conn = state.pool.acquire().await?;
-    let events = db::events::list_for_resource(&mut conn, id, query.after, limit).await?;
+    let events =
+        db::events::list_for_resource(&mut conn, id, caller.scope(), query.after, limit).await?;
     if events.is_empty() && query.after.is_none() {
         return Err(ApiError::NotFound(format!("no resource with id {id}")));
     }

@@ -27,22 +27,27 @@ pub struct Event {
     pub reason: Option<String>,
     /// When.
     pub created_at: DateTime<Utc>,
+    /// The resource's tenant.
+    pub tenant: String,
 }
 
 /// A resource's events in order, after `after` if given, at most `limit`.
 pub async fn list_for_resource(
     conn: &mut PgConnection,
     resource_id: Uuid,
+    scope: Option<&str>,
     after: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<Event>> {
     sqlx::query_as(
         "SELECT * FROM resource_events WHERE resource_id = $1 AND ($2::bigint IS NULL OR seq > $2)
+           AND ($4::text IS NULL OR tenant = $4)
          ORDER BY seq LIMIT $3",
     )
     .bind(resource_id)
     .bind(after)
     .bind(limit)
+    .bind(scope)
     .fetch_all(conn)
     .await
 }

@@ -8,6 +8,7 @@ pub mod operations;
 pub mod resources;
 pub mod tasks;
 pub mod throttle;
+pub mod tokens;
 
 use std::time::Duration;
 

@@ -38,6 +38,8 @@ pub struct Operation {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The tenant of its resource.
+    pub tenant: String,
 }
 
 /// An operation to insert, in `scheduled`.
@@ -45,6 +47,8 @@ pub struct Operation {
 pub struct NewOperation<'a> {
     /// Its id.
     pub id: Uuid,
+    /// The resource's tenant.
+    pub tenant: &'a str,
     /// The resource.
     pub resource_id: Uuid,
     /// The resource's kind.
@@ -62,8 +66,8 @@ pub struct NewOperation<'a> {
 /// Inserts an operation in `scheduled`.
 pub async fn insert(conn: &mut PgConnection, new: &NewOperation<'_>) -> sqlx::Result<Operation> {
     sqlx::query_as(
-        "INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7) RETURNING *",
+        "INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count, tenant)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8) RETURNING *",
     )
     .bind(new.id)
     .bind(new.resource_id)
@@ -72,6 +76,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOperation<'_>) -> sqlx::Re
     .bind(new.action)
     .bind(new.request)
     .bind(new.step_count)
+    .bind(new.tenant)
     .fetch_one(conn)
     .await
 }
@@ -80,6 +85,19 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOperation<'_>) -> sqlx::Re
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Operation>> {
     sqlx::query_as("SELECT * FROM operations WHERE id = $1")
         .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The operation `id` if `scope` (a tenant; `None` for all) may see it.
+pub async fn get_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: Option<&str>,
+) -> sqlx::Result<Option<Operation>> {
+    sqlx::query_as("SELECT * FROM operations WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)")
+        .bind(id)
+        .bind(scope)
         .fetch_optional(conn)
         .await
 }
@@ -118,16 +136,19 @@ pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Operation
 pub async fn list_for_resource(
     conn: &mut PgConnection,
     resource_id: Uuid,
+    scope: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Operation>> {
     sqlx::query_as(
         "SELECT * FROM operations WHERE resource_id = $1 AND ($2::uuid IS NULL OR id < $2)
+           AND ($4::text IS NULL OR tenant = $4)
          ORDER BY id DESC LIMIT $3",
     )
     .bind(resource_id)
     .bind(before)
     .bind(limit)
+    .bind(scope)
     .fetch_all(conn)
     .await
 }

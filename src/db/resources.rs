@@ -36,6 +36,8 @@ pub struct Resource {
     pub current_operation_id: Option<Uuid>,
     /// Bumped on every change; the ETag.
     pub version: i64,
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -47,6 +49,8 @@ pub struct Resource {
 pub struct NewResource<'a> {
     /// Its id.
     pub id: Uuid,
+    /// Its tenant.
+    pub tenant: &'a str,
     /// Its kind.
     pub kind: &'a str,
     /// Its name.
@@ -61,11 +65,11 @@ pub struct NewResource<'a> {
 pub async fn insert(conn: &mut PgConnection, new: &NewResource<'_>) -> sqlx::Result<Resource> {
     sqlx::query_as(
         "WITH ins AS (
-             INSERT INTO resources (id, kind, name, state, attributes, current_operation_id)
-             VALUES ($1, $2, $3, 'creation_scheduled', $4, $5) RETURNING *
+             INSERT INTO resources (id, kind, name, state, attributes, current_operation_id, tenant)
+             VALUES ($1, $2, $3, 'creation_scheduled', $4, $5, $6) RETURNING *
          ), ev AS (
-             INSERT INTO resource_events (resource_id, operation_id, transition, to_state)
-             SELECT id, $5, 'create', state FROM ins
+             INSERT INTO resource_events (resource_id, operation_id, transition, to_state, tenant)
+             SELECT id, $5, 'create', state, tenant FROM ins
          )
          SELECT * FROM ins",
     )
@@ -74,6 +78,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewResource<'_>) -> sqlx::Res
     .bind(new.name)
     .bind(new.attributes)
     .bind(new.operation_id)
+    .bind(new.tenant)
     .fetch_one(conn)
     .await
 }
@@ -84,6 +89,34 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Resou
         .bind(id)
         .fetch_optional(conn)
         .await
+}
+
+/// The resource `id` if `scope` (a tenant; `None` for all) may see it.
+pub async fn get_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: Option<&str>,
+) -> sqlx::Result<Option<Resource>> {
+    sqlx::query_as("SELECT * FROM resources WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)")
+        .bind(id)
+        .bind(scope)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The resource `id`, locked until the transaction ends, if `scope` may see it.
+pub async fn lock_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: Option<&str>,
+) -> sqlx::Result<Option<Resource>> {
+    sqlx::query_as(
+        "SELECT * FROM resources WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE",
+    )
+    .bind(id)
+    .bind(scope)
+    .fetch_optional(conn)
+    .await
 }
 
 /// The resource `id`, locked until the transaction ends.
@@ -105,6 +138,8 @@ pub struct ListFilter<'a> {
     pub name: Option<&'a str>,
     /// Only ids before this one (newest first).
     pub before: Option<Uuid>,
+    /// Only this tenant's (`None`: every tenant's).
+    pub tenant: Option<&'a str>,
 }
 
 /// Resources newest first, at most `limit`.
@@ -119,6 +154,7 @@ pub async fn list(
            AND ($2::text IS NULL OR state = $2)
            AND ($3::text IS NULL OR name = $3)
            AND ($4::uuid IS NULL OR id < $4)
+           AND ($6::text IS NULL OR tenant = $6)
          ORDER BY id DESC LIMIT $5",
     )
     .bind(filter.kind)
@@ -126,6 +162,7 @@ pub async fn list(
     .bind(filter.name)
     .bind(filter.before)
     .bind(limit)
+    .bind(filter.tenant)
     .fetch_all(conn)
     .await
 }
@@ -162,8 +199,8 @@ pub async fn schedule(
              FROM prev WHERE r.id = prev.id AND prev.state = ANY($2)
              RETURNING r.*, prev.state AS prev_state
          ), ev AS (
-             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state)
-             SELECT id, $4, $9, prev_state, state FROM upd
+             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state, tenant)
+             SELECT id, $4, $9, prev_state, state, tenant FROM upd
          )
          SELECT * FROM upd",
     )
@@ -231,8 +268,8 @@ pub async fn transition(
                         ELSE r.current_operation_id = $4 END
              RETURNING r.*, prev.state AS prev_state
          ), ev AS (
-             INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, reason)
-             SELECT id, $4, $9, $10, prev_state, state, $5 FROM upd
+             INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, reason, tenant)
+             SELECT id, coalesce($4, current_operation_id), $9, $10, prev_state, state, $5, tenant FROM upd
          )
          SELECT * FROM upd",
     )
@@ -269,8 +306,8 @@ pub async fn resume(
              WHERE id = $1 AND version = $2 AND state = 'erred' AND current_operation_id IS NULL
              RETURNING *
          ), ev AS (
-             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state)
-             SELECT id, $3, 'retry', 'erred', state FROM upd
+             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state, tenant)
+             SELECT id, $3, 'retry', 'erred', state, tenant FROM upd
          )
          SELECT * FROM upd",
     )
@@ -313,10 +350,10 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid, operation_id: Uuid) -> sq
     let deleted: i64 = sqlx::query_scalar(
         "WITH del AS (
              DELETE FROM resources WHERE id = $1 AND current_operation_id = $2 AND state = 'deleting'
-             RETURNING id, state
+             RETURNING id, state, tenant
          ), ev AS (
-             INSERT INTO resource_events (resource_id, operation_id, transition, from_state)
-             SELECT id, $2, 'delete', state FROM del
+             INSERT INTO resource_events (resource_id, operation_id, transition, from_state, tenant)
+             SELECT id, $2, 'delete', state, tenant FROM del
          )
          SELECT count(*) FROM del",
     )

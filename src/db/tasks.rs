@@ -372,6 +372,23 @@ pub async fn reopen_cancelled(
     Ok(())
 }
 
+/// The task `id` if `scope` (a tenant; `None` for all) may see it. Job tasks
+/// belong to no tenant: only `None` sees them.
+pub async fn get_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: Option<&str>,
+) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(
+        "SELECT t.* FROM tasks t LEFT JOIN operations o ON o.id = t.operation_id
+         WHERE t.id = $1 AND ($2::text IS NULL OR o.tenant = $2)",
+    )
+    .bind(id)
+    .bind(scope)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The task `id`.
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Task>> {
     sqlx::query_as("SELECT * FROM tasks WHERE id = $1")

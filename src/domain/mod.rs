@@ -1,11 +1,13 @@
-//! Pure domain types: states, transitions, names. Nothing here knows about
+//! Pure domain types: states, transitions, names, callers. Nothing here knows about
 //! HTTP; the `sqlx::Type` derives only name the text spelling of each enum.
 
+mod caller;
 mod field_error;
 mod name;
 mod operation;
 mod state;
 
+pub use caller::{Caller, Role};
 pub use field_error::FieldError;
 pub use name::{MAX_NAME_CHARS, ResourceName};
 pub use operation::{OperationKind, OperationState, Queue, TaskState};

@@ -17,6 +17,7 @@ pub struct Action<'c> {
     name: String,
     params: Value,
     if_match: Option<i64>,
+    scope: Option<String>,
 }
 
 impl<'c> Action<'c> {
@@ -34,7 +35,14 @@ impl<'c> Action<'c> {
             name,
             params,
             if_match,
+            scope: None,
         }
+    }
+
+    /// Confines it to the resources of `tenant` (`None`: every tenant's).
+    pub fn within(mut self, tenant: Option<&str>) -> Self {
+        self.scope = tenant.map(str::to_owned);
+        self
     }
 }
 
@@ -47,7 +55,8 @@ impl Executor for Action<'_> {
         conn: &mut PgConnection,
         operation_id: Uuid,
     ) -> Result<Prepared, ExecutorError> {
-        let resource = lock_resource(conn, self.resource_id, self.if_match).await?;
+        let resource =
+            lock_resource(conn, self.resource_id, self.scope.as_deref(), self.if_match).await?;
         let kind = self.catalog.kind(&resource.kind).ok_or_else(|| {
             ExecutorError::Conflict(format!("kind `{}` is not in the catalog", resource.kind))
         })?;

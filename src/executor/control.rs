@@ -17,19 +17,27 @@ use crate::domain::{OperationKind, OperationState, ResourceState, TaskState};
 async fn lock_operation(
     conn: &mut PgConnection,
     id: Uuid,
+    scope: Option<&str>,
 ) -> Result<(Vec<db::tasks::Task>, Operation), ExecutorError> {
-    let tasks = db::tasks::lock_for_operation(conn, id).await?;
-    let operation = db::operations::lock(conn, id)
+    let missing = || ExecutorError::NotFound(format!("no operation with id {id}"));
+    // Checked before any lock is taken, so another tenant cannot make us wait.
+    db::operations::get_in(conn, id, scope)
         .await?
-        .ok_or_else(|| ExecutorError::NotFound(format!("no operation with id {id}")))?;
+        .ok_or_else(missing)?;
+    let tasks = db::tasks::lock_for_operation(conn, id).await?;
+    let operation = db::operations::lock(conn, id).await?.ok_or_else(missing)?;
     Ok((tasks, operation))
 }
 
 /// Cancels a scheduled or running operation: pending tasks are cancelled, a
 /// running one is fenced (its runner is told to stop, and its outcome would
 /// be refused), the resource ends `erred`, and throttle slots are handed on.
-pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<Operation, ExecutorError> {
-    let (_, operation) = lock_operation(conn, id).await?;
+pub async fn cancel(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: Option<&str>,
+) -> Result<Operation, ExecutorError> {
+    let (_, operation) = lock_operation(conn, id, scope).await?;
     if operation.state.is_finished() {
         return Err(ExecutorError::Conflict(format!(
             "Operation is {}; only a scheduled or running operation can be cancelled",
@@ -61,8 +69,12 @@ pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<Operation, Exec
 /// Runs a failed operation again from its failed step; the steps before it
 /// keep their results. The resource must still be `erred` and untouched
 /// since: nothing in flight and no later operation.
-pub async fn retry(conn: &mut PgConnection, id: Uuid) -> Result<Operation, ExecutorError> {
-    let (tasks, operation) = lock_operation(conn, id).await?;
+pub async fn retry(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: Option<&str>,
+) -> Result<Operation, ExecutorError> {
+    let (tasks, operation) = lock_operation(conn, id, scope).await?;
     if operation.state != OperationState::Failed {
         return Err(ExecutorError::Conflict(format!(
             "Operation is {}; only a failed operation can be retried",

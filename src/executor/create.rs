@@ -12,6 +12,7 @@ use crate::domain::{FieldError, OperationKind, ResourceName, Transition};
 /// Create a resource of a kind. Success: `set_ok`; failure: `set_erred`.
 #[derive(Debug)]
 pub struct Create<'c> {
+    tenant: String,
     kind: &'c Kind,
     name: ResourceName,
     attributes: Value,
@@ -39,12 +40,21 @@ impl<'c> Create<'c> {
         errors.extend(kind.schema.validate("/attributes", &attributes));
         match parsed_name {
             Ok(name) if errors.is_empty() => Ok(Self {
+                tenant: String::new(),
                 kind,
                 name,
                 attributes,
             }),
             _ => Err(ExecutorError::Invalid(errors)),
         }
+    }
+}
+
+impl Create<'_> {
+    /// Makes the resource belong to `tenant` (default: the empty tenant of an open service).
+    pub fn for_tenant(mut self, tenant: &str) -> Self {
+        tenant.clone_into(&mut self.tenant);
+        self
     }
 }
 
@@ -61,6 +71,7 @@ impl Executor for Create<'_> {
             conn,
             &db::resources::NewResource {
                 id: Uuid::now_v7(),
+                tenant: &self.tenant,
                 kind: &self.kind.name,
                 name: self.name.as_str(),
                 attributes: &self.attributes,

@@ -15,6 +15,7 @@ pub struct Delete<'c> {
     catalog: &'c Catalog,
     resource_id: Uuid,
     if_match: Option<i64>,
+    scope: Option<String>,
 }
 
 impl<'c> Delete<'c> {
@@ -24,7 +25,14 @@ impl<'c> Delete<'c> {
             catalog,
             resource_id,
             if_match,
+            scope: None,
         }
+    }
+
+    /// Confines it to the resources of `tenant` (`None`: every tenant's).
+    pub fn within(mut self, tenant: Option<&str>) -> Self {
+        self.scope = tenant.map(str::to_owned);
+        self
     }
 }
 
@@ -37,7 +45,8 @@ impl Executor for Delete<'_> {
         conn: &mut PgConnection,
         operation_id: Uuid,
     ) -> Result<Prepared, ExecutorError> {
-        let resource = lock_resource(conn, self.resource_id, self.if_match).await?;
+        let resource =
+            lock_resource(conn, self.resource_id, self.scope.as_deref(), self.if_match).await?;
         let kind = self.catalog.kind(&resource.kind).ok_or_else(|| {
             ExecutorError::Conflict(format!("kind `{}` is not in the catalog", resource.kind))
         })?;

@@ -122,6 +122,7 @@ pub trait Executor {
                 conn,
                 &NewOperation {
                     id: operation_id,
+                    tenant: &prepared.resource.tenant,
                     resource_id: prepared.resource.id,
                     resource_kind: &prepared.resource.kind,
                     kind: Self::KIND,
@@ -165,13 +166,14 @@ fn new_task(step: &Step, queue: Queue) -> Result<NewTask, ExecutorError> {
     })
 }
 
-/// Locks the resource `id`, checking `If-Match` when given.
+/// Locks the resource `id` if `scope` may see it, checking `If-Match` when given.
 async fn lock_resource(
     conn: &mut PgConnection,
     id: Uuid,
+    scope: Option<&str>,
     if_match: Option<i64>,
 ) -> Result<Resource, ExecutorError> {
-    let resource = db::resources::lock(conn, id)
+    let resource = db::resources::lock_in(conn, id, scope)
         .await?
         .ok_or_else(|| ExecutorError::NotFound(format!("no resource with id {id}")))?;
     if let Some(expected) = if_match

@@ -19,6 +19,7 @@ pub struct Update<'c> {
     name: Option<String>,
     attributes: Option<Map<String, Value>>,
     if_match: Option<i64>,
+    scope: Option<String>,
 }
 
 impl<'c> Update<'c> {
@@ -36,7 +37,14 @@ impl<'c> Update<'c> {
             name,
             attributes,
             if_match,
+            scope: None,
         }
+    }
+
+    /// Confines it to the resources of `tenant` (`None`: every tenant's).
+    pub fn within(mut self, tenant: Option<&str>) -> Self {
+        self.scope = tenant.map(str::to_owned);
+        self
     }
 }
 
@@ -49,7 +57,8 @@ impl Executor for Update<'_> {
         conn: &mut PgConnection,
         operation_id: Uuid,
     ) -> Result<Prepared, ExecutorError> {
-        let resource = lock_resource(conn, self.resource_id, self.if_match).await?;
+        let resource =
+            lock_resource(conn, self.resource_id, self.scope.as_deref(), self.if_match).await?;
         let kind = self.catalog.kind(&resource.kind).ok_or_else(|| {
             ExecutorError::Conflict(format!("kind `{}` is not in the catalog", resource.kind))
         })?;

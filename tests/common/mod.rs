@@ -138,11 +138,11 @@ impl TestApp {
     }
 
     pub fn over(engine: Engine) -> Self {
-        let router = executord::app::router(executord::app::AppState {
-            pool: engine.pool.clone(),
-            catalog: engine.catalog.clone(),
-            events: engine.events.clone(),
-        });
+        let router = executord::app::router(executord::app::AppState::new(
+            engine.pool.clone(),
+            engine.catalog.clone(),
+            engine.events.clone(),
+        ));
         Self { engine, router }
     }
 

@@ -1,0 +1,62 @@
+//! Who is calling: a tenant and a role, from an API token.
+
+use serde::{Deserialize, Serialize};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, in every tenant.
+    Admin,
+    /// Read, and run executors, in its tenant.
+    Operator,
+    /// Read only, in its tenant.
+    Viewer,
+}
+
+impl Role {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Admin, Self::Operator, Self::Viewer]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant it acts for; new resources belong to it.
+    pub tenant: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl Caller {
+    /// The caller of a service running open (no tokens): an admin of the empty tenant.
+    pub fn open() -> Self {
+        Self {
+            tenant: String::new(),
+            role: Role::Admin,
+        }
+    }
+
+    /// The tenant its reads and writes are confined to; `None` for an admin, who sees all.
+    pub fn scope(&self) -> Option<&str> {
+        (self.role != Role::Admin).then_some(self.tenant.as_str())
+    }
+
+    /// Whether it may change things.
+    pub fn may_write(&self) -> bool {
+        self.role != Role::Viewer
+    }
+}
