@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(limit_time))
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::auth::authenticate))
         .layer(axum::middleware::from_fn(api::metrics::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -95,6 +96,24 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The longest a request may take; long polls end at 60 s, well before.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Answers 503 instead of keeping a client waiting past [`REQUEST_TIMEOUT`].
+async fn limit_time(request: Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(format!(
+                "the request took longer than {} s",
+                REQUEST_TIMEOUT.as_secs()
+            )),
+            Vec::new(),
+        ),
+    }
 }
 
 /// A started process: its database, catalog, backends and wake-ups.

@@ -618,3 +618,39 @@ fn the_checked_in_openapi_document_is_current() {
         "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --test api the_checked_in_openapi_document_is_current`"
     );
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn deep_or_oversized_attributes_and_parameters_are_422(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let mut deep = json!("leaf");
+    for _ in 0..20 {
+        deep = json!({ "next": deep });
+    }
+    let body = json!({"kind": "instance", "name": "x", "attributes": {"tenant": "a", "flavor": "small", "sim": deep}});
+    let reply = app.post_json("/api/v1/resources", body).await;
+    assert_problem(&reply, 422);
+    assert!(
+        reply.body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deeper")
+    );
+
+    let big = json!({"kind": "instance", "name": "x", "attributes": {"tenant": "a", "flavor": "small", "sim": {"pad": "x".repeat(100_000)}}});
+    let reply = app.post_json("/api/v1/resources", big).await;
+    assert_problem(&reply, 422);
+    assert!(
+        reply.body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bytes")
+    );
+
+    let id = app.ok_instance("web-1").await;
+    let stop = format!("/api/v1/resources/{id}/actions/stop");
+    assert_eq!(
+        app.post_json(&stop, json!({"deep": deep})).await.status,
+        422
+    );
+    assert_eq!(app.engine.count("resources").await, 1);
+}

@@ -3,12 +3,14 @@
 
 mod caller;
 mod field_error;
+mod limits;
 mod name;
 mod operation;
 mod state;
 
 pub use caller::{Caller, Role};
 pub use field_error::FieldError;
+pub use limits::{MAX_DEPTH, MAX_JSON_BYTES, check_json};
 pub use name::{MAX_NAME_CHARS, ResourceName};
 pub use operation::{OperationKind, OperationState, Queue, TaskState};
 pub use state::{ResourceState, Transition};

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Executor, ExecutorError, Prepared, lock_resource, schedule, wrong_state};
 use crate::catalog::Catalog;
 use crate::db::resources::Schedule;
-use crate::domain::{FieldError, OperationKind, Transition};
+use crate::domain::{FieldError, OperationKind, Transition, check_json};
 
 /// Run a named action. Success: `set_ok` (with the action's runtime state); failure: `set_erred`.
 #[derive(Debug)]
@@ -69,7 +69,10 @@ impl Executor for Action<'_> {
                 known.join(", ")
             ))
         })?;
-        let mut errors = action.params.validate("", &self.params);
+        let mut errors = match check_json("", &self.params) {
+            Ok(()) => action.params.validate("", &self.params),
+            Err(e) => vec![e],
+        };
         if errors.is_empty() {
             for field in &action.increase_only {
                 let new = self.params.get(field).and_then(Value::as_f64);

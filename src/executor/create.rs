@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Executor, ExecutorError, Prepared};
 use crate::catalog::{Catalog, Kind};
 use crate::db;
-use crate::domain::{FieldError, OperationKind, ResourceName, Transition};
+use crate::domain::{FieldError, OperationKind, ResourceName, Transition, check_json};
 
 /// Create a resource of a kind. Success: `set_ok`; failure: `set_erred`.
 #[derive(Debug)]
@@ -37,7 +37,10 @@ impl<'c> Create<'c> {
             ));
             return Err(ExecutorError::Invalid(errors));
         };
-        errors.extend(kind.schema.validate("/attributes", &attributes));
+        match check_json("/attributes", &attributes) {
+            Ok(()) => errors.extend(kind.schema.validate("/attributes", &attributes)),
+            Err(e) => errors.push(e),
+        }
         match parsed_name {
             Ok(name) if errors.is_empty() => Ok(Self {
                 tenant: String::new(),

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Executor, ExecutorError, Prepared, lock_resource, schedule};
 use crate::catalog::Catalog;
 use crate::db::resources::Schedule;
-use crate::domain::{FieldError, OperationKind, ResourceName, Transition};
+use crate::domain::{FieldError, OperationKind, ResourceName, Transition, check_json};
 
 /// Update a resource. Success: `set_ok`; failure: `set_erred`.
 #[derive(Debug)]
@@ -99,7 +99,10 @@ impl Executor for Update<'_> {
             }
         }
         if errors.is_empty() {
-            errors.extend(kind.schema.validate("/attributes", &merged));
+            match check_json("/attributes", &merged) {
+                Ok(()) => errors.extend(kind.schema.validate("/attributes", &merged)),
+                Err(e) => errors.push(e),
+            }
         }
         if !errors.is_empty() {
             return Err(ExecutorError::Invalid(errors));
