@@ -130,13 +130,23 @@ fn parse_role(s: &str) -> Result<Role, String> {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL. Without it, an embedded cluster is started under `--data-dir`.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Directory of the embedded cluster.
-    #[arg(long, env = "EXECUTORD_DATA_DIR", default_value = ".executord")]
+    #[arg(
+        long,
+        env = "EXECUTORD_DATA_DIR",
+        default_value = ".executord",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Most database connections this process opens.
-    #[arg(long, env = "EXECUTORD_DB_CONNECTIONS", default_value_t = 32)]
+    #[arg(
+        long,
+        env = "EXECUTORD_DB_CONNECTIONS",
+        default_value_t = 32,
+        global = true
+    )]
     pub db_connections: u32,
 }
 

@@ -34,33 +34,6 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
-        // Every protected operation can answer 401, and every write 403.
-        for (path, item) in &mut openapi.paths.paths {
-            if !path.starts_with("/api/") {
-                continue;
-            }
-            let operations = [
-                (&mut item.get, false),
-                (&mut item.post, true),
-                (&mut item.patch, true),
-                (&mut item.delete, true),
-            ];
-            for (operation, writes) in operations {
-                let Some(operation) = operation.as_mut() else {
-                    continue;
-                };
-                let mut statuses = vec![("401", "No valid token")];
-                if writes {
-                    statuses.push(("403", "The token's role may not write"));
-                }
-                for (status, description) in statuses {
-                    operation
-                        .responses
-                        .responses
-                        .insert(status.to_owned(), problem_response(description).into());
-                }
-            }
-        }
     }
 }
 
@@ -97,13 +70,45 @@ struct ApiDoc;
 
 /// The API's routes and its OpenAPI document.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(resources::router())
         .merge(operations::router())
         .merge(kinds::router())
         .merge(health::router())
         .merge(metrics::router())
-        .split_for_parts()
+        .split_for_parts();
+    document_auth_errors(&mut openapi);
+    (router, openapi)
+}
+
+/// Every protected operation can answer 401, and every write 403.
+fn document_auth_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in &mut openapi.paths.paths {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, writes) in operations {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let mut statuses = vec![("401", "No valid token")];
+            if writes {
+                statuses.push(("403", "The token's role may not write"));
+            }
+            for (status, description) in statuses {
+                operation
+                    .responses
+                    .responses
+                    .insert(status.to_owned(), problem_response(description).into());
+            }
+        }
+    }
 }
 
 /// The OpenAPI document.
