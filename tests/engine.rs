@@ -372,21 +372,7 @@ async fn a_waiting_throttle_shows_why_and_gets_the_freed_slot_in_order(pool: PgP
     let second = engine.create("instance", "vm-2", instance("acme")).await;
     // Run both operations up to their throttles: the first takes the slot, the second waits.
     for _ in 0..2 {
-        let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 10, 5000, "t")
-            .await
-            .unwrap();
-        for task in claimed {
-            let outcome = executord::tasks::run(&runner_ctx(&engine), &task).await;
-            executord::runner::record::record(
-                &engine.pool,
-                &engine.catalog,
-                task.id,
-                task.lease_token.unwrap(),
-                outcome,
-            )
-            .await
-            .unwrap();
-        }
+        engine.step(Queue::Regular, 10).await;
     }
     let waiting = &engine.tasks(second.operation.id).await[1];
     assert_eq!(waiting.state, TaskState::Waiting);
@@ -408,16 +394,6 @@ async fn a_waiting_throttle_shows_why_and_gets_the_freed_slot_in_order(pool: PgP
     let second_op = engine.operation(second.operation.id).await;
     assert_eq!(second_op.state, OperationState::Succeeded);
     assert!(second_op.finished_at.unwrap() >= first_done);
-}
-
-fn runner_ctx(engine: &Engine) -> executord::tasks::TaskContext {
-    executord::tasks::TaskContext {
-        pool: engine.pool.clone(),
-        catalog: engine.catalog.clone(),
-        backends: executord::backend::Backends::new().with("sim", engine.sim.clone()),
-        backend_timeout: Duration::from_secs(5),
-        retry_base: Duration::from_millis(10),
-    }
 }
 
 const SLOW_AND_FAST: &str = r#"

@@ -33,20 +33,7 @@ async fn run_job(engine: &Engine, job: &str, args: Value) -> Value {
     );
     drop(conn);
     // Run just the job (other work may be polling for minutes).
-    let claimed = db::tasks::claim(&engine.pool, Queue::Background, 1, 5000, "t")
-        .await
-        .unwrap();
-    let task = &claimed[0];
-    let outcome = executord::tasks::run(&runner_ctx(engine), task).await;
-    executord::runner::record::record(
-        &engine.pool,
-        &engine.catalog,
-        task.id,
-        task.lease_token.unwrap(),
-        outcome,
-    )
-    .await
-    .unwrap();
+    assert_eq!(engine.step(Queue::Background, 1).await, 1);
     sqlx::query_scalar("SELECT result FROM tasks WHERE job = $1 AND state = 'succeeded' ORDER BY finished_at DESC LIMIT 1")
         .bind(job)
         .fetch_one(&engine.pool)
@@ -196,21 +183,7 @@ async fn sweep_errs_a_stranded_resource_and_leaves_live_operations_alone(pool: P
         .await;
     // Run both to their polls (the objects take ten minutes to build).
     for _ in 0..3 {
-        let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 10, 5000, "t")
-            .await
-            .unwrap();
-        for task in claimed {
-            let outcome = executord::tasks::run(&runner_ctx(&engine), &task).await;
-            executord::runner::record::record(
-                &engine.pool,
-                &engine.catalog,
-                task.id,
-                task.lease_token.unwrap(),
-                outcome,
-            )
-            .await
-            .unwrap();
-        }
+        engine.step(Queue::Regular, 10).await;
     }
     // A restored backup, say: the first operation's steps are gone though it is "running".
     sqlx::query("DELETE FROM tasks WHERE operation_id = $1")
@@ -241,16 +214,6 @@ async fn sweep_errs_a_stranded_resource_and_leaves_live_operations_alone(pool: P
         engine.operation(live.operation.id).await.state,
         OperationState::Running
     );
-}
-
-fn runner_ctx(engine: &Engine) -> executord::tasks::TaskContext {
-    executord::tasks::TaskContext {
-        pool: engine.pool.clone(),
-        catalog: engine.catalog.clone(),
-        backends: Backends::new().with("sim", engine.sim.clone()),
-        backend_timeout: Duration::from_secs(5),
-        retry_base: Duration::from_millis(10),
-    }
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]

@@ -6,6 +6,7 @@
 //! an idempotency key: a task may run more than once (a lease expired, a
 //! process died), and a repeated call must not repeat its effect.
 
+pub mod noop;
 pub mod sim;
 
 use std::collections::HashMap;

@@ -81,53 +81,56 @@ pub async fn still_stranded(conn: &mut PgConnection, id: Uuid, version: i64) -> 
     .await
 }
 
-/// Deletes up to `batch` operations (with their tasks) finished before `before`.
-pub async fn prune_operations(
-    conn: &mut PgConnection,
-    before: DateTime<Utc>,
-    batch: i64,
-) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM operations WHERE id IN (
-             SELECT id FROM operations WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)",
-    )
-    .bind(before)
-    .bind(batch)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+/// What the prune job deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prunable {
+    /// Finished operations, with their tasks (by cascade).
+    Operations,
+    /// Finished periodic-job tasks.
+    JobTasks,
+    /// Idempotency keys.
+    IdempotencyKeys,
 }
 
-/// Deletes up to `batch` finished job tasks that ended before `before`.
-pub async fn prune_job_tasks(
-    conn: &mut PgConnection,
-    before: DateTime<Utc>,
-    batch: i64,
-) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM tasks WHERE id IN (
-             SELECT id FROM tasks WHERE job IS NOT NULL AND finished_at < $1 LIMIT $2)",
-    )
-    .bind(before)
-    .bind(batch)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+impl Prunable {
+    /// Every kind, in the order they are pruned.
+    pub const ALL: [Prunable; 3] = [Self::Operations, Self::JobTasks, Self::IdempotencyKeys];
+
+    /// Its name in the job's summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operations => "operations",
+            Self::JobTasks => "job_tasks",
+            Self::IdempotencyKeys => "idempotency_keys",
+        }
+    }
 }
 
-/// Deletes up to `batch` idempotency keys created before `before`.
-pub async fn prune_idempotency_keys(
+/// Deletes up to `batch` rows of `what` that ended (or were made) before `before`.
+pub async fn prune(
     conn: &mut PgConnection,
+    what: Prunable,
     before: DateTime<Utc>,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE key IN (
-             SELECT key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
-    )
-    .bind(before)
-    .bind(batch)
-    .execute(conn)
-    .await?;
+    let sql = match what {
+        Prunable::Operations => {
+            "DELETE FROM operations WHERE id IN (
+                 SELECT id FROM operations WHERE finished_at < $1 ORDER BY finished_at LIMIT $2)"
+        }
+        Prunable::JobTasks => {
+            "DELETE FROM tasks WHERE id IN (
+                 SELECT id FROM tasks WHERE job IS NOT NULL AND finished_at < $1 LIMIT $2)"
+        }
+        Prunable::IdempotencyKeys => {
+            "DELETE FROM idempotency_keys WHERE key IN (
+                 SELECT key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)"
+        }
+    };
+    let done = sqlx::query(sql)
+        .bind(before)
+        .bind(batch)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected())
 }

@@ -13,6 +13,7 @@ use super::{Outcome, TaskContext};
 use crate::backend::{BackendCall, BackendError, ResourceView};
 use crate::catalog::Job;
 use crate::db;
+use crate::db::jobs::Prunable;
 use crate::db::resources::{Ending, Guard, Resource};
 use crate::domain::{OperationState, ResourceState, Transition};
 
@@ -210,31 +211,20 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
 
 /// Deletes finished history past the retention, in small batches.
 async fn prune(ctx: &TaskContext, retention: Duration) -> anyhow::Result<Value> {
+    const PRUNE_BATCH: i64 = 500;
     let before = chrono::Utc::now() - chrono::Duration::from_std(retention)?;
-    let (mut operations, mut jobs, mut keys) = (0, 0, 0);
-    loop {
-        let mut conn = ctx.pool.acquire().await?;
-        let n = db::jobs::prune_operations(&mut conn, before, 500).await?;
-        operations += n;
-        if n < 500 {
-            break;
+    let mut summary = serde_json::Map::new();
+    for what in Prunable::ALL {
+        let mut total = 0;
+        loop {
+            let mut conn = ctx.pool.acquire().await?;
+            let n = db::jobs::prune(&mut conn, what, before, PRUNE_BATCH).await?;
+            total += n;
+            if n < PRUNE_BATCH.unsigned_abs() {
+                break;
+            }
         }
+        summary.insert(what.as_str().to_owned(), json!(total));
     }
-    loop {
-        let mut conn = ctx.pool.acquire().await?;
-        let n = db::jobs::prune_job_tasks(&mut conn, before, 500).await?;
-        jobs += n;
-        if n < 500 {
-            break;
-        }
-    }
-    loop {
-        let mut conn = ctx.pool.acquire().await?;
-        let n = db::jobs::prune_idempotency_keys(&mut conn, before, 500).await?;
-        keys += n;
-        if n < 500 {
-            break;
-        }
-    }
-    Ok(json!({"operations": operations, "job_tasks": jobs, "idempotency_keys": keys}))
+    Ok(Value::Object(summary))
 }

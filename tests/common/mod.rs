@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub struct Engine {
+    pub ctx: TaskContext,
     pub pool: PgPool,
     pub sim: Arc<Sim>,
     pub catalog: Arc<Catalog>,
@@ -56,8 +57,9 @@ impl Engine {
             backend_timeout: Duration::from_secs(5),
             retry_base: Duration::from_millis(10),
         };
-        let runner = Runner::new(ctx, config, events.clone());
+        let runner = Runner::new(ctx.clone(), config, events.clone());
         Self {
+            ctx,
             pool,
             sim,
             catalog,
@@ -77,6 +79,21 @@ impl Engine {
     pub async fn create(&self, kind: &str, name: &str, attributes: Value) -> Applied {
         let create = Create::parse(&self.catalog, kind, name, attributes).unwrap();
         self.apply(create).await.unwrap()
+    }
+
+    /// One round by hand: claims up to `n` due tasks of `queue`, runs and records each.
+    pub async fn step(&self, queue: executord::domain::Queue, n: i64) -> usize {
+        let claimed = executord::db::tasks::claim(&self.pool, queue, n, 5000, "test")
+            .await
+            .unwrap();
+        for task in &claimed {
+            let outcome = executord::tasks::run(&self.ctx, task).await;
+            let token = task.lease_token.unwrap();
+            executord::runner::record::record(&self.pool, &self.catalog, task.id, token, outcome)
+                .await
+                .unwrap();
+        }
+        claimed.len()
     }
 
     pub async fn drain(&self) -> usize {
