@@ -274,6 +274,36 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
     .await
 }
 
+/// Claims the first waiting step after `position` for `worker` at once, if it
+/// runs on `queue`: the runner goes on with it without a round trip through
+/// the queue. `None` if there is no such step (another queue's step is then
+/// left for [`release_next`]).
+pub async fn claim_next(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+    position: i32,
+    queue: Queue,
+    lease_ms: i64,
+    worker: &str,
+) -> sqlx::Result<Option<Task>> {
+    sqlx::query_as(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, run_at = now(),
+                lease_token = gen_random_uuid(), lease_until = now() + $4 * interval '1 millisecond',
+                worker = $5, started_at = coalesce(started_at, now()), updated_at = now()
+         WHERE id = (SELECT id FROM tasks WHERE operation_id = $1 AND position > $2 AND state = 'waiting'
+                     ORDER BY position LIMIT 1)
+           AND queue = $3
+         RETURNING *",
+    )
+    .bind(operation_id)
+    .bind(position)
+    .bind(queue)
+    .bind(lease_ms)
+    .bind(worker)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Makes the first waiting step after `position` ready; its queue, or `None`
 /// when no step waits (the chain is done).
 pub async fn release_next(

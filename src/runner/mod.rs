@@ -27,6 +27,9 @@ use crate::tasks::{self, Outcome, TaskContext};
 
 pub use record::Recorded;
 
+/// Most steps of one chain a runner slot runs in a row before it lets the queue have a turn.
+pub const MAX_INLINE_STEPS: usize = 64;
+
 /// How a runner behaves.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -202,58 +205,96 @@ impl Runner {
         }
     }
 
-    /// Runs one claimed task under its lease and records the outcome.
+    /// Runs one claimed task under its lease and records the outcome; then
+    /// goes on with the chain's next step while it is claimed inline (at most
+    /// [`MAX_INLINE_STEPS`] in a row, so one long chain cannot hold a slot forever).
     async fn execute(
         self,
         task: Task,
         permit: OwnedSemaphorePermit,
         shutdown: watch::Receiver<bool>,
     ) {
-        let Some(token) = task.lease_token else {
-            return;
-        };
         let queue = task.queue;
+        let mut current = Some(task);
+        let mut steps = 0;
+        while let Some(task) = current.take() {
+            steps += 1;
+            let inline = steps < MAX_INLINE_STEPS;
+            current = self.execute_one(&task, inline, shutdown.clone()).await;
+        }
+        drop(permit);
+        self.inner.events.wake(queue);
+    }
+
+    /// Runs and records one task; the next step if it was claimed inline.
+    async fn execute_one(
+        &self,
+        task: &Task,
+        inline: bool,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<Task> {
+        let token = task.lease_token?;
         let started = std::time::Instant::now();
-        let outcome = tokio::select! {
-            outcome = tasks::run(&self.inner.ctx, &task) => Some(outcome),
-            () = self.heartbeat(&task) => {
-                tracing::warn!(task_id = %task.id, "lease lost mid-run; abandoning the task");
-                None
+        let mut cancelled = self.inner.events.subscribe_cancelled();
+        let cancel = async {
+            loop {
+                match cancelled.recv().await {
+                    Ok(id) if id == task.id => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
             }
-            () = grace_over(shutdown, self.inner.config.shutdown_grace) => {
+        };
+        let outcome = tokio::select! {
+            outcome = tasks::run(&self.inner.ctx, task) => outcome,
+            () = cancel => {
+                tracing::info!(task_id = %task.id, "operation cancelled; stopping the task");
+                return None;
+            }
+            () = self.heartbeat(task) => {
+                tracing::warn!(task_id = %task.id, "lease lost mid-run; abandoning the task");
+                return None;
+            }
+            () = grace_over(shutdown.clone(), self.inner.config.shutdown_grace) => {
                 match db::tasks::release(self.pool(), task.id, token).await {
                     Ok(Some(queue)) => tracing::info!(task_id = %task.id, queue = queue.as_str(), "released at shutdown"),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(task_id = %task.id, error = %e, "release failed; the lease will expire"),
                 }
-                None
+                return None;
             }
         };
-        if let Some(outcome) = outcome {
-            crate::metrics::task_ran(&task.task_type, outcome_label(&outcome), started.elapsed());
-            if matches!(outcome, Outcome::Retry { .. }) {
-                crate::metrics::task_retried(&task.task_type);
+        crate::metrics::task_ran(&task.task_type, outcome_label(&outcome), started.elapsed());
+        if matches!(outcome, Outcome::Retry { .. }) {
+            crate::metrics::task_retried(&task.task_type);
+        }
+        // No new work is taken on once shutdown has begun.
+        let cont = (inline && !*shutdown.borrow()).then_some(record::Continue {
+            lease_ms: self.inner.config.lease_ms(),
+            worker: &self.inner.worker,
+        });
+        let recorded = record::record_and_continue(
+            self.pool(),
+            &self.inner.ctx.catalog,
+            task.id,
+            token,
+            outcome,
+            cont,
+        )
+        .await;
+        match recorded {
+            Ok((Recorded::Applied, next)) => next,
+            Ok((Recorded::Fenced, _)) => {
+                tracing::warn!(task_id = %task.id, "late outcome refused: the lease passed to another runner");
+                None
             }
-            match record::record(
-                self.pool(),
-                &self.inner.ctx.catalog,
-                task.id,
-                token,
-                outcome,
-            )
-            .await
-            {
-                Ok(Recorded::Applied) => {}
-                Ok(Recorded::Fenced) => {
-                    tracing::warn!(task_id = %task.id, "late outcome refused: the lease passed to another runner");
-                }
-                Err(e) => {
-                    tracing::warn!(task_id = %task.id, error = format!("{e:#}"), "recording failed; the lease will expire");
-                }
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, error = format!("{e:#}"), "recording failed; the lease will expire");
+                None
             }
         }
-        drop(permit);
-        self.inner.events.wake(queue);
     }
 
     /// Renews the lease until it is lost; returns only then.

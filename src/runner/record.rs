@@ -40,6 +40,15 @@ enum Decision {
     Fail(String),
 }
 
+/// Who goes on with the next step at once, when it is on the same queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Continue<'a> {
+    /// The lease to take on the next step.
+    pub lease_ms: i64,
+    /// The runner taking it.
+    pub worker: &'a str,
+}
+
 /// Applies `outcome` of the task held under `token`, in one transaction.
 pub async fn record(
     pool: &sqlx::PgPool,
@@ -48,23 +57,42 @@ pub async fn record(
     token: Uuid,
     outcome: Outcome,
 ) -> anyhow::Result<Recorded> {
+    Ok(
+        record_and_continue(pool, catalog, task_id, token, outcome, None)
+            .await?
+            .0,
+    )
+}
+
+/// Like [`record`]; and when the step succeeded and the next one runs on the
+/// same queue, claims it in the same transaction for `cont`, which then runs
+/// it at once (a crash after the commit leaves it leased, so it is not lost).
+pub async fn record_and_continue(
+    pool: &sqlx::PgPool,
+    catalog: &Catalog,
+    task_id: Uuid,
+    token: Uuid,
+    outcome: Outcome,
+    cont: Option<Continue<'_>>,
+) -> anyhow::Result<(Recorded, Option<Task>)> {
     let mut tx = pool
         .begin()
         .await
         .context("beginning the outcome transaction")?;
     let Some(task) = db::tasks::lock_held(&mut tx, task_id, token).await? else {
-        return Ok(Recorded::Fenced);
+        return Ok((Recorded::Fenced, None));
     };
     let Some(operation_id) = task.operation_id else {
         record_job(&mut tx, &task, outcome).await?;
         tx.commit().await.context("committing the job's outcome")?;
-        return Ok(Recorded::Applied);
+        return Ok((Recorded::Applied, None));
     };
     let operation = db::operations::get(&mut tx, operation_id)
         .await?
         .context("the task's operation is missing")?;
     let decision = decide(&mut tx, &task, &operation, outcome).await?;
     let mut ready = BTreeSet::new();
+    let mut next = None;
     match decision {
         Decision::Done(result) => {
             db::tasks::finish(
@@ -76,11 +104,24 @@ pub async fn record(
             )
             .await?;
             db::operations::step_done(&mut tx, operation.id).await?;
-            match db::tasks::release_next(&mut tx, operation.id, task.position).await? {
-                Some(queue) => {
-                    ready.insert(queue);
+            if let Some(cont) = cont {
+                next = db::tasks::claim_next(
+                    &mut tx,
+                    operation.id,
+                    task.position,
+                    task.queue,
+                    cont.lease_ms,
+                    cont.worker,
+                )
+                .await?;
+            }
+            if next.is_none() {
+                match db::tasks::release_next(&mut tx, operation.id, task.position).await? {
+                    Some(queue) => {
+                        ready.insert(queue);
+                    }
+                    None => succeed(&mut tx, catalog, &operation, task.id, &mut ready).await?,
                 }
-                None => succeed(&mut tx, catalog, &operation, task.id, &mut ready).await?,
             }
         }
         Decision::Reschedule {
@@ -116,7 +157,7 @@ pub async fn record(
         db::notify_ready(&mut tx, queue).await?;
     }
     tx.commit().await.context("committing the outcome")?;
-    Ok(Recorded::Applied)
+    Ok((Recorded::Applied, next))
 }
 
 async fn decide(
