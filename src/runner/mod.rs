@@ -242,7 +242,7 @@ impl Runner {
                     Ok(id) if id == task.id => return,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        std::future::pending::<()>().await
+                        std::future::pending::<()>().await;
                     }
                 }
             }
