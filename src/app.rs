@@ -244,6 +244,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(async move { server.await });
     shutdown_signal().await;
     tracing::info!("shutting down");
+    // Long polls answer now with what they have, so the server can stop.
+    node.events.begin_shutdown();
     stop.send(true).ok();
     if let Some(runner) = runner {
         runner.await.ok();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use uuid::Uuid;
 
 use crate::db::{CANCEL_CHANNEL, OPERATIONS_CHANNEL, TASKS_CHANNEL};
@@ -20,6 +20,7 @@ pub struct Events {
     queues: Arc<[Notify; 3]>,
     finished: broadcast::Sender<Uuid>,
     cancelled: broadcast::Sender<Uuid>,
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Events {
@@ -35,6 +36,7 @@ impl Events {
             queues: Arc::new([Notify::new(), Notify::new(), Notify::new()]),
             finished: broadcast::channel(1024).0,
             cancelled: broadcast::channel(1024).0,
+            stopping: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -66,6 +68,24 @@ impl Events {
         self.finished.subscribe()
     }
 
+    /// Tells long polls the process is stopping, so they answer now.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Whether the process is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once the process begins to stop.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Subscribes to tasks whose operation was cancelled while they ran.
     pub fn subscribe_cancelled(&self) -> broadcast::Receiver<Uuid> {
         self.cancelled.subscribe()
@@ -86,7 +106,7 @@ impl Events {
     async fn listen_once(&self, pool: &PgPool) -> sqlx::Result<()> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener
-            .listen_all([TASKS_CHANNEL, OPERATIONS_CHANNEL])
+            .listen_all([TASKS_CHANNEL, OPERATIONS_CHANNEL, CANCEL_CHANNEL])
             .await?;
         // Anything announced while we were not listening: look again.
         for queue in Queue::ALL {

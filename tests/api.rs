@@ -654,3 +654,11 @@ async fn deep_or_oversized_attributes_and_parameters_are_422(pool: PgPool) {
     );
     assert_eq!(app.engine.count("resources").await, 1);
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn nul_characters_are_refused_not_a_500(pool: PgPool) {
+    let app = TestApp::new(pool);
+    assert_problem(&app.get("/api/v1/resources?name=a%00b").await, 400);
+    let body = json!({"kind": "instance", "name": "x", "attributes": {"tenant": "a\u{0}b", "flavor": "small"}});
+    assert_problem(&app.post_json("/api/v1/resources", body).await, 422);
+}

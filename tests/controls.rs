@@ -184,8 +184,10 @@ async fn cancelling_a_running_step_frees_its_worker(pool: PgPool) {
         latency: Duration::from_secs(30),
         ..SimConfig::instant()
     };
+    // A long lease: the heartbeat (every 10 s) cannot be what frees the slot.
     let config = RunnerConfig {
         regular: 1,
+        lease: Duration::from_secs(30),
         ..fast_runner_config()
     };
     let app = TestApp::over(Engine::with(pool, sim, None, config));
@@ -208,6 +210,14 @@ async fn cancelling_a_running_step_frees_its_worker(pool: PgPool) {
         o["tasks"][2]["state"] == "running"
     })
     .await;
+    // A second operation waits for the single slot.
+    let next = app
+        .post_json("/api/v1/resources", instance("web-2", json!({})))
+        .await;
+    let next_op = next.body["current_operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let cancelled = app
         .call(
@@ -218,7 +228,17 @@ async fn cancelling_a_running_step_frees_its_worker(pool: PgPool) {
         )
         .await;
     assert_eq!(cancelled.body["tasks"][2]["state"], "cancelled");
-    // The single worker slot comes back: the runner stops well before the 30 s call would end.
+    // The runner is told at once and drops the 30 s call: the slot goes to the next operation.
+    let started = Instant::now();
+    wait_until(&app, &format!("/api/v1/operations/{next_op}"), |o| {
+        o["tasks"][0]["state"] == "succeeded"
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), runner)
         .await

@@ -112,6 +112,23 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Self::Unavailable(e)
             }
+            // Connection exceptions (08xxx) and the server shutting down (57P01-03).
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+                }) =>
+            {
+                Self::Unavailable(e)
+            }
+            // Data exceptions (22xxx): text the database cannot store or compare, such as NUL.
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| code.starts_with("22")) =>
+            {
+                Self::BadRequest(format!(
+                    "the database refused a value in the request: {}",
+                    db.message()
+                ))
+            }
             other => Self::Internal(anyhow::Error::new(other)),
         }
     }

@@ -235,7 +235,10 @@ async fn get_operation(
         let operation = db::operations::get_in(&mut conn, id, caller.scope())
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no operation with id {id}")))?;
-        if operation.state.is_finished() || tokio::time::Instant::now() >= deadline {
+        if operation.state.is_finished()
+            || tokio::time::Instant::now() >= deadline
+            || state.events.is_stopping()
+        {
             let tasks = db::tasks::list_for_operation(&mut conn, id).await?;
             return Ok(axum::Json(OperationResponse::new(operation, tasks)));
         }
@@ -249,6 +252,7 @@ async fn get_operation(
                     _ => break,
                 },
                 () = tokio::time::sleep_until(recheck) => break,
+                () = state.events.stopping() => break,
             }
         }
     }

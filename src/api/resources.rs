@@ -247,6 +247,16 @@ async fn list_resources(
     Query(query): Query<ListResourcesQuery>,
 ) -> Result<axum::Json<ResourceList>, ApiError> {
     let limit = page_limit(query.limit)?;
+    for (field, value) in [("kind", &query.kind), ("name", &query.name)] {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.contains('\0') || v.chars().count() > 255)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter `{field}` must be at most 255 characters, without NUL"
+            )));
+        }
+    }
     let filter = db::resources::ListFilter {
         kind: query.kind.as_deref(),
         state: query.state,

@@ -9,6 +9,17 @@ pub const MAX_DEPTH: usize = 16;
 /// Largest attributes or parameters object accepted, serialised, in bytes.
 pub const MAX_JSON_BYTES: usize = 64 * 1024;
 
+/// Whether any string or key in `value` holds a NUL character, which
+/// PostgreSQL text and jsonb cannot store.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 fn depth(value: &Value) -> usize {
     match value {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
@@ -23,6 +34,12 @@ pub fn check_json(pointer: &str, value: &Value) -> Result<(), FieldError> {
         return Err(FieldError::new(
             pointer,
             format!("nests deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    if has_nul(value) {
+        return Err(FieldError::new(
+            pointer,
+            "must not contain NUL characters (\\u0000)",
         ));
     }
     let size = value.to_string().len();
@@ -56,5 +73,6 @@ mod tests {
                 .contains("bytes")
         );
         assert!(check_json("/attributes", &Value::Null).is_ok());
+        assert!(check_json("/attributes", &json!({"a": ["x\u{0}y"]})).is_err());
     }
 }
