@@ -618,7 +618,7 @@ async fn sample_waits(client: PgPool, mut stop: tokio::sync::oneshot::Receiver<(
     let mut samples = 0;
     loop {
         let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction: waiting for the runner'
+            "SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction: waiting for executord''s next statement'
                          WHEN wait_event IS NULL THEN 'executing (on CPU or waiting for one)'
                          ELSE wait_event_type || ': ' || wait_event END
              FROM pg_stat_activity
@@ -627,7 +627,7 @@ async fn sample_waits(client: PgPool, mut stop: tokio::sync::oneshot::Receiver<(
         )
         .fetch_all(&client)
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| vec![format!("(sampling failed: {e})")]);
         samples += 1;
         for what in rows {
             *seen.entry(what).or_default() += 1;
