@@ -17,6 +17,7 @@ use crate::domain::Queue;
 /// The process's wake-up hub.
 #[derive(Debug, Clone)]
 pub struct Events {
+    origin: Arc<str>,
     queues: Arc<[Notify; 3]>,
     finished: broadcast::Sender<Uuid>,
     cancelled: broadcast::Sender<Uuid>,
@@ -32,7 +33,9 @@ impl Default for Events {
 impl Events {
     /// A hub with nobody listening yet.
     pub fn new() -> Self {
+        let origin = uuid::Uuid::new_v4().simple().to_string();
         Self {
+            origin: origin[..12].into(),
             queues: Arc::new([Notify::new(), Notify::new(), Notify::new()]),
             finished: broadcast::channel(1024).0,
             cancelled: broadcast::channel(1024).0,
@@ -45,6 +48,20 @@ impl Events {
             Queue::Regular => 0,
             Queue::Heavy => 1,
             Queue::Background => 2,
+        }
+    }
+
+    /// Tells this process, then the others through NOTIFY, that `queues` have
+    /// ready tasks and `finished` operations ended. Call after the commit.
+    pub async fn announce(&self, pool: &PgPool, queues: &[Queue], finished: &[Uuid]) {
+        for &queue in queues {
+            self.wake(queue);
+        }
+        for &id in finished {
+            self.operation_finished(id);
+        }
+        if let Err(e) = crate::db::announce(pool, &self.origin, queues, finished).await {
+            tracing::warn!(error = %e, "notifying other processes failed; they will poll");
         }
     }
 
@@ -114,19 +131,24 @@ impl Events {
         }
         loop {
             let notification = listener.recv().await?;
+            let payload = match notification.payload().split_once(' ') {
+                Some((origin, _)) if origin == &*self.origin => continue,
+                Some((_, body)) => body,
+                None => notification.payload(),
+            };
             match notification.channel() {
                 TASKS_CHANNEL => {
-                    if let Some(queue) = Queue::parse(notification.payload()) {
+                    if let Some(queue) = Queue::parse(payload) {
                         self.wake(queue);
                     }
                 }
                 OPERATIONS_CHANNEL => {
-                    if let Ok(id) = notification.payload().parse() {
+                    for id in payload.split(',').filter_map(|id| id.parse().ok()) {
                         self.operation_finished(id);
                     }
                 }
                 CANCEL_CHANNEL => {
-                    if let Ok(id) = notification.payload().parse() {
+                    if let Ok(id) = payload.parse() {
                         let _ = self.cancelled.send(id);
                     }
                 }

@@ -63,6 +63,13 @@ pub fn task_retried(task_type: &str) {
     counter!("executord_task_retries_total", "type" => task_type.to_owned()).increment(1);
 }
 
+/// One recording transaction took `outcomes` outcomes (their ratio is the
+/// mean batch size).
+pub fn outcomes_recorded(outcomes: usize) {
+    counter!("executord_recording_transactions_total").increment(1);
+    counter!("executord_outcomes_recorded_total").increment(outcomes as u64);
+}
+
 /// Leases expired and their tasks were queued again.
 pub fn leases_expired(count: usize) {
     counter!("executord_lease_expiries_total").increment(count as u64);

@@ -18,10 +18,15 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::domain::Queue;
 
-/// The channel that announces ready tasks; the payload is the queue name.
+/// The channel that announces ready tasks; the payload is the queue name,
+/// optionally after the sender's origin and a space.
 pub const TASKS_CHANNEL: &str = "executord_tasks";
-/// The channel that announces finished operations; the payload is the operation id.
+/// The channel that announces finished operations; the payload is their ids,
+/// separated by commas, optionally after the sender's origin and a space.
 pub const OPERATIONS_CHANNEL: &str = "executord_operations";
+
+/// Longest list of ids in one notification (PostgreSQL allows 8000 bytes).
+const IDS_PER_NOTIFICATION: usize = 150;
 
 /// The channel that asks runners to stop a task now; the payload is its id.
 pub const CANCEL_CHANNEL: &str = "executord_cancel";
@@ -55,6 +60,45 @@ pub async fn ready(pool: &PgPool) -> anyhow::Result<()> {
         applied >= expected,
         "{applied} of {expected} migrations applied"
     );
+    Ok(())
+}
+
+/// Announces, after the fact, that `queues` have ready tasks and that
+/// `finished` operations ended, from `origin` (so its own listener can skip
+/// what the process already knows). Its own short transaction does not wait
+/// for its commit to be flushed: a notification is a hint, and one lost in a
+/// crash costs a poll interval, never correctness. Keeping NOTIFY out of the
+/// transactions that change state matters: at commit PostgreSQL serialises
+/// every notifying transaction, flush included, behind one lock.
+pub async fn announce(
+    pool: &PgPool,
+    origin: &str,
+    queues: &[Queue],
+    finished: &[uuid::Uuid],
+) -> sqlx::Result<()> {
+    let mut channels = Vec::new();
+    let mut payloads = Vec::new();
+    for queue in queues {
+        channels.push(TASKS_CHANNEL);
+        payloads.push(format!("{origin} {}", queue.as_str()));
+    }
+    for ids in finished.chunks(IDS_PER_NOTIFICATION) {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        channels.push(OPERATIONS_CHANNEL);
+        payloads.push(format!("{origin} {}", ids.join(",")));
+    }
+    if channels.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_notify(n.channel, n.payload)
+         FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick,
+              UNNEST($1::text[], $2::text[]) AS n(channel, payload)",
+    )
+    .bind(channels)
+    .bind(payloads)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

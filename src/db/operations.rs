@@ -153,12 +153,33 @@ pub async fn list_for_resource(
     .await
 }
 
-/// Counts one more step done.
-pub async fn step_done(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+/// The operations among `ids` that exist.
+pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Operation>> {
+    sqlx::query_as("SELECT * FROM operations WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Counts one more step done for each of `ids`.
+pub async fn steps_done(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE operations SET steps_done = steps_done + 1, updated_at = now() WHERE id = $1",
+        "UPDATE operations SET steps_done = steps_done + 1, updated_at = now() WHERE id = ANY($1)",
     )
-    .bind(id)
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends the running or scheduled operations among `ids` as `succeeded`.
+pub async fn succeed_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE operations SET state = 'succeeded', error = NULL, finished_at = now(), updated_at = now(),
+                started_at = coalesce(started_at, now())
+         WHERE id = ANY($1) AND state IN ('scheduled', 'running')",
+    )
+    .bind(ids)
     .execute(conn)
     .await?;
     Ok(())

@@ -287,6 +287,69 @@ pub async fn transition(
     .await
 }
 
+/// One resource of [`transition_many`].
+#[derive(Debug, Clone)]
+pub struct Owned<'a> {
+    /// The resource.
+    pub resource_id: Uuid,
+    /// The operation that must own it.
+    pub operation_id: Uuid,
+    /// The task that makes the transition, for the history.
+    pub task_id: Uuid,
+    /// A runtime state to record.
+    pub runtime_state: Option<&'a str>,
+}
+
+/// Applies `transition` to several resources, each as a compare-and-set
+/// guarded by its operation (as [`transition`] with [`Guard::Operation`]),
+/// recording the events; locks them in id order. Returns the resources it
+/// applied to.
+pub async fn transition_many(
+    conn: &mut PgConnection,
+    transition: Transition,
+    ends_operation: bool,
+    rows: &[Owned<'_>],
+) -> sqlx::Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.resource_id).collect();
+    let operations: Vec<Uuid> = rows.iter().map(|r| r.operation_id).collect();
+    let tasks: Vec<Uuid> = rows.iter().map(|r| r.task_id).collect();
+    let runtime_states: Vec<Option<&str>> = rows.iter().map(|r| r.runtime_state).collect();
+    sqlx::query_scalar(
+        "WITH u AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[])
+                 AS u(id, operation_id, task_id, runtime_state)
+         ), prev AS (
+             SELECT r.id, r.state FROM resources r WHERE r.id IN (SELECT id FROM u)
+             ORDER BY r.id FOR UPDATE
+         ), upd AS (
+             UPDATE resources r SET state = $6, error_message = NULL,
+                    runtime_state = coalesce(u.runtime_state, r.runtime_state),
+                    action = CASE WHEN $7 THEN NULL ELSE r.action END,
+                    action_details = CASE WHEN $7 THEN NULL ELSE r.action_details END,
+                    current_operation_id = CASE WHEN $7 THEN NULL ELSE r.current_operation_id END,
+                    version = r.version + 1, updated_at = now()
+             FROM prev, u
+             WHERE r.id = prev.id AND u.id = r.id AND prev.state = ANY($5)
+               AND r.current_operation_id = u.operation_id
+             RETURNING r.id, r.state, r.tenant, prev.state AS prev_state, u.operation_id, u.task_id
+         ), ev AS (
+             INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, tenant)
+             SELECT id, operation_id, task_id, $8, prev_state, state, tenant FROM upd
+         )
+         SELECT id FROM upd",
+    )
+    .bind(ids)
+    .bind(operations)
+    .bind(tasks)
+    .bind(runtime_states)
+    .bind(transition.source_names())
+    .bind(transition.target())
+    .bind(ends_operation)
+    .bind(transition.as_str())
+    .fetch_all(conn)
+    .await
+}
+
 /// Puts an `erred` resource back under a failed operation that is being
 /// retried, in the state its chain had reached (`creating`, `updating` or
 /// `deleting`); `None` if it is no longer `erred` at `version` with nothing in flight.

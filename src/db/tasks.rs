@@ -200,6 +200,42 @@ pub async fn lock_held(
     .await
 }
 
+/// The tasks among `ids` that `tokens` (pairwise) still hold, locked in id
+/// order: the fence a batch of outcomes passes. Fenced ones are left out.
+pub async fn lock_held_many(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    tokens: &[Uuid],
+) -> sqlx::Result<Vec<Task>> {
+    sqlx::query_as(
+        "SELECT t.* FROM tasks t
+         JOIN UNNEST($1::uuid[], $2::uuid[]) AS u(id, token) ON t.id = u.id AND t.lease_token = u.token
+         WHERE t.state = 'running' ORDER BY t.id FOR UPDATE OF t",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .fetch_all(conn)
+    .await
+}
+
+/// Ends held tasks as `succeeded`, each with its result (pairwise).
+pub async fn succeed_many(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    results: &[Option<Value>],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE tasks t SET state = 'succeeded', result = u.result, status = NULL,
+                lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
+         FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id",
+    )
+    .bind(ids)
+    .bind(results)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Ends a held task in a terminal state.
 pub async fn finish(
     conn: &mut PgConnection,
@@ -274,52 +310,63 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
     .await
 }
 
-/// Claims the first waiting step after `position` for `worker` at once, if it
-/// runs on `queue`: the runner goes on with it without a round trip through
-/// the queue. `None` if there is no such step (another queue's step is then
-/// left for [`release_next`]).
-pub async fn claim_next(
+/// For each operation (pairwise with the position of its step just done),
+/// claims its next waiting step for `worker` at once if that step runs on
+/// `queue`: the runner goes on with it without a round trip through the
+/// queue. Returns the claimed steps; an operation whose next step is on
+/// another queue, or that has none, is left for [`release_next_many`].
+pub async fn claim_next_many(
     conn: &mut PgConnection,
-    operation_id: Uuid,
-    position: i32,
+    operation_ids: &[Uuid],
+    positions: &[i32],
     queue: Queue,
     lease_ms: i64,
     worker: &str,
-) -> sqlx::Result<Option<Task>> {
+) -> sqlx::Result<Vec<Task>> {
     sqlx::query_as(
-        "UPDATE tasks SET state = 'running', attempts = attempts + 1, run_at = now(),
+        "WITH next AS (
+             SELECT DISTINCT ON (t.operation_id) t.id, t.queue
+             FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
+                  ON t.operation_id = u.operation_id AND t.position > u.position
+             WHERE t.state = 'waiting' ORDER BY t.operation_id, t.position
+         )
+         UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
                 lease_token = gen_random_uuid(), lease_until = now() + $4 * interval '1 millisecond',
-                worker = $5, started_at = coalesce(started_at, now()), updated_at = now()
-         WHERE id = (SELECT id FROM tasks WHERE operation_id = $1 AND position > $2 AND state = 'waiting'
-                     ORDER BY position LIMIT 1)
-           AND queue = $3
-         RETURNING *",
+                worker = $5, started_at = coalesce(t.started_at, now()), updated_at = now()
+         FROM next WHERE t.id = next.id AND next.queue = $3
+         RETURNING t.*",
     )
-    .bind(operation_id)
-    .bind(position)
+    .bind(operation_ids)
+    .bind(positions)
     .bind(queue)
     .bind(lease_ms)
     .bind(worker)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await
 }
 
-/// Makes the first waiting step after `position` ready; its queue, or `None`
-/// when no step waits (the chain is done).
-pub async fn release_next(
+/// For each operation (pairwise with the position of its step just done),
+/// makes its next waiting step ready. Returns the operations that had one,
+/// with the step's queue; the others' chains are done.
+pub async fn release_next_many(
     conn: &mut PgConnection,
-    operation_id: Uuid,
-    position: i32,
-) -> sqlx::Result<Option<Queue>> {
-    sqlx::query_scalar(
-        "UPDATE tasks SET state = 'ready', run_at = now(), updated_at = now()
-         WHERE id = (SELECT id FROM tasks WHERE operation_id = $1 AND position > $2 AND state = 'waiting'
-                     ORDER BY position LIMIT 1)
-         RETURNING queue",
+    operation_ids: &[Uuid],
+    positions: &[i32],
+) -> sqlx::Result<Vec<(Uuid, Queue)>> {
+    sqlx::query_as(
+        "WITH next AS (
+             SELECT DISTINCT ON (t.operation_id) t.id
+             FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
+                  ON t.operation_id = u.operation_id AND t.position > u.position
+             WHERE t.state = 'waiting' ORDER BY t.operation_id, t.position
+         )
+         UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
+         FROM next WHERE t.id = next.id
+         RETURNING t.operation_id, t.queue",
     )
-    .bind(operation_id)
-    .bind(position)
-    .fetch_optional(conn)
+    .bind(operation_ids)
+    .bind(positions)
+    .fetch_all(conn)
     .await
 }
 

@@ -75,13 +75,17 @@ pub async fn acquire(
     Ok(Acquired::Queued { held, position })
 }
 
-/// Frees an operation's slots (and leaves any line it stood in), handing each
-/// freed slot to the oldest waiter. Returns the waiting tasks now granted.
-pub async fn release(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
+/// Frees the slots of `operation_ids` (and takes them out of any line they
+/// stood in), handing each freed slot to the oldest waiter; scopes are locked
+/// in name order. Returns the waiting tasks now granted.
+pub async fn release(conn: &mut PgConnection, operation_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
     let scopes: Vec<(String, i32)> = sqlx::query_as(
-        "DELETE FROM throttle_slots WHERE operation_id = $1 RETURNING scope, slot_limit",
+        "WITH freed AS (
+             DELETE FROM throttle_slots WHERE operation_id = ANY($1) RETURNING scope, slot_limit
+         )
+         SELECT scope, max(slot_limit) FROM freed GROUP BY scope ORDER BY scope",
     )
-    .bind(operation_id)
+    .bind(operation_ids)
     .fetch_all(&mut *conn)
     .await?;
     let mut granted = Vec::new();

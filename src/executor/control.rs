@@ -56,9 +56,10 @@ pub async fn cancel(
     )
     .await?;
     crate::metrics::operation_finished(operation.kind, OperationState::Cancelled);
-    for queue in hooks::release(conn, id).await? {
+    for queue in hooks::release(conn, &[id]).await? {
         db::notify_ready(conn, queue).await?;
     }
+    db::notify_finished(conn, id).await?;
     for task in running {
         db::notify_cancel(conn, task).await?;
     }

@@ -7,46 +7,54 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::db;
 use crate::db::operations::Operation;
-use crate::db::resources::{Ending, Guard};
+use crate::db::resources::{Ending, Guard, Owned};
 use crate::domain::{OperationKind, Queue, Transition};
 
-/// The success hook: `set_ok` (with an action's runtime state on success), or
-/// for a delete, the row is deleted. `Err` says why it could not be applied.
+/// The success hooks of operations whose last step succeeded (each with
+/// that step's task): `set_ok` (with an action's runtime state on success),
+/// or for a delete, the row is deleted. One answer per operation, in order;
+/// `Err` says why it could not be applied.
 pub async fn on_success(
     conn: &mut PgConnection,
     catalog: &Catalog,
-    operation: &Operation,
-    task_id: Option<Uuid>,
-) -> sqlx::Result<Result<(), String>> {
-    if operation.kind == OperationKind::Delete {
-        let deleted = db::resources::delete(conn, operation.resource_id, operation.id).await?;
-        return Ok(deleted
-            .then_some(())
-            .ok_or_else(|| "the resource was no longer deleting under this operation".to_owned()));
+    ended: &[(&Operation, Uuid)],
+) -> sqlx::Result<Vec<Result<(), String>>> {
+    let mut answers = vec![Ok(()); ended.len()];
+    let mut set_ok = Vec::new();
+    for (i, &(operation, task_id)) in ended.iter().enumerate() {
+        if operation.kind == OperationKind::Delete {
+            if !db::resources::delete(conn, operation.resource_id, operation.id).await? {
+                answers[i] = Err("the resource was no longer deleting under this operation".into());
+            }
+            continue;
+        }
+        let runtime_state = operation.action.as_deref().and_then(|action| {
+            catalog
+                .kind(&operation.resource_kind)
+                .and_then(|kind| kind.actions.get(action))
+                .and_then(|a| a.runtime_state_on_success.as_deref())
+        });
+        set_ok.push((
+            i,
+            Owned {
+                resource_id: operation.resource_id,
+                operation_id: operation.id,
+                task_id,
+                runtime_state,
+            },
+        ));
     }
-    let runtime_state = operation.action.as_deref().and_then(|action| {
-        catalog
-            .kind(&operation.resource_kind)
-            .and_then(|kind| kind.actions.get(action))
-            .and_then(|a| a.runtime_state_on_success.as_deref())
-    });
-    let ending = Ending {
-        runtime_state,
-        ends_operation: true,
-        task_id,
-        ..Ending::default()
-    };
-    let done = db::resources::transition(
-        conn,
-        operation.resource_id,
-        Guard::Operation(operation.id),
-        Transition::SetOk,
-        &ending,
-    )
-    .await?;
-    Ok(done
-        .map(|_| ())
-        .ok_or_else(|| "set_ok is not allowed from the resource's current state".to_owned()))
+    if set_ok.is_empty() {
+        return Ok(answers);
+    }
+    let rows: Vec<Owned<'_>> = set_ok.iter().map(|(_, row)| row.clone()).collect();
+    let applied = db::resources::transition_many(conn, Transition::SetOk, true, &rows).await?;
+    for (i, row) in &set_ok {
+        if !applied.contains(&row.resource_id) {
+            answers[*i] = Err("set_ok is not allowed from the resource's current state".into());
+        }
+    }
+    Ok(answers)
 }
 
 /// The failure hook: `set_erred` with the message (the backend's own, when it gave one).
@@ -73,15 +81,13 @@ pub async fn on_failure(
     Ok(())
 }
 
-/// Whatever the ending: frees the operation's throttle slots, handing each to
-/// the oldest waiter, and announces the end. Returns the queues that got work.
-pub async fn release(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<Vec<Queue>> {
-    let granted = db::throttle::release(conn, operation_id).await?;
-    let queues = if granted.is_empty() {
-        Vec::new()
-    } else {
-        db::tasks::wake(conn, &granted).await?
-    };
-    db::notify_finished(conn, operation_id).await?;
-    Ok(queues)
+/// Whatever the ending: frees the operations' throttle slots, handing each
+/// to the oldest waiter. Returns the queues that got work. Announcing the
+/// ends is the caller's part.
+pub async fn release(conn: &mut PgConnection, operation_ids: &[Uuid]) -> sqlx::Result<Vec<Queue>> {
+    let granted = db::throttle::release(conn, operation_ids).await?;
+    if granted.is_empty() {
+        return Ok(Vec::new());
+    }
+    db::tasks::wake(conn, &granted).await
 }

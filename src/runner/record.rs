@@ -1,8 +1,11 @@
-//! Recording an outcome: the task row, the resource change it causes, the
-//! release of the next step, and at the chain's end the operation's hook,
-//! all in one transaction fenced by the lease token.
+//! Recording outcomes. A batch of outcomes is applied in one transaction,
+//! each fenced by its task's lease token: the task rows, the resource changes
+//! they cause, the release (or inline claim) of next steps, and at a chain's
+//! end the operation's hook. The common outcomes (a step done, a state
+//! transition, a chain's success) take one statement per batch, not per
+//! task; the rarer ones are applied one by one in the same transaction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use serde_json::json;
@@ -12,20 +15,46 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::db;
 use crate::db::operations::Operation;
-use crate::db::resources::{Ending, Guard};
+use crate::db::resources::Owned;
 use crate::db::tasks::Task;
 use crate::db::throttle::Acquired;
-use crate::domain::{OperationState, Queue, TaskState};
+use crate::domain::{OperationState, Queue, TaskState, Transition};
 use crate::executor::hooks;
 use crate::tasks::Outcome;
 
-/// What recording did.
+/// What recording did with one outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// The outcome was applied.
     Applied,
     /// The lease had passed to another holder: the outcome was refused.
     Fenced,
+}
+
+/// One outcome to record.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The task.
+    pub task_id: Uuid,
+    /// The lease token it ran under.
+    pub token: Uuid,
+    /// What it produced.
+    pub outcome: Outcome,
+    /// Whether the runner goes on with the chain's next step at once, when
+    /// that step is on the same queue.
+    pub go_on: bool,
+}
+
+/// What recording a batch did.
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// Per item, in order: whether it was applied, and the next step claimed
+    /// for the runner to run at once.
+    pub results: Vec<(Recorded, Option<Task>)>,
+    /// Queues that got ready tasks.
+    pub ready: BTreeSet<Queue>,
+    /// Operations that ended.
+    pub finished: Vec<Uuid>,
 }
 
 enum Decision {
@@ -40,7 +69,7 @@ enum Decision {
     Fail(String),
 }
 
-/// Who goes on with the next step at once, when it is on the same queue.
+/// Who claims next steps inline: the runner and its lease.
 #[derive(Debug, Clone, Copy)]
 pub struct Continue<'a> {
     /// The lease to take on the next step.
@@ -49,7 +78,8 @@ pub struct Continue<'a> {
     pub worker: &'a str,
 }
 
-/// Applies `outcome` of the task held under `token`, in one transaction.
+/// Applies `outcome` of the task held under `token` in a transaction of its
+/// own, then announces what it made ready or ended to every process.
 pub async fn record(
     pool: &sqlx::PgPool,
     catalog: &Catalog,
@@ -57,107 +87,308 @@ pub async fn record(
     token: Uuid,
     outcome: Outcome,
 ) -> anyhow::Result<Recorded> {
-    Ok(
-        record_and_continue(pool, catalog, task_id, token, outcome, None)
-            .await?
-            .0,
-    )
+    let item = Item {
+        task_id,
+        token,
+        outcome,
+        go_on: false,
+    };
+    let recording = record_batch(pool, catalog, std::slice::from_ref(&item), None).await?;
+    let ready: Vec<Queue> = recording.ready.iter().copied().collect();
+    db::announce(pool, "-", &ready, &recording.finished).await?;
+    Ok(recording.results.first().map_or(Recorded::Fenced, |r| r.0))
 }
 
-/// Like [`record`]; and when the step succeeded and the next one runs on the
-/// same queue, claims it in the same transaction for `cont`, which then runs
-/// it at once (a crash after the commit leaves it leased, so it is not lost).
-pub async fn record_and_continue(
+/// A step of an operation whose outcome is being recorded.
+struct Held<'a> {
+    index: usize,
+    task: Task,
+    operation: &'a Operation,
+    go_on: bool,
+}
+
+/// Applies the outcomes of `items` in one transaction. A step that succeeded
+/// and whose item may go on has its next step claimed for `cont` when that
+/// step runs on the same queue (a crash after the commit leaves it leased,
+/// so it is not lost). The caller announces [`Recording::ready`] and
+/// [`Recording::finished`] after the commit.
+pub async fn record_batch(
     pool: &sqlx::PgPool,
     catalog: &Catalog,
-    task_id: Uuid,
-    token: Uuid,
-    outcome: Outcome,
+    items: &[Item],
     cont: Option<Continue<'_>>,
-) -> anyhow::Result<(Recorded, Option<Task>)> {
+) -> anyhow::Result<Recording> {
     let mut tx = pool
         .begin()
         .await
         .context("beginning the outcome transaction")?;
-    let Some(task) = db::tasks::lock_held(&mut tx, task_id, token).await? else {
-        return Ok((Recorded::Fenced, None));
-    };
-    let Some(operation_id) = task.operation_id else {
-        record_job(&mut tx, &task, outcome).await?;
-        tx.commit().await.context("committing the job's outcome")?;
-        return Ok((Recorded::Applied, None));
-    };
-    let operation = db::operations::get(&mut tx, operation_id)
+    let ids: Vec<Uuid> = items.iter().map(|i| i.task_id).collect();
+    let tokens: Vec<Uuid> = items.iter().map(|i| i.token).collect();
+    let mut held: HashMap<Uuid, Task> = db::tasks::lock_held_many(&mut tx, &ids, &tokens)
         .await?
-        .context("the task's operation is missing")?;
-    let decision = decide(&mut tx, &task, &operation, outcome).await?;
-    let mut ready = BTreeSet::new();
-    let mut next = None;
-    match decision {
-        Decision::Done(result) => {
-            db::tasks::finish(
-                &mut tx,
-                task.id,
-                TaskState::Succeeded,
-                result.as_ref(),
-                None,
-            )
-            .await?;
-            db::operations::step_done(&mut tx, operation.id).await?;
-            if let Some(cont) = cont {
-                next = db::tasks::claim_next(
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let operation_ids: Vec<Uuid> = held.values().filter_map(|t| t.operation_id).collect();
+    let operations: HashMap<Uuid, Operation> = if operation_ids.is_empty() {
+        HashMap::new()
+    } else {
+        db::operations::get_many(&mut tx, &operation_ids)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect()
+    };
+    let mut rec = Recording {
+        results: vec![(Recorded::Fenced, None); items.len()],
+        ..Recording::default()
+    };
+    let mut steps = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let Some(task) = held.remove(&item.task_id) else {
+            continue;
+        };
+        rec.results[index].0 = Recorded::Applied;
+        let Some(operation_id) = task.operation_id else {
+            record_job(&mut tx, &task, item.outcome.clone()).await?;
+            continue;
+        };
+        let operation = operations
+            .get(&operation_id)
+            .context("the task's operation is missing")?;
+        let step = Held {
+            index,
+            task,
+            operation,
+            go_on: item.go_on,
+        };
+        steps.push((step, item.outcome.clone()));
+    }
+    let decided = decide_all(&mut tx, steps).await?;
+    let mut done = Vec::new();
+    for (step, decision) in decided {
+        match decision {
+            Decision::Done(result) => done.push((step, result)),
+            Decision::Reschedule {
+                delay_ms,
+                counts_as_attempt,
+                status,
+                error,
+            } => {
+                db::tasks::reschedule(
                     &mut tx,
-                    operation.id,
-                    task.position,
-                    task.queue,
-                    cont.lease_ms,
-                    cont.worker,
+                    step.task.id,
+                    delay_ms,
+                    counts_as_attempt,
+                    status.as_deref(),
+                    error.as_deref(),
+                )
+                .await?;
+                if delay_ms == 0 {
+                    rec.ready.insert(step.task.queue);
+                }
+            }
+            Decision::Park(status) => {
+                db::tasks::park(&mut tx, step.task.id, &status).await?;
+                crate::metrics::throttle_waited();
+            }
+            Decision::Fail(error) => {
+                tracing::warn!(task_id = %step.task.id, operation_id = %step.operation.id, %error, "step failed");
+                db::tasks::finish(&mut tx, step.task.id, TaskState::Failed, None, Some(&error))
+                    .await?;
+                fail(
+                    &mut tx,
+                    step.operation,
+                    &error,
+                    Some(step.task.id),
+                    &mut rec,
                 )
                 .await?;
             }
-            if next.is_none() {
-                match db::tasks::release_next(&mut tx, operation.id, task.position).await? {
-                    Some(queue) => {
-                        ready.insert(queue);
-                    }
-                    None => succeed(&mut tx, catalog, &operation, task.id, &mut ready).await?,
-                }
-            }
         }
-        Decision::Reschedule {
-            delay_ms,
-            counts_as_attempt,
-            status,
-            error,
-        } => {
-            db::tasks::reschedule(
-                &mut tx,
-                task.id,
-                delay_ms,
-                counts_as_attempt,
-                status.as_deref(),
-                error.as_deref(),
+    }
+    if !done.is_empty() {
+        steps_done(&mut tx, catalog, done, cont, &mut rec).await?;
+    }
+    tx.commit().await.context("committing the outcomes")?;
+    Ok(rec)
+}
+
+/// Turns outcomes into decisions; transitions are applied per batch, one
+/// statement for each kind of transition.
+async fn decide_all<'a>(
+    conn: &mut PgConnection,
+    steps: Vec<(Held<'a>, Outcome)>,
+) -> anyhow::Result<Vec<(Held<'a>, Decision)>> {
+    let mut decided = Vec::with_capacity(steps.len());
+    let mut transitions: Vec<(Transition, Vec<Held<'a>>)> = Vec::new();
+    for (step, outcome) in steps {
+        if let Outcome::Transition(transition) = outcome {
+            match transitions.iter_mut().find(|(t, _)| *t == transition) {
+                Some((_, group)) => group.push(step),
+                None => transitions.push((transition, vec![step])),
+            }
+            continue;
+        }
+        let decision = decide(conn, &step.task, step.operation, outcome).await?;
+        decided.push((step, decision));
+    }
+    for (transition, group) in transitions {
+        let rows: Vec<Owned<'_>> = group
+            .iter()
+            .map(|s| Owned {
+                resource_id: s.operation.resource_id,
+                operation_id: s.operation.id,
+                task_id: s.task.id,
+                runtime_state: None,
+            })
+            .collect();
+        let applied: HashSet<Uuid> = db::resources::transition_many(conn, transition, false, &rows)
+            .await?
+            .into_iter()
+            .collect();
+        for step in group {
+            let decision = if applied.contains(&step.operation.resource_id) {
+                Decision::Done(None)
+            } else {
+                let state = db::resources::get(conn, step.operation.resource_id)
+                    .await?
+                    .map_or_else(|| "gone".to_owned(), |r| r.state.to_string());
+                Decision::Fail(format!(
+                    "{transition} is not allowed: the resource is {state}"
+                ))
+            };
+            decided.push((step, decision));
+        }
+    }
+    Ok(decided)
+}
+
+/// Steps that succeeded: end them, count them, then go on with each chain:
+/// claim its next step inline, make it ready, or (the chain is done) run the
+/// success hook.
+async fn steps_done(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    done: Vec<(Held<'_>, Option<serde_json::Value>)>,
+    cont: Option<Continue<'_>>,
+    rec: &mut Recording,
+) -> anyhow::Result<()> {
+    let (steps, results): (Vec<Held<'_>>, Vec<Option<serde_json::Value>>) =
+        done.into_iter().unzip();
+    let task_ids: Vec<Uuid> = steps.iter().map(|s| s.task.id).collect();
+    db::tasks::succeed_many(conn, &task_ids, &results).await?;
+    let operation_ids: Vec<Uuid> = steps.iter().map(|s| s.operation.id).collect();
+    db::operations::steps_done(conn, &operation_ids).await?;
+
+    let mut going_on = HashSet::new();
+    if let Some(cont) = cont {
+        let queues: BTreeSet<Queue> = steps
+            .iter()
+            .filter(|s| s.go_on)
+            .map(|s| s.task.queue)
+            .collect();
+        for queue in queues {
+            let (ops, positions): (Vec<Uuid>, Vec<i32>) = steps
+                .iter()
+                .filter(|s| s.go_on && s.task.queue == queue)
+                .map(|s| (s.operation.id, s.task.position))
+                .unzip();
+            let claimed = db::tasks::claim_next_many(
+                conn,
+                &ops,
+                &positions,
+                queue,
+                cont.lease_ms,
+                cont.worker,
             )
             .await?;
-            if delay_ms == 0 {
-                ready.insert(task.queue);
+            for next in claimed {
+                let Some(step) = steps
+                    .iter()
+                    .find(|s| Some(s.operation.id) == next.operation_id)
+                else {
+                    continue;
+                };
+                going_on.insert(step.operation.id);
+                rec.results[step.index].1 = Some(next);
             }
         }
-        Decision::Park(status) => {
-            db::tasks::park(&mut tx, task.id, &status).await?;
-            crate::metrics::throttle_waited();
-        }
-        Decision::Fail(error) => {
-            tracing::warn!(task_id = %task.id, operation_id = %operation.id, %error, "step failed");
-            db::tasks::finish(&mut tx, task.id, TaskState::Failed, None, Some(&error)).await?;
-            fail(&mut tx, &operation, &error, Some(task.id), &mut ready).await?;
+    }
+    let rest: Vec<&Held<'_>> = steps
+        .iter()
+        .filter(|s| !going_on.contains(&s.operation.id))
+        .collect();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let (ops, positions): (Vec<Uuid>, Vec<i32>) = rest
+        .iter()
+        .map(|s| (s.operation.id, s.task.position))
+        .unzip();
+    let released: HashMap<Uuid, Queue> = db::tasks::release_next_many(conn, &ops, &positions)
+        .await?
+        .into_iter()
+        .collect();
+    rec.ready.extend(released.values().copied());
+    let ended: Vec<(&Operation, Uuid)> = rest
+        .iter()
+        .filter(|s| !released.contains_key(&s.operation.id))
+        .map(|s| (s.operation, s.task.id))
+        .collect();
+    if !ended.is_empty() {
+        succeed(conn, catalog, &ended, rec).await?;
+    }
+    Ok(())
+}
+
+/// Chains that are done: run the success hooks and end the operations (or
+/// fail those whose hook could not be applied).
+async fn succeed(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    ended: &[(&Operation, Uuid)],
+    rec: &mut Recording,
+) -> anyhow::Result<()> {
+    let answers = hooks::on_success(conn, catalog, ended).await?;
+    let mut succeeded = Vec::with_capacity(ended.len());
+    for (&(operation, task_id), answer) in ended.iter().zip(answers) {
+        match answer {
+            Ok(()) => succeeded.push(operation),
+            Err(error) => fail(conn, operation, &error, Some(task_id), rec).await?,
         }
     }
-    for queue in ready {
-        db::notify_ready(&mut tx, queue).await?;
+    if succeeded.is_empty() {
+        return Ok(());
     }
-    tx.commit().await.context("committing the outcome")?;
-    Ok((Recorded::Applied, next))
+    let ids: Vec<Uuid> = succeeded.iter().map(|o| o.id).collect();
+    db::operations::succeed_many(conn, &ids).await?;
+    rec.ready.extend(hooks::release(conn, &ids).await?);
+    rec.finished.extend(&ids);
+    for operation in succeeded {
+        crate::metrics::operation_finished(operation.kind, OperationState::Succeeded);
+        tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, "operation succeeded");
+    }
+    Ok(())
+}
+
+/// A step failed for good: cancel the rest, run the failure hook, end the operation.
+async fn fail(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    error: &str,
+    task_id: Option<Uuid>,
+    rec: &mut Recording,
+) -> anyhow::Result<()> {
+    db::tasks::cancel_pending(conn, operation.id).await?;
+    hooks::on_failure(conn, operation, error, task_id).await?;
+    db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await?;
+    crate::metrics::operation_finished(operation.kind, OperationState::Failed);
+    rec.ready
+        .extend(hooks::release(conn, &[operation.id]).await?);
+    rec.finished.push(operation.id);
+    tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, %error, "operation failed");
+    Ok(())
 }
 
 async fn decide(
@@ -167,31 +398,6 @@ async fn decide(
     outcome: Outcome,
 ) -> anyhow::Result<Decision> {
     Ok(match outcome {
-        Outcome::Transition(transition) => {
-            let ending = Ending {
-                task_id: Some(task.id),
-                ..Ending::default()
-            };
-            let done = db::resources::transition(
-                conn,
-                operation.resource_id,
-                Guard::Operation(operation.id),
-                transition,
-                &ending,
-            )
-            .await?;
-            match done {
-                Some(_) => Decision::Done(None),
-                None => {
-                    let state = db::resources::get(conn, operation.resource_id)
-                        .await?
-                        .map_or_else(|| "gone".to_owned(), |r| r.state.to_string());
-                    Decision::Fail(format!(
-                        "{transition} is not allowed: the resource is {state}"
-                    ))
-                }
-            }
-        }
         Outcome::Throttle { scope, limit } => {
             match db::throttle::acquire(conn, &scope, operation.id, task.id, limit).await? {
                 Acquired::Granted => Decision::Done(Some(json!({"scope": scope}))),
@@ -225,6 +431,8 @@ async fn decide(
         },
         Outcome::Fail(error) => Decision::Fail(error),
         Outcome::JobDone(_) => Decision::Fail("a job outcome for an operation's step".into()),
+        // Applied by `decide_all`, a batch at a time.
+        Outcome::Transition(transition) => Decision::Fail(format!("{transition} was not applied")),
         Outcome::Erred(reply, error) => {
             store_reply(conn, operation, &reply).await?;
             Decision::Fail(error)
@@ -265,43 +473,6 @@ fn reply_json(reply: &crate::backend::BackendReply) -> Option<serde_json::Value>
         out.insert("done".into(), json!(done));
     }
     (!out.is_empty()).then_some(serde_json::Value::Object(out))
-}
-
-/// The last step succeeded: run the success hook and end the operation.
-async fn succeed(
-    conn: &mut PgConnection,
-    catalog: &Catalog,
-    operation: &Operation,
-    task_id: Uuid,
-    ready: &mut BTreeSet<Queue>,
-) -> anyhow::Result<()> {
-    match hooks::on_success(conn, catalog, operation, Some(task_id)).await? {
-        Ok(()) => {
-            db::operations::finish(conn, operation.id, OperationState::Succeeded, None).await?;
-            crate::metrics::operation_finished(operation.kind, OperationState::Succeeded);
-            ready.extend(hooks::release(conn, operation.id).await?);
-            tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, "operation succeeded");
-        }
-        Err(error) => fail(conn, operation, &error, Some(task_id), ready).await?,
-    }
-    Ok(())
-}
-
-/// A step failed for good: cancel the rest, run the failure hook, end the operation.
-async fn fail(
-    conn: &mut PgConnection,
-    operation: &Operation,
-    error: &str,
-    task_id: Option<Uuid>,
-    ready: &mut BTreeSet<Queue>,
-) -> anyhow::Result<()> {
-    db::tasks::cancel_pending(conn, operation.id).await?;
-    hooks::on_failure(conn, operation, error, task_id).await?;
-    db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await?;
-    crate::metrics::operation_finished(operation.kind, OperationState::Failed);
-    ready.extend(hooks::release(conn, operation.id).await?);
-    tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, %error, "operation failed");
-    Ok(())
 }
 
 /// A periodic job's outcome: it has no operation, so only its row changes.

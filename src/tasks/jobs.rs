@@ -196,9 +196,10 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
             && db::operations::finish(&mut tx, op, OperationState::Failed, Some(&message)).await?
         {
             db::tasks::cancel_pending(&mut tx, op).await?;
-            for queue in crate::executor::hooks::release(&mut tx, op).await? {
+            for queue in crate::executor::hooks::release(&mut tx, &[op]).await? {
                 db::notify_ready(&mut tx, queue).await?;
             }
+            db::notify_finished(&mut tx, op).await?;
         }
         tx.commit().await?;
         if done.is_some() {
