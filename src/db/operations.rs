@@ -172,10 +172,12 @@ pub async fn steps_done(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<(
     Ok(())
 }
 
-/// Ends the running or scheduled operations among `ids` as `succeeded`.
+/// Ends the running or scheduled operations among `ids` as `succeeded`,
+/// counting their last step done.
 pub async fn succeed_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE operations SET state = 'succeeded', error = NULL, finished_at = now(), updated_at = now(),
+        "UPDATE operations SET state = 'succeeded', error = NULL, steps_done = steps_done + 1,
+                finished_at = now(), updated_at = now(),
                 started_at = coalesce(started_at, now())
          WHERE id = ANY($1) AND state IN ('scheduled', 'running')",
     )

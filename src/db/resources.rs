@@ -319,7 +319,7 @@ pub async fn transition_many(
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[])
                  AS u(id, operation_id, task_id, runtime_state)
          ), prev AS (
-             SELECT r.id, r.state FROM resources r WHERE r.id IN (SELECT id FROM u)
+             SELECT r.id, r.state FROM resources r WHERE r.id = ANY($1)
              ORDER BY r.id FOR UPDATE
          ), upd AS (
              UPDATE resources r SET state = $6, error_message = NULL,
@@ -329,7 +329,7 @@ pub async fn transition_many(
                     current_operation_id = CASE WHEN $7 THEN NULL ELSE r.current_operation_id END,
                     version = r.version + 1, updated_at = now()
              FROM prev, u
-             WHERE r.id = prev.id AND u.id = r.id AND prev.state = ANY($5)
+             WHERE r.id = prev.id AND u.id = r.id AND r.id = ANY($1) AND prev.state = ANY($5)
                AND r.current_operation_id = u.operation_id
              RETURNING r.id, r.state, r.tenant, prev.state AS prev_state, u.operation_id, u.task_id
          ), ev AS (

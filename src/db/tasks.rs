@@ -112,6 +112,13 @@ pub async fn insert_chain(
 
 /// Claims up to `limit` due ready tasks of `queue` in one statement, under a
 /// new lease, and marks their operations running.
+///
+/// The claim's commit does not wait for its flush (`synchronous_commit` off
+/// for this transaction only). A claim lost in a database crash leaves its
+/// tasks `ready`, as if never claimed: the runner's outcomes are then refused
+/// by the lease token, and the backend calls it made are repeated under the
+/// same idempotency key, exactly as after a lease expiry. Any outcome's
+/// commit flushes the claim before it, since the log is flushed in order.
 pub async fn claim(
     pool: &PgPool,
     queue: Queue,
@@ -120,9 +127,11 @@ pub async fn claim(
     worker: &str,
 ) -> sqlx::Result<Vec<Task>> {
     sqlx::query_as(
-        "WITH picked AS (
-             SELECT id FROM tasks WHERE state = 'ready' AND queue = $1 AND run_at <= now()
-             ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+        "WITH quick AS (
+             SELECT set_config('synchronous_commit', 'off', true)
+         ), picked AS (
+             SELECT id FROM tasks, quick WHERE state = 'ready' AND queue = $1 AND run_at <= now()
+             ORDER BY run_at, id LIMIT $2 FOR UPDATE OF tasks SKIP LOCKED
          ), claimed AS (
              UPDATE tasks t SET state = 'running', attempts = t.attempts + 1,
                     lease_token = gen_random_uuid(), lease_until = now() + $3 * interval '1 millisecond',
@@ -210,7 +219,7 @@ pub async fn lock_held_many(
     sqlx::query_as(
         "SELECT t.* FROM tasks t
          JOIN UNNEST($1::uuid[], $2::uuid[]) AS u(id, token) ON t.id = u.id AND t.lease_token = u.token
-         WHERE t.state = 'running' ORDER BY t.id FOR UPDATE OF t",
+         WHERE t.id = ANY($1) AND t.state = 'running' ORDER BY t.id FOR UPDATE OF t",
     )
     .bind(ids)
     .bind(tokens)
@@ -227,7 +236,7 @@ pub async fn succeed_many(
     sqlx::query(
         "UPDATE tasks t SET state = 'succeeded', result = u.result, status = NULL,
                 lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
-         FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id",
+         FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id AND t.id = ANY($1)",
     )
     .bind(ids)
     .bind(results)
@@ -328,7 +337,7 @@ pub async fn claim_next_many(
              SELECT DISTINCT ON (t.operation_id) t.id, t.queue
              FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
                   ON t.operation_id = u.operation_id AND t.position > u.position
-             WHERE t.state = 'waiting' ORDER BY t.operation_id, t.position
+             WHERE t.operation_id = ANY($1) AND t.state = 'waiting' ORDER BY t.operation_id, t.position
          )
          UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
                 lease_token = gen_random_uuid(), lease_until = now() + $4 * interval '1 millisecond',
@@ -358,7 +367,7 @@ pub async fn release_next_many(
              SELECT DISTINCT ON (t.operation_id) t.id
              FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
                   ON t.operation_id = u.operation_id AND t.position > u.position
-             WHERE t.state = 'waiting' ORDER BY t.operation_id, t.position
+             WHERE t.operation_id = ANY($1) AND t.state = 'waiting' ORDER BY t.operation_id, t.position
          )
          UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
          FROM next WHERE t.id = next.id

@@ -278,8 +278,6 @@ async fn steps_done(
         done.into_iter().unzip();
     let task_ids: Vec<Uuid> = steps.iter().map(|s| s.task.id).collect();
     db::tasks::succeed_many(conn, &task_ids, &results).await?;
-    let operation_ids: Vec<Uuid> = steps.iter().map(|s| s.operation.id).collect();
-    db::operations::steps_done(conn, &operation_ids).await?;
 
     let mut going_on = HashSet::new();
     if let Some(cont) = cont {
@@ -319,31 +317,37 @@ async fn steps_done(
         .iter()
         .filter(|s| !going_on.contains(&s.operation.id))
         .collect();
-    if rest.is_empty() {
-        return Ok(());
-    }
-    let (ops, positions): (Vec<Uuid>, Vec<i32>) = rest
-        .iter()
-        .map(|s| (s.operation.id, s.task.position))
-        .unzip();
-    let released: HashMap<Uuid, Queue> = db::tasks::release_next_many(conn, &ops, &positions)
-        .await?
-        .into_iter()
-        .collect();
+    let released: HashMap<Uuid, Queue> = if rest.is_empty() {
+        HashMap::new()
+    } else {
+        let (ops, positions): (Vec<Uuid>, Vec<i32>) = rest
+            .iter()
+            .map(|s| (s.operation.id, s.task.position))
+            .unzip();
+        db::tasks::release_next_many(conn, &ops, &positions)
+            .await?
+            .into_iter()
+            .collect()
+    };
     rec.ready.extend(released.values().copied());
-    let ended: Vec<(&Operation, Uuid)> = rest
-        .iter()
-        .filter(|s| !released.contains_key(&s.operation.id))
-        .map(|s| (s.operation, s.task.id))
-        .collect();
+    // The step count of an operation that ends is bumped with its ending.
+    let (ended, going): (Vec<&Held<'_>>, Vec<&Held<'_>>) = steps.iter().partition(|s| {
+        !going_on.contains(&s.operation.id) && !released.contains_key(&s.operation.id)
+    });
+    if !going.is_empty() {
+        let ids: Vec<Uuid> = going.iter().map(|s| s.operation.id).collect();
+        db::operations::steps_done(conn, &ids).await?;
+    }
     if !ended.is_empty() {
+        let ended: Vec<(&Operation, Uuid)> =
+            ended.iter().map(|s| (s.operation, s.task.id)).collect();
         succeed(conn, catalog, &ended, rec).await?;
     }
     Ok(())
 }
 
-/// Chains that are done: run the success hooks and end the operations (or
-/// fail those whose hook could not be applied).
+/// Chains whose last step succeeded: count that step, run the success hooks
+/// and end the operations (or fail those whose hook could not be applied).
 async fn succeed(
     conn: &mut PgConnection,
     catalog: &Catalog,
@@ -355,7 +359,10 @@ async fn succeed(
     for (&(operation, task_id), answer) in ended.iter().zip(answers) {
         match answer {
             Ok(()) => succeeded.push(operation),
-            Err(error) => fail(conn, operation, &error, Some(task_id), rec).await?,
+            Err(error) => {
+                db::operations::steps_done(conn, &[operation.id]).await?;
+                fail(conn, operation, &error, Some(task_id), rec).await?;
+            }
         }
     }
     if succeeded.is_empty() {
