@@ -272,6 +272,114 @@ async fn a_task_whose_worker_vanished_is_run_again_and_the_late_completion_is_re
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
+    use executord::domain::Transition;
+    use executord::runner::record::{self, Continue, Item};
+
+    let engine = Engine::new(pool);
+    let mut applied = Vec::new();
+    for i in 0..5 {
+        let tenant = format!("t{i}");
+        applied.push(engine.create("instance", &tenant, instance(&tenant)).await);
+    }
+    let mut claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "batch")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    claimed.sort_by_key(|t| {
+        applied
+            .iter()
+            .position(|a| Some(a.operation.id) == t.operation_id)
+            .unwrap()
+    });
+    let item = |i: usize, outcome: Outcome, go_on: bool| Item {
+        task_id: claimed[i].id,
+        token: claimed[i].lease_token.unwrap(),
+        outcome,
+        go_on,
+    };
+    let begin = Outcome::Transition(Transition::BeginCreating);
+    let mut items = vec![
+        item(0, begin.clone(), true),
+        item(1, begin.clone(), false),
+        item(2, Outcome::Fail("boom".into()), true),
+        item(3, begin, true),
+        item(4, Outcome::Transition(Transition::SetOk), true),
+    ];
+    items[3].token = uuid::Uuid::new_v4();
+    let cont = Continue {
+        lease_ms: 5000,
+        worker: "batch",
+    };
+    let recording = record::record_batch(&engine.pool, &engine.catalog, &items, Some(cont))
+        .await
+        .unwrap();
+
+    let applied_or_fenced: Vec<Recorded> = recording.results.iter().map(|r| r.0).collect();
+    assert_eq!(
+        applied_or_fenced,
+        [
+            Recorded::Applied,
+            Recorded::Applied,
+            Recorded::Applied,
+            Recorded::Fenced,
+            Recorded::Applied
+        ]
+    );
+    // Went on: the next step is claimed for this runner and handed back.
+    let next = recording.results[0]
+        .1
+        .as_ref()
+        .expect("the next step, claimed inline");
+    assert_eq!(next.task_type, "throttle");
+    assert_eq!(next.state, TaskState::Running);
+    assert_eq!(next.worker.as_deref(), Some("batch"));
+    // Did not go on: the next step is ready for any runner.
+    assert!(recording.results[1].1.is_none());
+    assert_eq!(
+        engine.tasks(applied[1].operation.id).await[1].state,
+        TaskState::Ready
+    );
+    assert!(recording.ready.contains(&Queue::Regular));
+    for i in [0, 1] {
+        let resource = engine.resource(applied[i].resource.id).await.unwrap();
+        assert_eq!(resource.state, ResourceState::Creating);
+        assert_eq!(
+            engine.operation(applied[i].operation.id).await.steps_done,
+            1
+        );
+    }
+    // Failed: the operation ends, the resource errs, the rest is cancelled.
+    let failed = engine.operation(applied[2].operation.id).await;
+    assert_eq!(failed.state, OperationState::Failed);
+    assert_eq!(failed.error.as_deref(), Some("boom"));
+    let resource = engine.resource(applied[2].resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::Erred);
+    let tasks = engine.tasks(applied[2].operation.id).await;
+    assert_eq!(tasks[0].state, TaskState::Failed);
+    assert!(tasks[1..].iter().all(|t| t.state == TaskState::Cancelled));
+    // Fenced: untouched, still running under the real lease.
+    assert_eq!(
+        engine.tasks(applied[3].operation.id).await[0].state,
+        TaskState::Running
+    );
+    let resource = engine.resource(applied[3].resource.id).await.unwrap();
+    assert_eq!(resource.state, ResourceState::CreationScheduled);
+    // A transition its state does not allow fails its operation, naming the state.
+    let refused = engine.operation(applied[4].operation.id).await;
+    assert_eq!(refused.state, OperationState::Failed);
+    assert_eq!(
+        refused.error.as_deref(),
+        Some("set_ok is not allowed: the resource is creation_scheduled")
+    );
+    let mut finished = recording.finished.clone();
+    finished.sort();
+    let mut expected = vec![applied[2].operation.id, applied[4].operation.id];
+    expected.sort();
+    assert_eq!(finished, expected);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn two_concurrent_applies_on_one_resource_give_one_winner_and_one_conflict(pool: PgPool) {
     let engine = Engine::new(pool);
     let id = engine
