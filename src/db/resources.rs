@@ -319,19 +319,20 @@ pub async fn transition_many(
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[])
                  AS u(id, operation_id, task_id, runtime_state)
          ), prev AS (
-             SELECT r.id, r.state FROM resources r WHERE r.id = ANY($1)
-             ORDER BY r.id FOR UPDATE
+             SELECT r.id, r.state, u.operation_id, u.task_id, u.runtime_state
+             FROM resources r JOIN u ON u.id = r.id
+             WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r
          ), upd AS (
              UPDATE resources r SET state = $6, error_message = NULL,
-                    runtime_state = coalesce(u.runtime_state, r.runtime_state),
+                    runtime_state = coalesce(prev.runtime_state, r.runtime_state),
                     action = CASE WHEN $7 THEN NULL ELSE r.action END,
                     action_details = CASE WHEN $7 THEN NULL ELSE r.action_details END,
                     current_operation_id = CASE WHEN $7 THEN NULL ELSE r.current_operation_id END,
                     version = r.version + 1, updated_at = now()
-             FROM prev, u
-             WHERE r.id = prev.id AND u.id = r.id AND r.id = ANY($1) AND prev.state = ANY($5)
-               AND r.current_operation_id = u.operation_id
-             RETURNING r.id, r.state, r.tenant, prev.state AS prev_state, u.operation_id, u.task_id
+             FROM prev
+             WHERE r.id = prev.id AND r.id = ANY($1) AND prev.state = ANY($5)
+               AND r.current_operation_id = prev.operation_id
+             RETURNING r.id, r.state, r.tenant, prev.state AS prev_state, prev.operation_id, prev.task_id
          ), ev AS (
              INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, tenant)
              SELECT id, operation_id, task_id, $8, prev_state, state, tenant FROM upd

@@ -140,7 +140,7 @@ pub async fn claim(
              RETURNING t.*
          ), started AS (
              UPDATE operations SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
-             WHERE id IN (SELECT operation_id FROM claimed) AND state = 'scheduled'
+             WHERE id = ANY(ARRAY(SELECT operation_id FROM claimed)) AND state = 'scheduled'
          )
          SELECT * FROM claimed",
     )
@@ -217,14 +217,23 @@ pub async fn lock_held_many(
     tokens: &[Uuid],
 ) -> sqlx::Result<Vec<Task>> {
     sqlx::query_as(
-        "SELECT t.* FROM tasks t
-         JOIN UNNEST($1::uuid[], $2::uuid[]) AS u(id, token) ON t.id = u.id AND t.lease_token = u.token
-         WHERE t.id = ANY($1) AND t.state = 'running' ORDER BY t.id FOR UPDATE OF t",
+        "SELECT * FROM tasks WHERE id = ANY($1) AND lease_token = ANY($2) AND state = 'running'
+         ORDER BY id FOR UPDATE",
     )
     .bind(ids)
     .bind(tokens)
     .fetch_all(conn)
     .await
+    .map(|held: Vec<Task>| {
+        let pairs: std::collections::HashSet<(Uuid, Uuid)> =
+            ids.iter().copied().zip(tokens.iter().copied()).collect();
+        held.into_iter()
+            .filter(|t| {
+                t.lease_token
+                    .is_some_and(|token| pairs.contains(&(t.id, token)))
+            })
+            .collect()
+    })
 }
 
 /// Ends held tasks as `succeeded`, each with its result (pairwise).
