@@ -91,6 +91,28 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Resou
         .await
 }
 
+/// A resource with the request of the operation in flight on it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Target {
+    /// The resource.
+    #[sqlx(flatten)]
+    pub resource: Resource,
+    /// The operation's request.
+    pub operation_request: Value,
+}
+
+/// The resource operation `operation_id` acts on, with the operation's
+/// request, in one look-up; `None` if either is gone.
+pub async fn target(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<Option<Target>> {
+    sqlx::query_as(
+        "SELECT r.*, o.request AS operation_request
+         FROM operations o JOIN resources r ON r.id = o.resource_id WHERE o.id = $1",
+    )
+    .bind(operation_id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The resource `id` if `scope` (a tenant; `None` for all) may see it.
 pub async fn get_in(
     conn: &mut PgConnection,
@@ -196,7 +218,7 @@ pub async fn schedule(
              UPDATE resources r SET state = $3, current_operation_id = $4, action = $5, action_details = $6,
                     name = coalesce($7, r.name), attributes = r.attributes || coalesce($8, '{}'::jsonb),
                     error_message = NULL, error_details = NULL, version = r.version + 1, updated_at = now()
-             FROM prev WHERE r.id = prev.id AND prev.state = ANY($2)
+             FROM prev WHERE r.id = prev.id AND r.id = $1 AND prev.state = ANY($2)
              RETURNING r.*, prev.state AS prev_state
          ), ev AS (
              INSERT INTO resource_events (resource_id, operation_id, transition, from_state, to_state, tenant)
@@ -263,7 +285,7 @@ pub async fn transition(
                     action_details = CASE WHEN $7 THEN NULL ELSE r.action_details END,
                     current_operation_id = CASE WHEN $7 THEN NULL ELSE r.current_operation_id END,
                     version = r.version + 1, updated_at = now()
-             FROM prev WHERE r.id = prev.id AND prev.state = ANY($2)
+             FROM prev WHERE r.id = prev.id AND r.id = $1 AND prev.state = ANY($2)
                AND CASE WHEN $4::uuid IS NULL THEN r.current_operation_id IS NULL AND r.version = $8
                         ELSE r.current_operation_id = $4 END
              RETURNING r.*, prev.state AS prev_state

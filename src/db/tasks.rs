@@ -136,7 +136,7 @@ pub async fn claim(
              UPDATE tasks t SET state = 'running', attempts = t.attempts + 1,
                     lease_token = gen_random_uuid(), lease_until = now() + $3 * interval '1 millisecond',
                     worker = $4, started_at = coalesce(t.started_at, now()), updated_at = now()
-             FROM picked WHERE t.id = picked.id
+             WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
              RETURNING t.*
          ), started AS (
              UPDATE operations SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
@@ -188,7 +188,7 @@ pub async fn reap_expired(pool: &PgPool) -> sqlx::Result<Vec<Queue>> {
          UPDATE tasks t SET state = 'ready', lease_token = NULL, lease_until = NULL, run_at = now(),
                 status = 'lease of ' || coalesce(t.worker, 'a runner') || ' expired; queued again',
                 updated_at = now()
-         FROM expired WHERE t.id = expired.id RETURNING t.queue",
+         WHERE t.id = ANY(ARRAY(SELECT id FROM expired)) RETURNING t.queue",
     )
     .fetch_all(pool)
     .await
@@ -234,24 +234,6 @@ pub async fn lock_held_many(
             })
             .collect()
     })
-}
-
-/// Ends held tasks as `succeeded`, each with its result (pairwise).
-pub async fn succeed_many(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-    results: &[Option<Value>],
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE tasks t SET state = 'succeeded', result = u.result, status = NULL,
-                lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
-         FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id AND t.id = ANY($1)",
-    )
-    .bind(ids)
-    .bind(results)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Ends a held task in a terminal state.
@@ -328,35 +310,52 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
     .await
 }
 
-/// For each operation (pairwise with the position of its step just done),
-/// claims its next waiting step for `worker` at once if that step runs on
-/// `queue`: the runner goes on with it without a round trip through the
-/// queue. Returns the claimed steps; an operation whose next step is on
-/// another queue, or that has none, is left for [`release_next_many`].
-pub async fn claim_next_many(
+/// Ends held tasks as `succeeded`, each with its result (`ids` and `results`
+/// pairwise); and for the operations that go on at once (`going`: each with
+/// the position of its step just done and the queue of the runner's pool),
+/// claims the next waiting step for `worker` if it runs on that queue,
+/// counting the step done. One statement. Returns the claimed steps; an
+/// operation whose next step is on another queue is left for [`release_next`].
+#[allow(clippy::too_many_arguments)]
+pub async fn succeed_and_claim_next(
     conn: &mut PgConnection,
-    operation_ids: &[Uuid],
-    positions: &[i32],
-    queue: Queue,
+    ids: &[Uuid],
+    results: &[Option<Value>],
+    going: &[(Uuid, i32, Queue)],
     lease_ms: i64,
     worker: &str,
 ) -> sqlx::Result<Vec<Task>> {
+    let operations: Vec<Uuid> = going.iter().map(|g| g.0).collect();
+    let positions: Vec<i32> = going.iter().map(|g| g.1).collect();
+    let queues: Vec<&str> = going.iter().map(|g| g.2.as_str()).collect();
     sqlx::query_as(
-        "WITH next AS (
-             SELECT DISTINCT ON (t.operation_id) t.id, t.queue
-             FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
+        "WITH done AS (
+             UPDATE tasks t SET state = 'succeeded', result = u.result, status = NULL,
+                    lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
+             FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id AND t.id = ANY($1)
+         ), next AS (
+             SELECT DISTINCT ON (t.operation_id) t.id, t.queue, u.queue AS pool
+             FROM tasks t JOIN UNNEST($3::uuid[], $4::int4[], $5::text[]) AS u(operation_id, position, queue)
                   ON t.operation_id = u.operation_id AND t.position > u.position
-             WHERE t.operation_id = ANY($1) AND t.state = 'waiting' ORDER BY t.operation_id, t.position
+             WHERE t.operation_id = ANY($3) AND t.state = 'waiting'
+             ORDER BY t.operation_id, t.position
+         ), claimed AS (
+             UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
+                    lease_token = gen_random_uuid(), lease_until = now() + $6 * interval '1 millisecond',
+                    worker = $7, started_at = coalesce(t.started_at, now()), updated_at = now()
+             WHERE t.id = ANY(ARRAY(SELECT id FROM next WHERE queue = pool))
+             RETURNING t.*
+         ), counted AS (
+             UPDATE operations SET steps_done = steps_done + 1, updated_at = now()
+             WHERE id = ANY(ARRAY(SELECT operation_id FROM claimed))
          )
-         UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
-                lease_token = gen_random_uuid(), lease_until = now() + $4 * interval '1 millisecond',
-                worker = $5, started_at = coalesce(t.started_at, now()), updated_at = now()
-         FROM next WHERE t.id = next.id AND next.queue = $3
-         RETURNING t.*",
+         SELECT * FROM claimed",
     )
-    .bind(operation_ids)
+    .bind(ids)
+    .bind(results)
+    .bind(operations)
     .bind(positions)
-    .bind(queue)
+    .bind(queues)
     .bind(lease_ms)
     .bind(worker)
     .fetch_all(conn)
@@ -364,9 +363,9 @@ pub async fn claim_next_many(
 }
 
 /// For each operation (pairwise with the position of its step just done),
-/// makes its next waiting step ready. Returns the operations that had one,
-/// with the step's queue; the others' chains are done.
-pub async fn release_next_many(
+/// makes its next waiting step ready and counts the step done. Returns the
+/// operations that had one, with the step's queue; the others' chains are done.
+pub async fn release_next(
     conn: &mut PgConnection,
     operation_ids: &[Uuid],
     positions: &[i32],
@@ -377,10 +376,15 @@ pub async fn release_next_many(
              FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
                   ON t.operation_id = u.operation_id AND t.position > u.position
              WHERE t.operation_id = ANY($1) AND t.state = 'waiting' ORDER BY t.operation_id, t.position
+         ), released AS (
+             UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
+             WHERE t.id = ANY(ARRAY(SELECT id FROM next))
+             RETURNING t.operation_id, t.queue
+         ), counted AS (
+             UPDATE operations SET steps_done = steps_done + 1, updated_at = now()
+             WHERE id = ANY(ARRAY(SELECT operation_id FROM released))
          )
-         UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
-         FROM next WHERE t.id = next.id
-         RETURNING t.operation_id, t.queue",
+         SELECT operation_id, queue FROM released",
     )
     .bind(operation_ids)
     .bind(positions)

@@ -264,9 +264,9 @@ async fn decide_all<'a>(
     Ok(decided)
 }
 
-/// Steps that succeeded: end them, count them, then go on with each chain:
-/// claim its next step inline, make it ready, or (the chain is done) run the
-/// success hook.
+/// Steps that succeeded: end them, then go on with each chain: claim its
+/// next step inline, make it ready, or (the chain is done) run the success
+/// hook. A step is counted done with whichever of those follows it.
 async fn steps_done(
     conn: &mut PgConnection,
     catalog: &Catalog,
@@ -277,70 +277,50 @@ async fn steps_done(
     let (steps, results): (Vec<Held<'_>>, Vec<Option<serde_json::Value>>) =
         done.into_iter().unzip();
     let task_ids: Vec<Uuid> = steps.iter().map(|s| s.task.id).collect();
-    db::tasks::succeed_many(conn, &task_ids, &results).await?;
-
-    let mut going_on = HashSet::new();
-    if let Some(cont) = cont {
-        let queues: BTreeSet<Queue> = steps
+    let is_last = |s: &Held<'_>| s.task.position + 1 >= s.operation.step_count;
+    let going: Vec<(Uuid, i32, Queue)> = match cont {
+        Some(_) => steps
             .iter()
-            .filter(|s| s.go_on)
-            .map(|s| s.task.queue)
-            .collect();
-        for queue in queues {
-            let (ops, positions): (Vec<Uuid>, Vec<i32>) = steps
-                .iter()
-                .filter(|s| s.go_on && s.task.queue == queue)
-                .map(|s| (s.operation.id, s.task.position))
-                .unzip();
-            let claimed = db::tasks::claim_next_many(
-                conn,
-                &ops,
-                &positions,
-                queue,
-                cont.lease_ms,
-                cont.worker,
-            )
+            .filter(|s| s.go_on && !is_last(s))
+            .map(|s| (s.operation.id, s.task.position, s.task.queue))
+            .collect(),
+        None => Vec::new(),
+    };
+    let (lease_ms, worker) = cont.map_or((0, ""), |c| (c.lease_ms, c.worker));
+    let claimed =
+        db::tasks::succeed_and_claim_next(conn, &task_ids, &results, &going, lease_ms, worker)
             .await?;
-            for next in claimed {
-                let Some(step) = steps
-                    .iter()
-                    .find(|s| Some(s.operation.id) == next.operation_id)
-                else {
-                    continue;
-                };
-                going_on.insert(step.operation.id);
-                rec.results[step.index].1 = Some(next);
-            }
-        }
+    let mut going_on = HashSet::new();
+    for next in claimed {
+        let Some(step) = steps
+            .iter()
+            .find(|s| Some(s.operation.id) == next.operation_id)
+        else {
+            continue;
+        };
+        going_on.insert(step.operation.id);
+        rec.results[step.index].1 = Some(next);
     }
-    let rest: Vec<&Held<'_>> = steps
+    let (ops, positions): (Vec<Uuid>, Vec<i32>) = steps
         .iter()
-        .filter(|s| !going_on.contains(&s.operation.id))
-        .collect();
-    let released: HashMap<Uuid, Queue> = if rest.is_empty() {
+        .filter(|s| !is_last(s) && !going_on.contains(&s.operation.id))
+        .map(|s| (s.operation.id, s.task.position))
+        .unzip();
+    let released: HashMap<Uuid, Queue> = if ops.is_empty() {
         HashMap::new()
     } else {
-        let (ops, positions): (Vec<Uuid>, Vec<i32>) = rest
-            .iter()
-            .map(|s| (s.operation.id, s.task.position))
-            .unzip();
-        db::tasks::release_next_many(conn, &ops, &positions)
+        db::tasks::release_next(conn, &ops, &positions)
             .await?
             .into_iter()
             .collect()
     };
     rec.ready.extend(released.values().copied());
-    // The step count of an operation that ends is bumped with its ending.
-    let (ended, going): (Vec<&Held<'_>>, Vec<&Held<'_>>) = steps.iter().partition(|s| {
-        !going_on.contains(&s.operation.id) && !released.contains_key(&s.operation.id)
-    });
-    if !going.is_empty() {
-        let ids: Vec<Uuid> = going.iter().map(|s| s.operation.id).collect();
-        db::operations::steps_done(conn, &ids).await?;
-    }
+    let ended: Vec<(&Operation, Uuid)> = steps
+        .iter()
+        .filter(|s| !going_on.contains(&s.operation.id) && !released.contains_key(&s.operation.id))
+        .map(|s| (s.operation, s.task.id))
+        .collect();
     if !ended.is_empty() {
-        let ended: Vec<(&Operation, Uuid)> =
-            ended.iter().map(|s| (s.operation, s.task.id)).collect();
         succeed(conn, catalog, &ended, rec).await?;
     }
     Ok(())

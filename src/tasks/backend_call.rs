@@ -138,18 +138,15 @@ async fn call(
             "a backend step outside an operation".into(),
         ))
     })?;
-    let operation = db::operations::get(&mut conn, operation_id)
+    let target = db::resources::target(&mut conn, operation_id)
         .await
         .map_err(setup)?
         .ok_or_else(|| {
-            CallError::Backend(BackendError::Permanent("the operation is gone".into()))
+            CallError::Backend(BackendError::Permanent(
+                "the operation or its resource is gone".into(),
+            ))
         })?;
-    let resource = db::resources::get(&mut conn, operation.resource_id)
-        .await
-        .map_err(setup)?
-        .ok_or_else(|| {
-            CallError::Backend(BackendError::Permanent("the resource is gone".into()))
-        })?;
+    let resource = target.resource;
     drop(conn);
     let kind = ctx.catalog.kind(&resource.kind).ok_or_else(|| {
         CallError::Backend(BackendError::Permanent(format!(
@@ -173,7 +170,7 @@ async fn call(
             runtime_state: resource.runtime_state,
             attributes: resource.attributes,
         },
-        params: operation.request,
+        params: target.operation_request,
     };
     match tokio::time::timeout(timeout, backend.call(method, call)).await {
         Ok(result) => result.map_err(CallError::Backend),

@@ -117,14 +117,11 @@ async fn throttle_scope(
     let operation_id = task
         .operation_id
         .ok_or("a throttle step outside an operation")?;
-    let operation = db::operations::get(&mut conn, operation_id)
+    let resource = db::resources::target(&mut conn, operation_id)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or("the operation is gone")?;
-    let resource = db::resources::get(&mut conn, operation.resource_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the resource is gone")?;
+        .ok_or("the operation or its resource is gone")?
+        .resource;
     let value = match resource.attributes.get(attribute) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
