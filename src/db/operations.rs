@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::domain::{OperationKind, OperationState};
 
 /// A row of `operations`: one executor run.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct Operation {
     /// Primary key (uuid v7).
     pub id: Uuid,
@@ -151,14 +151,6 @@ pub async fn list_for_resource(
     .bind(scope)
     .fetch_all(conn)
     .await
-}
-
-/// The operations among `ids` that exist.
-pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Operation>> {
-    sqlx::query_as("SELECT * FROM operations WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
 }
 
 /// Counts one more step done for each of `ids`.

@@ -209,31 +209,45 @@ pub async fn lock_held(
     .await
 }
 
+/// A task held under its lease, with its operation (`None` for a job).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Held {
+    /// The task.
+    #[sqlx(flatten)]
+    pub task: Task,
+    /// Its operation, if it belongs to one.
+    pub operation: Option<sqlx::types::Json<crate::db::operations::Operation>>,
+}
+
 /// The tasks among `ids` that `tokens` (pairwise) still hold, locked in id
-/// order: the fence a batch of outcomes passes. Fenced ones are left out.
+/// order, with their operations: the fence a batch of outcomes passes.
+/// Fenced ones are left out.
 pub async fn lock_held_many(
     conn: &mut PgConnection,
     ids: &[Uuid],
     tokens: &[Uuid],
-) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(
-        "SELECT * FROM tasks WHERE id = ANY($1) AND lease_token = ANY($2) AND state = 'running'
-         ORDER BY id FOR UPDATE",
+) -> sqlx::Result<Vec<Held>> {
+    let held: Vec<Held> = sqlx::query_as(
+        "WITH held AS (
+             SELECT * FROM tasks WHERE id = ANY($1) AND lease_token = ANY($2) AND state = 'running'
+             ORDER BY id FOR UPDATE
+         )
+         SELECT h.*, to_jsonb(o) AS operation FROM held h LEFT JOIN operations o ON o.id = h.operation_id",
     )
     .bind(ids)
     .bind(tokens)
     .fetch_all(conn)
-    .await
-    .map(|held: Vec<Task>| {
-        let pairs: std::collections::HashSet<(Uuid, Uuid)> =
-            ids.iter().copied().zip(tokens.iter().copied()).collect();
-        held.into_iter()
-            .filter(|t| {
-                t.lease_token
-                    .is_some_and(|token| pairs.contains(&(t.id, token)))
-            })
-            .collect()
-    })
+    .await?;
+    let pairs: std::collections::HashSet<(Uuid, Uuid)> =
+        ids.iter().copied().zip(tokens.iter().copied()).collect();
+    Ok(held
+        .into_iter()
+        .filter(|h| {
+            h.task
+                .lease_token
+                .is_some_and(|token| pairs.contains(&(h.task.id, token)))
+        })
+        .collect())
 }
 
 /// Ends a held task in a terminal state.

@@ -124,46 +124,45 @@ pub async fn record_batch(
         .context("beginning the outcome transaction")?;
     let ids: Vec<Uuid> = items.iter().map(|i| i.task_id).collect();
     let tokens: Vec<Uuid> = items.iter().map(|i| i.token).collect();
-    let mut held: HashMap<Uuid, Task> = db::tasks::lock_held_many(&mut tx, &ids, &tokens)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t))
-        .collect();
-    let operation_ids: Vec<Uuid> = held.values().filter_map(|t| t.operation_id).collect();
-    let operations: HashMap<Uuid, Operation> = if operation_ids.is_empty() {
-        HashMap::new()
-    } else {
-        db::operations::get_many(&mut tx, &operation_ids)
+    let mut held: HashMap<Uuid, (Task, Option<Operation>)> =
+        db::tasks::lock_held_many(&mut tx, &ids, &tokens)
             .await?
             .into_iter()
-            .map(|o| (o.id, o))
-            .collect()
-    };
+            .map(|h| (h.task.id, (h.task, h.operation.map(|o| o.0))))
+            .collect();
     let mut rec = Recording {
         results: vec![(Recorded::Fenced, None); items.len()],
         ..Recording::default()
     };
-    let mut steps = Vec::new();
+    let mut operations = Vec::new();
+    let mut pending = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        let Some(task) = held.remove(&item.task_id) else {
+        let Some((task, operation)) = held.remove(&item.task_id) else {
             continue;
         };
         rec.results[index].0 = Recorded::Applied;
-        let Some(operation_id) = task.operation_id else {
-            record_job(&mut tx, &task, item.outcome.clone()).await?;
-            continue;
-        };
-        let operation = operations
-            .get(&operation_id)
-            .context("the task's operation is missing")?;
-        let step = Held {
-            index,
-            task,
-            operation,
-            go_on: item.go_on,
-        };
-        steps.push((step, item.outcome.clone()));
+        match (task.operation_id, operation) {
+            (None, _) => record_job(&mut tx, &task, item.outcome.clone()).await?,
+            (Some(_), Some(operation)) => {
+                operations.push(operation);
+                pending.push((index, task, item));
+            }
+            (Some(_), None) => anyhow::bail!("the task's operation is missing"),
+        }
     }
+    let steps = pending
+        .into_iter()
+        .zip(&operations)
+        .map(|((index, task, item), operation)| {
+            let step = Held {
+                index,
+                task,
+                operation,
+                go_on: item.go_on,
+            };
+            (step, item.outcome.clone())
+        })
+        .collect();
     let decided = decide_all(&mut tx, steps).await?;
     let mut done = Vec::new();
     for (step, decision) in decided {
