@@ -166,6 +166,7 @@ async fn main() -> Result<()> {
                     ops: 200,
                     warmup: 10,
                     steps: 10,
+                    history: 0,
                 };
                 // Alternated, so drift on a shared machine (load, the disk's
                 // speed) falls on both alike.

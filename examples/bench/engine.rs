@@ -59,6 +59,11 @@ pub(crate) struct W4Args {
     /// Steps per chain, the executor's begin_creating included.
     #[arg(long, default_value_t = 10)]
     pub(crate) steps: usize,
+    /// Finished operations (with their task and resource) put in the tables
+    /// first, so the planner sees tables of a service's size rather than
+    /// freshly emptied ones.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) history: i64,
 }
 
 /// A running runner and the switch that stops it.
@@ -322,6 +327,10 @@ async fn finished(
 /// One W4 run.
 pub(crate) async fn w4(env: &Env, args: &W4Args) -> Result<Metrics> {
     env.reset().await?;
+    if args.history > 0 {
+        env.prefill_history(args.history).await?;
+        env.settle().await?;
+    }
     let kind = format!("noop{}", args.steps);
     ensure!(
         env.catalog.kind(&kind).is_some(),
