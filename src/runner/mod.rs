@@ -5,7 +5,7 @@
 //!   `FOR UPDATE SKIP LOCKED` statement; wakes on NOTIFY, polls as a fallback.
 //! - A lease that is not renewed expires and the task returns to `ready`; the
 //!   old holder's late outcome is refused by the lease token (fencing).
-//! - Outcomes go to the runner's recorders, which apply whatever has
+//! - Outcomes go to the runner's recorder, which applies whatever has
 //!   gathered in one transaction (group commit): under load a batch costs a
 //!   few statements and one flush for many tasks; alone, a task is recorded
 //!   at once.
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::db;
 use crate::db::tasks::Task;
@@ -36,10 +36,6 @@ pub const MAX_INLINE_STEPS: usize = 64;
 
 /// Most outcomes recorded in one transaction.
 pub const MAX_BATCH: usize = 256;
-
-/// Recording transactions a runner has in flight at once: while one
-/// commits, the next batch gathers and starts.
-const RECORDERS: usize = 2;
 
 type Answer = Option<(Recorded, Option<Task>)>;
 type Outcomes = mpsc::UnboundedReceiver<(record::Item, oneshot::Sender<Answer>)>;
@@ -148,7 +144,7 @@ impl Runner {
 
     /// Runs the pools of `queues` until `shutdown` turns true, then shuts down gracefully.
     pub async fn run(self, queues: Vec<Queue>, shutdown: watch::Receiver<bool>) {
-        let (recorder, mut recorders) = self.recorders();
+        let (recorder, recording) = self.recorder();
         let mut pools = JoinSet::new();
         for queue in queues {
             if self.inner.config.concurrency(queue) > 0 {
@@ -161,35 +157,26 @@ impl Runner {
         pools.spawn(self.clone().reaper(shutdown));
         while pools.join_next().await.is_some() {}
         drop(recorder);
-        while recorders.join_next().await.is_some() {}
+        let _ = recording.await;
         tracing::info!(worker = %self.inner.worker, "runner stopped");
     }
 
-    /// Starts the recorders; they stop once every [`Recorder`] is dropped.
-    fn recorders(&self) -> (Recorder, JoinSet<()>) {
+    /// Starts the recorder; it stops once every [`Recorder`] is dropped.
+    /// While it records a batch, the next one gathers: one recording
+    /// transaction at a time, as large as the outcomes that came meanwhile.
+    fn recorder(&self) -> (Recorder, JoinHandle<()>) {
         let (outcomes, receiver) = mpsc::unbounded_channel();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut workers = JoinSet::new();
-        for _ in 0..RECORDERS {
-            workers.spawn(self.clone().recorder_loop(receiver.clone()));
-        }
-        (Recorder { outcomes }, workers)
+        let handle = tokio::spawn(self.clone().recorder_loop(receiver));
+        (Recorder { outcomes }, handle)
     }
 
-    async fn recorder_loop(self, receiver: Arc<Mutex<Outcomes>>) {
-        loop {
-            let mut batch = Vec::new();
-            {
-                let mut receiver = receiver.lock().await;
-                match receiver.recv().await {
-                    Some(first) => batch.push(first),
-                    None => return,
-                }
-                while batch.len() < MAX_BATCH {
-                    match receiver.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
+    async fn recorder_loop(self, mut receiver: Outcomes) {
+        while let Some(first) = receiver.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
                 }
             }
             self.record(batch).await;
@@ -438,7 +425,7 @@ impl Runner {
     pub async fn run_until_idle(&self, limit: Duration) -> anyhow::Result<usize> {
         let started = tokio::time::Instant::now();
         let (_keep, never) = watch::channel(false);
-        let (recorder, _recorders) = self.recorders();
+        let (recorder, _recording) = self.recorder();
         let mut ran = 0;
         loop {
             anyhow::ensure!(started.elapsed() < limit, "still busy after {limit:?}");
