@@ -380,6 +380,66 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn an_outcome_that_cannot_be_recorded_does_not_hold_up_its_batch(pool: PgPool) {
+    use executord::backend::BackendReply;
+    use executord::domain::Transition;
+    use executord::runner::record::{self, Item};
+
+    let engine = Engine::new(pool);
+    let good = engine.create("instance", "good", instance("a")).await;
+    let bad = engine.create("instance", "bad", instance("b")).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 2, 5000, "batch")
+        .await
+        .unwrap();
+    let task = |op: uuid::Uuid| claimed.iter().find(|t| t.operation_id == Some(op)).unwrap();
+    let items = [
+        Item {
+            task_id: task(good.operation.id).id,
+            token: task(good.operation.id).lease_token.unwrap(),
+            outcome: Outcome::Transition(Transition::BeginCreating),
+            go_on: false,
+        },
+        // A poll delay no timestamp can hold: PostgreSQL refuses the statement.
+        Item {
+            task_id: task(bad.operation.id).id,
+            token: task(bad.operation.id).lease_token.unwrap(),
+            outcome: Outcome::Poll {
+                reply: BackendReply::default(),
+                delay: Duration::MAX,
+                status: "forever".into(),
+            },
+            go_on: false,
+        },
+    ];
+    // Together, the batch's transaction fails and nothing of it is applied.
+    assert!(
+        record::record_batch(&engine.pool, &engine.catalog, &items, None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        engine.resource(good.resource.id).await.unwrap().state,
+        ResourceState::CreationScheduled
+    );
+
+    let settled = record::record_all(&engine.pool, &engine.catalog, &items, None).await;
+    assert_eq!(settled.results.len(), 2);
+    assert_eq!(
+        settled.results[0].as_ref().map(|r| r.0),
+        Some(Recorded::Applied)
+    );
+    assert!(settled.results[1].is_none(), "left to its lease");
+    assert_eq!(
+        engine.resource(good.resource.id).await.unwrap().state,
+        ResourceState::Creating
+    );
+    assert_eq!(
+        engine.tasks(bad.operation.id).await[0].state,
+        TaskState::Running
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn two_concurrent_applies_on_one_resource_give_one_winner_and_one_conflict(pool: PgPool) {
     let engine = Engine::new(pool);
     let id = engine

@@ -66,6 +66,13 @@ async fn metrics_reflect_operations_tasks_queues_and_requests(pool: PgPool) {
             r#"executord_task_duration_seconds_count{type="backend_method",outcome="succeeded"}"#
         ) >= 1.0
     );
+    // Every outcome went through a recording transaction: at least one each.
+    let recordings = value(&text, "executord_recording_transactions_total");
+    let outcomes = value(&text, "executord_outcomes_recorded_total");
+    assert!(
+        recordings >= 1.0 && outcomes >= recordings,
+        "{recordings} {outcomes}"
+    );
     assert!(
         value(
             &text,

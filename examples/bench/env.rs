@@ -198,6 +198,11 @@ impl Env {
     }
 
     /// Empties executord's tables and checkpoints, so every run starts alike.
+    /// The emptied tables are not vacuumed or analyzed: TRUNCATE leaves their
+    /// statistics unknown, as on a fresh install, and the planner then goes by
+    /// their real size. Analyzed while empty, they would be planned as empty
+    /// for the whole run, long after they had filled (sequential scans and
+    /// hash joins where a service's tables get index lookups).
     pub(crate) async fn reset(&self) -> Result<()> {
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT quote_ident(tablename) FROM pg_tables
@@ -212,7 +217,15 @@ impl Env {
                 .await
                 .context("emptying the tables")?;
         }
-        self.settle().await
+        self.checkpoint().await;
+        Ok(())
+    }
+
+    /// A `CHECKPOINT`, so no run meets one owed from before it.
+    async fn checkpoint(&self) {
+        if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(&self.client).await {
+            eprintln!("bench: CHECKPOINT failed ({e}); runs may meet a checkpoint mid-way");
+        }
     }
 
     /// `VACUUM ANALYZE` of the database and a `CHECKPOINT`: the state a
@@ -222,9 +235,7 @@ impl Env {
             .execute(&self.client)
             .await
             .context("vacuuming")?;
-        if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(&self.client).await {
-            eprintln!("bench: CHECKPOINT failed ({e}); runs may meet a checkpoint mid-way");
-        }
+        self.checkpoint().await;
         Ok(())
     }
 

@@ -183,8 +183,7 @@ impl Runner {
         }
     }
 
-    /// Records a batch; if its transaction fails, each outcome alone, so one
-    /// bad outcome cannot hold up the others.
+    /// Records a batch, answers its slots, then announces what it made ready or ended.
     async fn record(&self, batch: Vec<(record::Item, oneshot::Sender<Answer>)>) {
         let (items, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let cont = record::Continue {
@@ -193,42 +192,15 @@ impl Runner {
         };
         let ctx = &self.inner.ctx;
         crate::metrics::outcomes_recorded(items.len());
-        let recorded = record::record_batch(&ctx.pool, &ctx.catalog, &items, Some(cont)).await;
-        let recordings = match recorded {
-            Ok(recording) => vec![(recording, answers)],
-            Err(e) if items.len() == 1 => {
-                tracing::warn!(task_id = %items[0].task_id, error = format!("{e:#}"), "recording failed; the lease will expire");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    count = items.len(),
-                    error = format!("{e:#}"),
-                    "recording a batch failed; recording its outcomes one by one"
-                );
-                let mut recordings = Vec::new();
-                for (item, answer) in items.iter().zip(answers) {
-                    let single = std::slice::from_ref(item);
-                    match record::record_batch(&ctx.pool, &ctx.catalog, single, Some(cont)).await {
-                        Ok(recording) => recordings.push((recording, vec![answer])),
-                        Err(e) => {
-                            tracing::warn!(task_id = %item.task_id, error = format!("{e:#}"), "recording failed; the lease will expire");
-                        }
-                    }
-                }
-                recordings
-            }
-        };
-        for (recording, answers) in recordings {
-            let ready: Vec<Queue> = recording.ready.iter().copied().collect();
-            for (result, answer) in recording.results.into_iter().zip(answers) {
-                let _ = answer.send(Some(result));
-            }
-            self.inner
-                .events
-                .announce(&ctx.pool, &ready, &recording.finished)
-                .await;
+        let settled = record::record_all(&ctx.pool, &ctx.catalog, &items, Some(cont)).await;
+        for (result, answer) in settled.results.into_iter().zip(answers) {
+            let _ = answer.send(result);
         }
+        let ready: Vec<Queue> = settled.ready.into_iter().collect();
+        self.inner
+            .events
+            .announce(&ctx.pool, &ready, &settled.finished)
+            .await;
     }
 
     async fn pool_loop(

@@ -99,6 +99,66 @@ pub async fn record(
     Ok(recording.results.first().map_or(Recorded::Fenced, |r| r.0))
 }
 
+/// What [`record_all`] did.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Per item, in order: whether it was applied and the next step claimed
+    /// for the runner; `None` if recording it failed (its lease then expires
+    /// and the step runs again).
+    pub results: Vec<Option<(Recorded, Option<Task>)>>,
+    /// Queues that got ready tasks.
+    pub ready: BTreeSet<Queue>,
+    /// Operations that ended.
+    pub finished: Vec<Uuid>,
+}
+
+/// Records `items` in one transaction, as [`record_batch`]; if that
+/// transaction fails, records each alone, so one outcome that cannot be
+/// recorded does not hold up the others.
+pub async fn record_all(
+    pool: &sqlx::PgPool,
+    catalog: &Catalog,
+    items: &[Item],
+    cont: Option<Continue<'_>>,
+) -> Settled {
+    let mut settled = Settled::default();
+    let e = match record_batch(pool, catalog, items, cont).await {
+        Ok(recording) => {
+            settled.add(recording);
+            return settled;
+        }
+        Err(e) => e,
+    };
+    if let [item] = items {
+        tracing::warn!(task_id = %item.task_id, error = format!("{e:#}"), "recording failed; the lease will expire");
+        settled.results.push(None);
+        return settled;
+    }
+    tracing::warn!(
+        count = items.len(),
+        error = format!("{e:#}"),
+        "recording a batch failed; recording its outcomes one by one"
+    );
+    for item in items {
+        match record_batch(pool, catalog, std::slice::from_ref(item), cont).await {
+            Ok(recording) => settled.add(recording),
+            Err(e) => {
+                tracing::warn!(task_id = %item.task_id, error = format!("{e:#}"), "recording failed; the lease will expire");
+                settled.results.push(None);
+            }
+        }
+    }
+    settled
+}
+
+impl Settled {
+    fn add(&mut self, recording: Recording) {
+        self.results.extend(recording.results.into_iter().map(Some));
+        self.ready.extend(recording.ready);
+        self.finished.extend(recording.finished);
+    }
+}
+
 /// A step of an operation whose outcome is being recorded.
 struct Held<'a> {
     index: usize,
