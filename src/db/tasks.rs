@@ -327,7 +327,7 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
 /// Ends held tasks as `succeeded`, each with its result (`ids` and `results`
 /// pairwise); and for the operations that go on at once (`going`: each with
 /// the position of its step just done and the queue of the runner's pool),
-/// claims the next waiting step for `worker` if it runs on that queue,
+/// claims the next step for `worker` if it is waiting and runs on that queue,
 /// counting the step done. One statement. Returns the claimed steps; an
 /// operation whose next step is on another queue is left for [`release_next`].
 #[allow(clippy::too_many_arguments)]
@@ -348,11 +348,10 @@ pub async fn succeed_and_claim_next(
                     lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
              FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id AND t.id = ANY($1)
          ), next AS (
-             SELECT DISTINCT ON (t.operation_id) t.id, t.queue, u.queue AS pool
-             FROM tasks t JOIN UNNEST($3::uuid[], $4::int4[], $5::text[]) AS u(operation_id, position, queue)
-                  ON t.operation_id = u.operation_id AND t.position > u.position
+             SELECT t.id, t.queue, u.queue AS pool
+             FROM UNNEST($3::uuid[], $4::int4[], $5::text[]) AS u(operation_id, position, queue)
+             JOIN tasks t ON t.operation_id = u.operation_id AND t.position = u.position + 1
              WHERE t.operation_id = ANY($3) AND t.state = 'waiting'
-             ORDER BY t.operation_id, t.position
          ), claimed AS (
              UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
                     lease_token = gen_random_uuid(), lease_until = now() + $6 * interval '1 millisecond',
@@ -377,7 +376,9 @@ pub async fn succeed_and_claim_next(
 }
 
 /// For each operation (pairwise with the position of its step just done),
-/// makes its next waiting step ready and counts the step done. Returns the
+/// makes its next step ready if it is waiting, and counts the step done.
+/// Steps leave `waiting` in chain order (a retry puts all the steps after
+/// the failed one back), so the next step is the one at the next position. Returns the
 /// operations that had one, with the step's queue; the others' chains are done.
 pub async fn release_next(
     conn: &mut PgConnection,
@@ -386,10 +387,10 @@ pub async fn release_next(
 ) -> sqlx::Result<Vec<(Uuid, Queue)>> {
     sqlx::query_as(
         "WITH next AS (
-             SELECT DISTINCT ON (t.operation_id) t.id
-             FROM tasks t JOIN UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
-                  ON t.operation_id = u.operation_id AND t.position > u.position
-             WHERE t.operation_id = ANY($1) AND t.state = 'waiting' ORDER BY t.operation_id, t.position
+             SELECT t.id
+             FROM UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
+             JOIN tasks t ON t.operation_id = u.operation_id AND t.position = u.position + 1
+             WHERE t.operation_id = ANY($1) AND t.state = 'waiting'
          ), released AS (
              UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
              WHERE t.id = ANY(ARRAY(SELECT id FROM next))
