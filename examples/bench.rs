@@ -12,7 +12,8 @@
 //! The engine workloads use the library directly: the embedded PostgreSQL
 //! under `target/bench-pg` with its durable defaults (or `DATABASE_URL`), a
 //! catalog of no-op kinds on the `noop` backend, and a runner with the
-//! service's defaults. W3 is a load generator against a running service.
+//! library's defaults (`RunnerConfig::default()`). W3 is a load generator
+//! against a running service, which runs with its own defaults.
 #![allow(
     clippy::print_stdout,
     reason = "a benchmark reports its results on stdout"

@@ -28,10 +28,12 @@ pub(crate) struct EnvArgs {
     /// Default: target/bench-pg, or target/bench-pg-profile with --profile.
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Pool size of the runner (the service's --db-connections default).
+    /// Pool size of the runner (the service's `--db-connections`, 32 by
+    /// default, is shared with its API).
     #[arg(long, default_value_t = 20)]
     pub(crate) db_connections: u32,
-    /// Concurrent tasks of the regular queue (the service's default).
+    /// Concurrent tasks of the regular queue (`RunnerConfig::default()`; the
+    /// service's `--regular-concurrency` defaults to 16).
     #[arg(long, default_value_t = 32)]
     pub(crate) concurrency: usize,
     /// Profile each run: load pg_stat_statements (restarting the embedded
@@ -181,7 +183,7 @@ impl Env {
         })
     }
 
-    /// A runner with the service's defaults but `--concurrency` regular slots.
+    /// A runner with the library's defaults but `--concurrency` regular slots.
     pub(crate) fn runner(&self) -> Runner {
         let ctx = TaskContext {
             pool: self.pool.clone(),
