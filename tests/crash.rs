@@ -287,7 +287,7 @@ fn a_database_restart_mid_load_answers_503_and_every_accepted_operation_complete
     );
 
     let down_at = Instant::now();
-    h.stop_db();
+    h.crash_db();
     let stopped_in = down_at.elapsed();
     // Its session is gone with the server.
     let _ = h.block_on(lock.rollback());

@@ -106,10 +106,12 @@ impl Harness {
         self.rt.block_on(future)
     }
 
-    /// Stops the cluster (`pg_ctl stop -m fast`: sessions are terminated).
-    pub fn stop_db(&mut self) {
-        let cluster = self.cluster.take().expect("the cluster is running");
-        self.rt.block_on(cluster.stop()).unwrap();
+    /// Crashes the cluster (`pg_ctl stop -m immediate`): no shutdown
+    /// checkpoint, sessions cut, and commits that did not wait for their
+    /// flush may be lost, as when the database's machine dies.
+    pub fn crash_db(&mut self) {
+        let _cluster = self.cluster.take().expect("the cluster is running");
+        stop_immediately(&self.dir.join("pg"));
     }
 
     /// Starts the cluster again on the same directory (same socket, same URL).
