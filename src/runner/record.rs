@@ -18,7 +18,7 @@ use crate::db::operations::Operation;
 use crate::db::resources::Owned;
 use crate::db::tasks::Task;
 use crate::db::throttle::Acquired;
-use crate::domain::{OperationState, Queue, TaskState, Transition};
+use crate::domain::{OperationKind, OperationState, Queue, TaskState, Transition};
 use crate::executor::hooks;
 use crate::tasks::Outcome;
 
@@ -55,6 +55,51 @@ pub struct Recording {
     pub ready: BTreeSet<Queue>,
     /// Operations that ended.
     pub finished: Vec<Uuid>,
+    /// For the log and the metrics, once committed: how the operations ended.
+    ended: Vec<Ended>,
+    /// For the metrics, once committed: steps that wait for a throttle slot.
+    throttle_waits: usize,
+}
+
+/// An operation's end, told once its transaction committed.
+#[derive(Debug)]
+struct Ended {
+    operation_id: Uuid,
+    resource_id: Uuid,
+    kind: OperationKind,
+    error: Option<String>,
+}
+
+impl Ended {
+    fn of(operation: &Operation, error: Option<&str>) -> Self {
+        Self {
+            operation_id: operation.id,
+            resource_id: operation.resource_id,
+            kind: operation.kind,
+            error: error.map(str::to_owned),
+        }
+    }
+}
+
+impl Recording {
+    /// Logs and counts what the committed transaction did.
+    fn count(&self) {
+        for ended in &self.ended {
+            match &ended.error {
+                None => {
+                    crate::metrics::operation_finished(ended.kind, OperationState::Succeeded);
+                    tracing::info!(operation_id = %ended.operation_id, resource_id = %ended.resource_id, "operation succeeded");
+                }
+                Some(error) => {
+                    crate::metrics::operation_finished(ended.kind, OperationState::Failed);
+                    tracing::info!(operation_id = %ended.operation_id, resource_id = %ended.resource_id, %error, "operation failed");
+                }
+            }
+        }
+        for _ in 0..self.throttle_waits {
+            crate::metrics::throttle_waited();
+        }
+    }
 }
 
 enum Decision {
@@ -249,7 +294,7 @@ pub async fn record_batch(
             }
             Decision::Park(status) => {
                 db::tasks::park(&mut tx, step.task.id, &status).await?;
-                crate::metrics::throttle_waited();
+                rec.throttle_waits += 1;
             }
             Decision::Fail(error) => {
                 tracing::warn!(task_id = %step.task.id, operation_id = %step.operation.id, %error, "step failed");
@@ -270,6 +315,7 @@ pub async fn record_batch(
         steps_done(&mut tx, catalog, done, cont, &mut rec).await?;
     }
     tx.commit().await.context("committing the outcomes")?;
+    rec.count();
     Ok(rec)
 }
 
@@ -411,10 +457,8 @@ async fn succeed(
     db::operations::succeed_many(conn, &ids).await?;
     rec.ready.extend(hooks::release(conn, &ids).await?);
     rec.finished.extend(&ids);
-    for operation in succeeded {
-        crate::metrics::operation_finished(operation.kind, OperationState::Succeeded);
-        tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, "operation succeeded");
-    }
+    rec.ended
+        .extend(succeeded.into_iter().map(|o| Ended::of(o, None)));
     Ok(())
 }
 
@@ -429,11 +473,10 @@ async fn fail(
     db::tasks::cancel_pending(conn, operation.id).await?;
     hooks::on_failure(conn, operation, error, task_id).await?;
     db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await?;
-    crate::metrics::operation_finished(operation.kind, OperationState::Failed);
+    rec.ended.push(Ended::of(operation, Some(error)));
     rec.ready
         .extend(hooks::release(conn, &[operation.id]).await?);
     rec.finished.push(operation.id);
-    tracing::info!(operation_id = %operation.id, resource_id = %operation.resource_id, %error, "operation failed");
     Ok(())
 }
 
