@@ -310,7 +310,7 @@ pub async fn transition(
 }
 
 /// One resource of [`transition_many`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Owned<'a> {
     /// The resource.
     pub resource_id: Uuid,

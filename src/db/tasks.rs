@@ -194,21 +194,6 @@ pub async fn reap_expired(pool: &PgPool) -> sqlx::Result<Vec<Queue>> {
     .await
 }
 
-/// The task, locked, if `token` still holds its lease: the fence every outcome passes.
-pub async fn lock_held(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-) -> sqlx::Result<Option<Task>> {
-    sqlx::query_as(
-        "SELECT * FROM tasks WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR UPDATE",
-    )
-    .bind(id)
-    .bind(token)
-    .fetch_optional(conn)
-    .await
-}
-
 /// A task held under its lease, with its operation (`None` for a job).
 #[derive(Debug, sqlx::FromRow)]
 pub struct Held {

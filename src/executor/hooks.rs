@@ -20,7 +20,7 @@ pub async fn on_success(
     ended: &[(&Operation, Uuid)],
 ) -> sqlx::Result<Vec<Result<(), String>>> {
     let mut answers = vec![Ok(()); ended.len()];
-    let mut set_ok = Vec::new();
+    let (mut places, mut rows) = (Vec::new(), Vec::new());
     for (i, &(operation, task_id)) in ended.iter().enumerate() {
         if operation.kind == OperationKind::Delete {
             if !db::resources::delete(conn, operation.resource_id, operation.id).await? {
@@ -34,24 +34,21 @@ pub async fn on_success(
                 .and_then(|kind| kind.actions.get(action))
                 .and_then(|a| a.runtime_state_on_success.as_deref())
         });
-        set_ok.push((
-            i,
-            Owned {
-                resource_id: operation.resource_id,
-                operation_id: operation.id,
-                task_id,
-                runtime_state,
-            },
-        ));
+        places.push(i);
+        rows.push(Owned {
+            resource_id: operation.resource_id,
+            operation_id: operation.id,
+            task_id,
+            runtime_state,
+        });
     }
-    if set_ok.is_empty() {
+    if rows.is_empty() {
         return Ok(answers);
     }
-    let rows: Vec<Owned<'_>> = set_ok.iter().map(|(_, row)| row.clone()).collect();
     let applied = db::resources::transition_many(conn, Transition::SetOk, true, &rows).await?;
-    for (i, row) in &set_ok {
+    for (i, row) in places.into_iter().zip(&rows) {
         if !applied.contains(&row.resource_id) {
-            answers[*i] = Err("set_ok is not allowed from the resource's current state".into());
+            answers[i] = Err("set_ok is not allowed from the resource's current state".into());
         }
     }
     Ok(answers)

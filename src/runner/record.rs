@@ -205,7 +205,7 @@ impl Settled {
 }
 
 /// A step of an operation whose outcome is being recorded.
-struct Held<'a> {
+struct HeldStep<'a> {
     index: usize,
     task: Task,
     operation: &'a Operation,
@@ -259,7 +259,7 @@ pub async fn record_batch(
         .into_iter()
         .zip(&operations)
         .map(|((index, task, item), operation)| {
-            let step = Held {
+            let step = HeldStep {
                 index,
                 task,
                 operation,
@@ -323,10 +323,10 @@ pub async fn record_batch(
 /// statement for each kind of transition.
 async fn decide_all<'a>(
     conn: &mut PgConnection,
-    steps: Vec<(Held<'a>, Outcome)>,
-) -> anyhow::Result<Vec<(Held<'a>, Decision)>> {
+    steps: Vec<(HeldStep<'a>, Outcome)>,
+) -> anyhow::Result<Vec<(HeldStep<'a>, Decision)>> {
     let mut decided = Vec::with_capacity(steps.len());
-    let mut transitions: Vec<(Transition, Vec<Held<'a>>)> = Vec::new();
+    let mut transitions: Vec<(Transition, Vec<HeldStep<'a>>)> = Vec::new();
     for (step, outcome) in steps {
         if let Outcome::Transition(transition) = outcome {
             match transitions.iter_mut().find(|(t, _)| *t == transition) {
@@ -375,14 +375,14 @@ async fn decide_all<'a>(
 async fn steps_done(
     conn: &mut PgConnection,
     catalog: &Catalog,
-    done: Vec<(Held<'_>, Option<serde_json::Value>)>,
+    done: Vec<(HeldStep<'_>, Option<serde_json::Value>)>,
     cont: Option<Continue<'_>>,
     rec: &mut Recording,
 ) -> anyhow::Result<()> {
-    let (steps, results): (Vec<Held<'_>>, Vec<Option<serde_json::Value>>) =
+    let (steps, results): (Vec<HeldStep<'_>>, Vec<Option<serde_json::Value>>) =
         done.into_iter().unzip();
     let task_ids: Vec<Uuid> = steps.iter().map(|s| s.task.id).collect();
-    let is_last = |s: &Held<'_>| s.task.position + 1 >= s.operation.step_count;
+    let is_last = |s: &HeldStep<'_>| s.task.position + 1 >= s.operation.step_count;
     let going: Vec<(Uuid, i32, Queue)> = match cont {
         Some(_) => steps
             .iter()
@@ -395,16 +395,15 @@ async fn steps_done(
     let claimed =
         db::tasks::succeed_and_claim_next(conn, &task_ids, &results, &going, lease_ms, worker)
             .await?;
+    let index: HashMap<Uuid, usize> = steps.iter().map(|s| (s.operation.id, s.index)).collect();
     let mut going_on = HashSet::new();
     for next in claimed {
-        let Some(step) = steps
-            .iter()
-            .find(|s| Some(s.operation.id) == next.operation_id)
+        let Some((operation_id, &i)) = next.operation_id.and_then(|id| index.get_key_value(&id))
         else {
             continue;
         };
-        going_on.insert(step.operation.id);
-        rec.results[step.index].1 = Some(next);
+        going_on.insert(*operation_id);
+        rec.results[i].1 = Some(next);
     }
     let (ops, positions): (Vec<Uuid>, Vec<i32>) = steps
         .iter()
