@@ -333,15 +333,19 @@ pub async fn succeed_and_claim_next(
                     lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
              FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id AND t.id = ANY($1)
          ), next AS (
-             SELECT t.id, t.queue, u.queue AS pool
+             SELECT n.id
              FROM UNNEST($3::uuid[], $4::int4[], $5::text[]) AS u(operation_id, position, queue)
-             JOIN tasks t ON t.operation_id = u.operation_id AND t.position = u.position + 1
-             WHERE t.operation_id = ANY($3) AND t.state = 'waiting'
+             CROSS JOIN LATERAL (
+                 SELECT t.id FROM tasks t
+                 WHERE t.operation_id = u.operation_id AND t.position = u.position + 1
+                   AND t.state = 'waiting' AND t.queue = u.queue
+                 LIMIT 1
+             ) n
          ), claimed AS (
              UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
                     lease_token = gen_random_uuid(), lease_until = now() + $6 * interval '1 millisecond',
                     worker = $7, started_at = coalesce(t.started_at, now()), updated_at = now()
-             WHERE t.id = ANY(ARRAY(SELECT id FROM next WHERE queue = pool))
+             WHERE t.id = ANY(ARRAY(SELECT id FROM next))
              RETURNING t.*
          ), counted AS (
              UPDATE operations SET steps_done = steps_done + 1, updated_at = now()
@@ -372,10 +376,14 @@ pub async fn release_next(
 ) -> sqlx::Result<Vec<(Uuid, Queue)>> {
     sqlx::query_as(
         "WITH next AS (
-             SELECT t.id
+             SELECT n.id
              FROM UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
-             JOIN tasks t ON t.operation_id = u.operation_id AND t.position = u.position + 1
-             WHERE t.operation_id = ANY($1) AND t.state = 'waiting'
+             CROSS JOIN LATERAL (
+                 SELECT t.id FROM tasks t
+                 WHERE t.operation_id = u.operation_id AND t.position = u.position + 1
+                   AND t.state = 'waiting'
+                 LIMIT 1
+             ) n
          ), released AS (
              UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
              WHERE t.id = ANY(ARRAY(SELECT id FROM next))

@@ -223,8 +223,12 @@ pub async fn record_batch(
     items: &[Item],
     cont: Option<Continue<'_>>,
 ) -> anyhow::Result<Recording> {
+    // Its statements are written for index paths and run thousands of times
+    // a second; PostgreSQL would plan some afresh at every call for a batch
+    // of one (a custom plan for one row looks cheaper than the generic plan
+    // for ten), which costs more than running them.
     let mut tx = pool
-        .begin()
+        .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
         .await
         .context("beginning the outcome transaction")?;
     let ids: Vec<Uuid> = items.iter().map(|i| i.task_id).collect();
