@@ -242,7 +242,7 @@ async fn a_task_whose_worker_vanished_is_run_again_and_the_late_completion_is_re
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    let lost = &claimed[0];
+    let lost = &claimed[0].task;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     engine.drain().await;
@@ -289,12 +289,12 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     claimed.sort_by_key(|t| {
         applied
             .iter()
-            .position(|a| Some(a.operation.id) == t.operation_id)
+            .position(|a| Some(a.operation.id) == t.task.operation_id)
             .unwrap()
     });
     let item = |i: usize, outcome: Outcome, go_on: bool| Item {
-        task_id: claimed[i].id,
-        token: claimed[i].lease_token.unwrap(),
+        task_id: claimed[i].task.id,
+        token: claimed[i].task.lease_token.unwrap(),
         outcome,
         go_on,
     };
@@ -331,9 +331,14 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
         .1
         .as_ref()
         .expect("the next step, claimed inline");
-    assert_eq!(next.task_type, "throttle");
-    assert_eq!(next.state, TaskState::Running);
-    assert_eq!(next.worker.as_deref(), Some("batch"));
+    assert_eq!(next.task.task_type, "throttle");
+    assert_eq!(next.task.state, TaskState::Running);
+    assert_eq!(next.task.worker.as_deref(), Some("batch"));
+    // It carries what it acts on, as the same transaction left it.
+    let target = &next.target.as_ref().expect("the claimed step's target").0;
+    assert_eq!(target.id, applied[0].resource.id);
+    assert_eq!(target.attributes["tenant"], "t0");
+    assert_eq!(target.request, applied[0].operation.request);
     // Did not go on: the next step is ready for any runner.
     assert!(recording.results[1].1.is_none());
     assert_eq!(
@@ -391,7 +396,13 @@ async fn an_outcome_that_cannot_be_recorded_does_not_hold_up_its_batch(pool: PgP
     let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 2, 5000, "batch")
         .await
         .unwrap();
-    let task = |op: uuid::Uuid| claimed.iter().find(|t| t.operation_id == Some(op)).unwrap();
+    let task = |op: uuid::Uuid| {
+        &claimed
+            .iter()
+            .find(|t| t.task.operation_id == Some(op))
+            .unwrap()
+            .task
+    };
     let items = [
         Item {
             task_id: task(good.operation.id).id,

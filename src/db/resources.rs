@@ -91,26 +91,25 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Resou
         .await
 }
 
-/// A resource with the request of the operation in flight on it.
-#[derive(Debug, sqlx::FromRow)]
+/// What an operation's step acts on: its resource as the backend sees it,
+/// and the operation's request. Read when the step is claimed
+/// ([`crate::db::tasks::Claimed`]).
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Target {
-    /// The resource.
-    #[sqlx(flatten)]
-    pub resource: Resource,
+    /// The resource's id.
+    pub id: Uuid,
+    /// The kind's name.
+    pub kind: String,
+    /// The resource's name.
+    pub name: String,
+    /// The backend's id of the object, once created.
+    pub backend_id: Option<String>,
+    /// The last runtime state seen.
+    pub runtime_state: Option<String>,
+    /// The resource's attributes (a JSON object).
+    pub attributes: Value,
     /// The operation's request.
-    pub operation_request: Value,
-}
-
-/// The resource operation `operation_id` acts on, with the operation's
-/// request, in one look-up; `None` if either is gone.
-pub async fn target(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<Option<Target>> {
-    sqlx::query_as(
-        "SELECT r.*, o.request AS operation_request
-         FROM operations o JOIN resources r ON r.id = o.resource_id WHERE o.id = $1",
-    )
-    .bind(operation_id)
-    .fetch_optional(conn)
-    .await
+    pub request: Value,
 }
 
 /// The resource `id` if `scope` (a tenant; `None` for all) may see it.

@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::db::resources::Target;
 use crate::domain::{Queue, TaskState};
 
 /// A row of `tasks`: one step of an operation.
@@ -68,6 +70,30 @@ pub struct NewTask {
     pub max_attempts: i32,
 }
 
+/// A claimed task with what it acts on, read by the claim's own statement
+/// (a step has no look-up of its own to make before it runs).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    /// The task, under its new lease.
+    #[sqlx(flatten)]
+    pub task: Task,
+    /// For an operation's step: its resource and the operation's request.
+    /// `None` for a periodic job, or if they are gone.
+    pub target: Option<Json<Target>>,
+}
+
+/// The column `target` of a claim: what [`Claimed::target`] holds, for the
+/// claimed row `c`.
+macro_rules! target_column {
+    () => {
+        "(SELECT jsonb_build_object(
+                     'id', r.id, 'kind', r.kind, 'name', r.name, 'backend_id', r.backend_id,
+                     'runtime_state', r.runtime_state, 'attributes', r.attributes, 'request', o.request)
+          FROM operations o JOIN resources r ON r.id = o.resource_id
+          WHERE o.id = c.operation_id) AS target"
+    };
+}
+
 /// Inserts a chain: the first step `ready`, the rest `waiting`.
 pub async fn insert_chain(
     conn: &mut PgConnection,
@@ -125,8 +151,8 @@ pub async fn claim(
     limit: i64,
     lease_ms: i64,
     worker: &str,
-) -> sqlx::Result<Vec<Task>> {
-    sqlx::query_as(
+) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(concat!(
         "WITH quick AS (
              SELECT set_config('synchronous_commit', 'off', true)
          ), picked AS (
@@ -142,8 +168,10 @@ pub async fn claim(
              UPDATE operations SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
              WHERE id = ANY(ARRAY(SELECT operation_id FROM claimed)) AND state = 'scheduled'
          )
-         SELECT * FROM claimed",
-    )
+         SELECT c.*, ",
+        target_column!(),
+        " FROM claimed c"
+    ))
     .bind(queue)
     .bind(limit)
     .bind(lease_ms)
@@ -201,7 +229,7 @@ pub struct Held {
     #[sqlx(flatten)]
     pub task: Task,
     /// Its operation, if it belongs to one.
-    pub operation: Option<sqlx::types::Json<crate::db::operations::Operation>>,
+    pub operation: Option<Json<crate::db::operations::Operation>>,
 }
 
 /// The tasks among `ids` that `tokens` (pairwise) still hold, locked in id
@@ -323,11 +351,11 @@ pub async fn succeed_and_claim_next(
     going: &[(Uuid, i32, Queue)],
     lease_ms: i64,
     worker: &str,
-) -> sqlx::Result<Vec<Task>> {
+) -> sqlx::Result<Vec<Claimed>> {
     let operations: Vec<Uuid> = going.iter().map(|g| g.0).collect();
     let positions: Vec<i32> = going.iter().map(|g| g.1).collect();
     let queues: Vec<&str> = going.iter().map(|g| g.2.as_str()).collect();
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "WITH done AS (
              UPDATE tasks t SET state = 'succeeded', result = u.result, status = NULL,
                     lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
@@ -351,8 +379,10 @@ pub async fn succeed_and_claim_next(
              UPDATE operations SET steps_done = steps_done + 1, updated_at = now()
              WHERE id = ANY(ARRAY(SELECT operation_id FROM claimed))
          )
-         SELECT * FROM claimed",
-    )
+         SELECT c.*, ",
+        target_column!(),
+        " FROM claimed c"
+    ))
     .bind(ids)
     .bind(results)
     .bind(operations)

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::db;
-use crate::db::tasks::Task;
+use crate::db::tasks::{Claimed, Task};
 use crate::domain::Queue;
 use crate::events::Events;
 use crate::tasks::{self, Outcome, TaskContext};
@@ -37,7 +37,7 @@ pub const MAX_INLINE_STEPS: usize = 64;
 /// Most outcomes recorded in one transaction.
 pub const MAX_BATCH: usize = 256;
 
-type Answer = Option<(Recorded, Option<Task>)>;
+type Answer = Option<(Recorded, Option<Claimed>)>;
 type Outcomes = mpsc::UnboundedReceiver<(record::Item, oneshot::Sender<Answer>)>;
 
 /// Where a runner's slots send their outcomes.
@@ -227,12 +227,12 @@ impl Runner {
                 {
                     Ok(claimed) => {
                         let full = claimed.len() == free;
-                        for task in claimed {
+                        for claimed in claimed {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
                                 break;
                             };
                             in_flight.spawn(self.clone().execute(
-                                task,
+                                claimed,
                                 permit,
                                 recorder.clone(),
                                 shutdown.clone(),
@@ -294,19 +294,19 @@ impl Runner {
     /// [`MAX_INLINE_STEPS`] in a row, so one long chain cannot hold a slot forever).
     async fn execute(
         self,
-        task: Task,
+        claimed: Claimed,
         permit: OwnedSemaphorePermit,
         recorder: Recorder,
         shutdown: watch::Receiver<bool>,
     ) {
-        let queue = task.queue;
-        let mut current = Some(task);
+        let queue = claimed.task.queue;
+        let mut current = Some(claimed);
         let mut steps = 0;
-        while let Some(task) = current.take() {
+        while let Some(claimed) = current.take() {
             steps += 1;
             let inline = steps < MAX_INLINE_STEPS;
             current = self
-                .execute_one(&task, inline, &recorder, shutdown.clone())
+                .execute_one(claimed, inline, &recorder, shutdown.clone())
                 .await;
         }
         drop(permit);
@@ -316,11 +316,13 @@ impl Runner {
     /// Runs and records one task; the next step if it was claimed inline.
     async fn execute_one(
         &self,
-        task: &Task,
+        claimed: Claimed,
         inline: bool,
         recorder: &Recorder,
         shutdown: watch::Receiver<bool>,
-    ) -> Option<Task> {
+    ) -> Option<Claimed> {
+        let Claimed { task, target } = claimed;
+        let task = &task;
         let token = task.lease_token?;
         let started = std::time::Instant::now();
         let mut cancelled = self.inner.events.subscribe_cancelled();
@@ -336,7 +338,7 @@ impl Runner {
             }
         };
         let outcome = tokio::select! {
-            outcome = tasks::run(&self.inner.ctx, task) => outcome,
+            outcome = tasks::run(&self.inner.ctx, task, target.map(|t| t.0)) => outcome,
             () = cancel => {
                 tracing::info!(task_id = %task.id, "operation cancelled; stopping the task");
                 return None;
@@ -415,10 +417,10 @@ impl Runner {
                 )
                 .await
                 .context("claiming ready tasks")?;
-                for task in claimed {
+                for claimed in claimed {
                     let permit = slots.clone().try_acquire_owned().context("slot")?;
                     batch.spawn(self.clone().execute(
-                        task,
+                        claimed,
                         permit,
                         recorder.clone(),
                         never.clone(),

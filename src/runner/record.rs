@@ -16,7 +16,7 @@ use crate::catalog::Catalog;
 use crate::db;
 use crate::db::operations::Operation;
 use crate::db::resources::Owned;
-use crate::db::tasks::Task;
+use crate::db::tasks::{Claimed, Task};
 use crate::db::throttle::Acquired;
 use crate::domain::{OperationKind, OperationState, Queue, TaskState, Transition};
 use crate::executor::hooks;
@@ -50,7 +50,7 @@ pub struct Item {
 pub struct Recording {
     /// Per item, in order: whether it was applied, and the next step claimed
     /// for the runner to run at once.
-    pub results: Vec<(Recorded, Option<Task>)>,
+    pub results: Vec<(Recorded, Option<Claimed>)>,
     /// Queues that got ready tasks.
     pub ready: BTreeSet<Queue>,
     /// Operations that ended.
@@ -150,7 +150,7 @@ pub struct Settled {
     /// Per item, in order: whether it was applied and the next step claimed
     /// for the runner; `None` if recording it failed (its lease then expires
     /// and the step runs again).
-    pub results: Vec<Option<(Recorded, Option<Task>)>>,
+    pub results: Vec<Option<(Recorded, Option<Claimed>)>>,
     /// Queues that got ready tasks.
     pub ready: BTreeSet<Queue>,
     /// Operations that ended.
@@ -402,7 +402,10 @@ async fn steps_done(
     let index: HashMap<Uuid, usize> = steps.iter().map(|s| (s.operation.id, s.index)).collect();
     let mut going_on = HashSet::new();
     for next in claimed {
-        let Some((operation_id, &i)) = next.operation_id.and_then(|id| index.get_key_value(&id))
+        let Some((operation_id, &i)) = next
+            .task
+            .operation_id
+            .and_then(|id| index.get_key_value(&id))
         else {
             continue;
         };

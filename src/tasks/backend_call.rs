@@ -9,10 +9,15 @@ use chrono::Utc;
 use super::{Outcome, TaskContext, backoff};
 use crate::backend::{BackendCall, BackendError, BackendReply, ResourceView};
 use crate::catalog::Step;
-use crate::db;
+use crate::db::resources::Target;
 use crate::db::tasks::Task;
 
-pub(super) async fn run(ctx: &TaskContext, task: &Task, step: &Step) -> Outcome {
+pub(super) async fn run(
+    ctx: &TaskContext,
+    task: &Task,
+    target: Option<Target>,
+    step: &Step,
+) -> Outcome {
     let (method, timeout) = match step {
         Step::BackendMethod {
             method, timeout_s, ..
@@ -34,24 +39,15 @@ pub(super) async fn run(ctx: &TaskContext, task: &Task, step: &Step) -> Outcome 
             return Outcome::Fail("not a backend step".into());
         }
     };
-    let reply = match call(ctx, task, method, timeout).await {
+    let reply = match call(ctx, task, target, method, timeout).await {
         Ok(reply) => reply,
-        Err(CallError::Backend(BackendError::Transient(error)))
-            if task.attempts < task.max_attempts =>
-        {
+        Err(BackendError::Transient(error)) if task.attempts < task.max_attempts => {
             return Outcome::Retry {
                 error,
                 delay: backoff(ctx.retry_base, task.attempts),
             };
         }
-        Err(CallError::Backend(e)) => return Outcome::Fail(e.to_string()),
-        Err(CallError::Setup(e)) if task.attempts < task.max_attempts => {
-            return Outcome::Retry {
-                error: e,
-                delay: backoff(ctx.retry_base, task.attempts),
-            };
-        }
-        Err(CallError::Setup(e)) => return Outcome::Fail(e),
+        Err(e) => return Outcome::Fail(e.to_string()),
     };
     match step {
         Step::PollRuntimeState {
@@ -120,62 +116,48 @@ fn not_yet(
     }
 }
 
-enum CallError {
-    Backend(BackendError),
-    Setup(String),
-}
-
 async fn call(
     ctx: &TaskContext,
     task: &Task,
+    target: Option<Target>,
     method: &str,
     timeout: Duration,
-) -> Result<BackendReply, CallError> {
-    let setup = |e: sqlx::Error| CallError::Setup(format!("loading the resource: {e}"));
-    let mut conn = ctx.pool.acquire().await.map_err(setup)?;
-    let operation_id = task.operation_id.ok_or_else(|| {
-        CallError::Backend(BackendError::Permanent(
-            "a backend step outside an operation".into(),
-        ))
-    })?;
-    let target = db::resources::target(&mut conn, operation_id)
-        .await
-        .map_err(setup)?
-        .ok_or_else(|| {
-            CallError::Backend(BackendError::Permanent(
-                "the operation or its resource is gone".into(),
-            ))
+) -> Result<BackendReply, BackendError> {
+    let Target {
+        id,
+        kind,
+        name,
+        backend_id,
+        runtime_state,
+        attributes,
+        request,
+    } = target
+        .ok_or_else(|| BackendError::Permanent("the operation or its resource is gone".into()))?;
+    let backend = ctx
+        .catalog
+        .kind(&kind)
+        .ok_or_else(|| BackendError::Permanent(format!("kind `{kind}` is not in the catalog")))
+        .and_then(|k| {
+            ctx.backends.get(&k.backend).ok_or_else(|| {
+                BackendError::Permanent(format!("backend `{}` is not configured", k.backend))
+            })
         })?;
-    let resource = target.resource;
-    drop(conn);
-    let kind = ctx.catalog.kind(&resource.kind).ok_or_else(|| {
-        CallError::Backend(BackendError::Permanent(format!(
-            "kind `{}` is not in the catalog",
-            resource.kind
-        )))
-    })?;
-    let backend = ctx.backends.get(&kind.backend).ok_or_else(|| {
-        CallError::Backend(BackendError::Permanent(format!(
-            "backend `{}` is not configured",
-            kind.backend
-        )))
-    })?;
     let call = BackendCall {
         idempotency_key: task.id,
         resource: ResourceView {
-            id: resource.id,
-            kind: resource.kind,
-            name: resource.name,
-            backend_id: resource.backend_id,
-            runtime_state: resource.runtime_state,
-            attributes: resource.attributes,
+            id,
+            kind,
+            name,
+            backend_id,
+            runtime_state,
+            attributes,
         },
-        params: target.operation_request,
+        params: request,
     };
     match tokio::time::timeout(timeout, backend.call(method, call)).await {
-        Ok(result) => result.map_err(CallError::Backend),
-        Err(_) => Err(CallError::Backend(BackendError::Transient(format!(
+        Ok(result) => result,
+        Err(_) => Err(BackendError::Transient(format!(
             "{method} timed out after {timeout:?}"
-        )))),
+        ))),
     }
 }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::backend::{BackendReply, Backends};
 use crate::catalog::{Catalog, Step};
-use crate::db;
+use crate::db::resources::Target;
 use crate::db::tasks::Task;
 use crate::domain::Transition;
 
@@ -80,9 +80,9 @@ impl std::fmt::Debug for TaskContext {
     }
 }
 
-/// Runs one claimed task.
+/// Runs one claimed task on `target`, what its claim read that it acts on.
 #[tracing::instrument(skip_all, fields(task_id = %task.id, operation_id = ?task.operation_id, task_type = %task.task_type, attempt = task.attempts))]
-pub async fn run(ctx: &TaskContext, task: &Task) -> Outcome {
+pub async fn run(ctx: &TaskContext, task: &Task, target: Option<Target>) -> Outcome {
     if task.attempts > task.max_attempts {
         let last = task
             .last_error
@@ -99,29 +99,21 @@ pub async fn run(ctx: &TaskContext, task: &Task) -> Outcome {
     };
     match step {
         Step::StateTransition { transition } => Outcome::Transition(transition),
-        Step::Throttle { scope, limit, key } => throttle_scope(ctx, task, &scope, key.as_deref())
-            .await
-            .map_or_else(Outcome::Fail, |scope| Outcome::Throttle { scope, limit }),
+        Step::Throttle { scope, limit, key } => {
+            throttle_scope(target.as_ref(), &scope, key.as_deref())
+                .map_or_else(Outcome::Fail, |scope| Outcome::Throttle { scope, limit })
+        }
         Step::Job { job, retention_s } => jobs::run(ctx, job, retention_s).await,
-        step => backend_call::run(ctx, task, &step).await,
+        step => backend_call::run(ctx, task, target, &step).await,
     }
 }
 
-async fn throttle_scope(
-    ctx: &TaskContext,
-    task: &Task,
+fn throttle_scope(
+    target: Option<&Target>,
     attribute: &str,
     key: Option<&str>,
 ) -> Result<String, String> {
-    let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
-    let operation_id = task
-        .operation_id
-        .ok_or("a throttle step outside an operation")?;
-    let resource = db::resources::target(&mut conn, operation_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the operation or its resource is gone")?
-        .resource;
+    let resource = target.ok_or("the operation or its resource is gone")?;
     let value = match resource.attributes.get(attribute) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),

@@ -86,14 +86,17 @@ impl Engine {
         let claimed = executord::db::tasks::claim(&self.pool, queue, n, 5000, "test")
             .await
             .unwrap();
-        for task in &claimed {
-            let outcome = executord::tasks::run(&self.ctx, task).await;
+        let n = claimed.len();
+        for claimed in claimed {
+            let task = claimed.task;
+            let outcome =
+                executord::tasks::run(&self.ctx, &task, claimed.target.map(|t| t.0)).await;
             let token = task.lease_token.unwrap();
             executord::runner::record::record(&self.pool, &self.catalog, task.id, token, outcome)
                 .await
                 .unwrap();
         }
-        claimed.len()
+        n
     }
 
     pub async fn drain(&self) -> usize {
