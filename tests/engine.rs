@@ -65,7 +65,6 @@ async fn create_runs_its_chain_to_ok_with_backend_id_and_runtime_state(pool: PgP
     assert_eq!(resource.current_operation_id, None);
     let operation = engine.operation(applied.operation.id).await;
     assert_eq!(operation.state, OperationState::Succeeded);
-    assert_eq!(operation.steps_done, 4);
     assert!(operation.finished_at.is_some());
     assert!(
         engine
@@ -349,10 +348,14 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     for i in [0, 1] {
         let resource = engine.resource(applied[i].resource.id).await.unwrap();
         assert_eq!(resource.state, ResourceState::Creating);
-        assert_eq!(
-            engine.operation(applied[i].operation.id).await.steps_done,
-            1
-        );
+        let succeeded: Vec<i32> = engine
+            .tasks(applied[i].operation.id)
+            .await
+            .iter()
+            .filter(|t| t.state == TaskState::Succeeded)
+            .map(|t| t.position)
+            .collect();
+        assert_eq!(succeeded, [0]);
     }
     // Failed: the operation ends, the resource errs, the rest is cancelled.
     let failed = engine.operation(applied[2].operation.id).await;

@@ -275,10 +275,10 @@ impl Env {
                 format!(
                     "{series}
                      INSERT INTO operations (id, resource_id, resource_kind, kind, state, request, step_count,
-                                             steps_done, created_at, updated_at, started_at, finished_at)
+                                             created_at, updated_at, started_at, finished_at)
                      SELECT {o}, {r}, 'noop1', 'create', 'succeeded',
                             jsonb_build_object('name', 'history-' || s.i, 'attributes', '{{}}'::jsonb),
-                            1, 1, s.at, s.at + interval '3 ms', s.at + interval '1 ms', s.at + interval '3 ms'
+                            1, s.at, s.at + interval '3 ms', s.at + interval '1 ms', s.at + interval '3 ms'
                      FROM s",
                     o = v7("o"),
                     r = v7("r")

@@ -121,7 +121,7 @@ pub struct OperationResponse {
     pub error: Option<String>,
     /// Steps in its chain.
     pub step_count: i32,
-    /// Steps done.
+    /// Steps done: its tasks that succeeded.
     pub steps_done: i32,
     /// Its steps, in order.
     pub tasks: Vec<TaskResponse>,
@@ -146,7 +146,13 @@ impl OperationResponse {
             request: o.request,
             error: o.error,
             step_count: o.step_count,
-            steps_done: o.steps_done,
+            steps_done: i32::try_from(
+                tasks
+                    .iter()
+                    .filter(|t| t.state == TaskState::Succeeded)
+                    .count(),
+            )
+            .unwrap_or(i32::MAX),
             tasks: tasks.into_iter().map(TaskResponse::from).collect(),
             created_at: o.created_at,
             started_at: o.started_at,

@@ -28,8 +28,6 @@ pub struct Operation {
     pub error: Option<String>,
     /// How many steps its chain has.
     pub step_count: i32,
-    /// How many have succeeded.
-    pub steps_done: i32,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -153,23 +151,10 @@ pub async fn list_for_resource(
     .await
 }
 
-/// Counts one more step done for each of `ids`.
-pub async fn steps_done(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE operations SET steps_done = steps_done + 1, updated_at = now() WHERE id = ANY($1)",
-    )
-    .bind(ids)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Ends the running or scheduled operations among `ids` as `succeeded`,
-/// counting their last step done.
+/// Ends the running or scheduled operations among `ids` as `succeeded`.
 pub async fn succeed_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE operations SET state = 'succeeded', error = NULL, steps_done = steps_done + 1,
-                finished_at = now(), updated_at = now(),
+        "UPDATE operations SET state = 'succeeded', error = NULL, finished_at = now(), updated_at = now(),
                 started_at = coalesce(started_at, now())
          WHERE id = ANY($1) AND state IN ('scheduled', 'running')",
     )

@@ -340,8 +340,8 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
 /// Ends held tasks as `succeeded`, each with its result (`ids` and `results`
 /// pairwise); and for the operations that go on at once (`going`: each with
 /// the position of its step just done and the queue of the runner's pool),
-/// claims the next step for `worker` if it is waiting and runs on that queue,
-/// counting the step done. One statement. Returns the claimed steps; an
+/// claims the next step for `worker` if it is waiting and runs on that queue.
+/// One statement. Returns the claimed steps; an
 /// operation whose next step is on another queue is left for [`release_next`].
 #[allow(clippy::too_many_arguments)]
 pub async fn succeed_and_claim_next(
@@ -375,9 +375,6 @@ pub async fn succeed_and_claim_next(
                     worker = $7, started_at = coalesce(t.started_at, now()), updated_at = now()
              WHERE t.id = ANY(ARRAY(SELECT id FROM next))
              RETURNING t.*
-         ), counted AS (
-             UPDATE operations SET steps_done = steps_done + 1, updated_at = now()
-             WHERE id = ANY(ARRAY(SELECT operation_id FROM claimed))
          )
          SELECT c.*, ",
         target_column!(),
@@ -395,7 +392,7 @@ pub async fn succeed_and_claim_next(
 }
 
 /// For each operation (pairwise with the position of its step just done),
-/// makes its next step ready if it is waiting, and counts the step done.
+/// makes its next step ready if it is waiting.
 /// Steps leave `waiting` in chain order (a retry puts all the steps after
 /// the failed one back), so the next step is the one at the next position. Returns the
 /// operations that had one, with the step's queue; the others' chains are done.
@@ -418,9 +415,6 @@ pub async fn release_next(
              UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
              WHERE t.id = ANY(ARRAY(SELECT id FROM next))
              RETURNING t.operation_id, t.queue
-         ), counted AS (
-             UPDATE operations SET steps_done = steps_done + 1, updated_at = now()
-             WHERE id = ANY(ARRAY(SELECT operation_id FROM released))
          )
          SELECT operation_id, queue FROM released",
     )

@@ -375,7 +375,7 @@ async fn decide_all<'a>(
 
 /// Steps that succeeded: end them, then go on with each chain: claim its
 /// next step inline, make it ready, or (the chain is done) run the success
-/// hook. A step is counted done with whichever of those follows it.
+/// hook.
 async fn steps_done(
     conn: &mut PgConnection,
     catalog: &Catalog,
@@ -437,8 +437,8 @@ async fn steps_done(
     Ok(())
 }
 
-/// Chains whose last step succeeded: count that step, run the success hooks
-/// and end the operations (or fail those whose hook could not be applied).
+/// Chains whose last step succeeded: run the success hooks and end the
+/// operations (or fail those whose hook could not be applied).
 async fn succeed(
     conn: &mut PgConnection,
     catalog: &Catalog,
@@ -451,7 +451,6 @@ async fn succeed(
         match answer {
             Ok(()) => succeeded.push(operation),
             Err(error) => {
-                db::operations::steps_done(conn, &[operation.id]).await?;
                 fail(conn, operation, &error, Some(task_id), rec).await?;
             }
         }
