@@ -271,6 +271,68 @@ async fn a_task_whose_worker_vanished_is_run_again_and_the_late_completion_is_re
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) {
+    use executord::backend::BackendReply;
+    use executord::runner::record::{self, Item};
+
+    let engine = Engine::new(pool);
+    let a = engine.create("instance", "a", instance("ta")).await;
+    let b = engine.create("instance", "b", instance("tb")).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 2, 5000, "batch")
+        .await
+        .unwrap();
+    let held = |op: uuid::Uuid| {
+        &claimed
+            .iter()
+            .find(|c| c.task.operation_id == Some(op))
+            .unwrap()
+            .task
+    };
+    let attributes = json!({"ip": "10.0.0.7"}).as_object().cloned();
+    let items = [
+        Item {
+            task_id: held(a.operation.id).id,
+            token: held(a.operation.id).lease_token.unwrap(),
+            outcome: Outcome::Done(BackendReply {
+                backend_id: Some("vm-a".into()),
+                attributes,
+                ..BackendReply::default()
+            }),
+            go_on: false,
+        },
+        Item {
+            task_id: held(b.operation.id).id,
+            token: held(b.operation.id).lease_token.unwrap(),
+            outcome: Outcome::Poll {
+                reply: BackendReply {
+                    runtime_state: Some("BUILD".into()),
+                    ..BackendReply::default()
+                },
+                delay: Duration::from_secs(60),
+                status: "waiting for ACTIVE".into(),
+            },
+            go_on: false,
+        },
+    ];
+    let recording = record::record_batch(&engine.pool, &engine.catalog, &items, None)
+        .await
+        .unwrap();
+    assert!(recording.results.iter().all(|r| r.0 == Recorded::Applied));
+
+    let ra = engine.resource(a.resource.id).await.unwrap();
+    assert_eq!(ra.backend_id.as_deref(), Some("vm-a"));
+    assert_eq!(ra.runtime_state, None);
+    assert_eq!(ra.attributes["ip"], "10.0.0.7", "merged in");
+    assert_eq!(ra.attributes["tenant"], "ta", "kept");
+    assert_eq!(ra.version, a.resource.version + 1);
+    let rb = engine.resource(b.resource.id).await.unwrap();
+    assert_eq!(rb.runtime_state.as_deref(), Some("BUILD"));
+    assert_eq!(rb.backend_id, None);
+    assert_eq!(rb.attributes, b.resource.attributes, "nothing to merge");
+    assert_eq!(rb.version, b.resource.version + 1);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     use executord::domain::Transition;
     use executord::runner::record::{self, Continue, Item};

@@ -1,7 +1,7 @@
 //! SQL for `resources`.
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -406,25 +406,55 @@ pub async fn resume(
     .await
 }
 
-/// Stores what a backend reported: backend id, runtime state, attributes to merge.
-pub async fn record_backend_reply(
+/// What a backend reported about a resource.
+#[derive(Debug)]
+pub struct Reply {
+    /// The resource.
+    pub resource_id: Uuid,
+    /// The backend's id for it, if reported.
+    pub backend_id: Option<String>,
+    /// Its runtime state, if reported.
+    pub runtime_state: Option<String>,
+    /// Attributes to merge into its attributes (a JSON object).
+    pub attributes: Option<Value>,
+}
+
+/// Stores what backends reported, one statement for all: each reported
+/// field replaces the stored one, attributes are merged. The resources are
+/// locked in id order, as every statement that locks several does.
+pub async fn record_backend_replies(
     conn: &mut PgConnection,
-    id: Uuid,
-    backend_id: Option<&str>,
-    runtime_state: Option<&str>,
-    attributes: Option<&Map<String, Value>>,
+    replies: Vec<Reply>,
 ) -> sqlx::Result<()> {
+    let n = replies.len();
+    let (mut ids, mut backend_ids, mut runtime_states, mut attributes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for reply in replies {
+        ids.push(reply.resource_id);
+        backend_ids.push(reply.backend_id);
+        runtime_states.push(reply.runtime_state);
+        attributes.push(reply.attributes);
+    }
     sqlx::query(
-        "UPDATE resources SET backend_id = coalesce($2, backend_id),
-                runtime_state = coalesce($3, runtime_state),
-                attributes = attributes || coalesce($4, '{}'::jsonb),
-                version = version + 1, updated_at = now()
-         WHERE id = $1",
+        "WITH locked AS (
+             SELECT id FROM resources WHERE id = ANY($1) ORDER BY id FOR UPDATE
+         )
+         UPDATE resources r SET backend_id = coalesce(u.backend_id, r.backend_id),
+                runtime_state = coalesce(u.runtime_state, r.runtime_state),
+                attributes = r.attributes || coalesce(u.attributes, '{}'::jsonb),
+                version = r.version + 1, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
+              AS u(id, backend_id, runtime_state, attributes)
+         WHERE r.id = u.id AND r.id = ANY(ARRAY(SELECT id FROM locked))",
     )
-    .bind(id)
-    .bind(backend_id)
-    .bind(runtime_state)
-    .bind(attributes.map(|a| Value::Object(a.clone())))
+    .bind(ids)
+    .bind(backend_ids)
+    .bind(runtime_states)
+    .bind(attributes)
     .execute(conn)
     .await?;
     Ok(())

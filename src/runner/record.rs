@@ -323,14 +323,16 @@ pub async fn record_batch(
     Ok(rec)
 }
 
-/// Turns outcomes into decisions; transitions are applied per batch, one
-/// statement for each kind of transition.
+/// Turns outcomes into decisions. What backends reported is stored in one
+/// statement per batch, and transitions are applied in one statement for
+/// each kind of transition.
 async fn decide_all<'a>(
     conn: &mut PgConnection,
     steps: Vec<(HeldStep<'a>, Outcome)>,
 ) -> anyhow::Result<Vec<(HeldStep<'a>, Decision)>> {
     let mut decided = Vec::with_capacity(steps.len());
     let mut transitions: Vec<(Transition, Vec<HeldStep<'a>>)> = Vec::new();
+    let mut replies = Vec::new();
     for (step, outcome) in steps {
         if let Outcome::Transition(transition) = outcome {
             match transitions.iter_mut().find(|(t, _)| *t == transition) {
@@ -339,8 +341,24 @@ async fn decide_all<'a>(
             }
             continue;
         }
+        if let Outcome::Done(reply) | Outcome::Poll { reply, .. } | Outcome::Erred(reply, _) =
+            &outcome
+            && (reply.backend_id.is_some()
+                || reply.runtime_state.is_some()
+                || reply.attributes.is_some())
+        {
+            replies.push(db::resources::Reply {
+                resource_id: step.operation.resource_id,
+                backend_id: reply.backend_id.clone(),
+                runtime_state: reply.runtime_state.clone(),
+                attributes: reply.attributes.clone().map(serde_json::Value::Object),
+            });
+        }
         let decision = decide(conn, &step.task, step.operation, outcome).await?;
         decided.push((step, decision));
+    }
+    if !replies.is_empty() {
+        db::resources::record_backend_replies(conn, replies).await?;
     }
     for (transition, group) in transitions {
         let rows: Vec<Owned<'_>> = group
@@ -500,23 +518,14 @@ async fn decide(
                 )),
             }
         }
-        Outcome::Done(reply) => {
-            store_reply(conn, operation, &reply).await?;
-            Decision::Done(reply_json(&reply))
-        }
-        Outcome::Poll {
-            reply,
-            delay,
-            status,
-        } => {
-            store_reply(conn, operation, &reply).await?;
-            Decision::Reschedule {
-                delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
-                counts_as_attempt: false,
-                status: Some(status),
-                error: None,
-            }
-        }
+        // Their replies are stored by `decide_all`, a batch at a time.
+        Outcome::Done(reply) => Decision::Done(reply_json(&reply)),
+        Outcome::Poll { delay, status, .. } => Decision::Reschedule {
+            delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+            counts_as_attempt: false,
+            status: Some(status),
+            error: None,
+        },
         Outcome::Retry { error, delay } => Decision::Reschedule {
             delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
             counts_as_attempt: true,
@@ -527,29 +536,8 @@ async fn decide(
         Outcome::JobDone(_) => Decision::Fail("a job outcome for an operation's step".into()),
         // Applied by `decide_all`, a batch at a time.
         Outcome::Transition(transition) => Decision::Fail(format!("{transition} was not applied")),
-        Outcome::Erred(reply, error) => {
-            store_reply(conn, operation, &reply).await?;
-            Decision::Fail(error)
-        }
+        Outcome::Erred(_, error) => Decision::Fail(error),
     })
-}
-
-async fn store_reply(
-    conn: &mut PgConnection,
-    operation: &Operation,
-    reply: &crate::backend::BackendReply,
-) -> sqlx::Result<()> {
-    if reply.backend_id.is_none() && reply.runtime_state.is_none() && reply.attributes.is_none() {
-        return Ok(());
-    }
-    db::resources::record_backend_reply(
-        conn,
-        operation.resource_id,
-        reply.backend_id.as_deref(),
-        reply.runtime_state.as_deref(),
-        reply.attributes.as_ref(),
-    )
-    .await
 }
 
 fn reply_json(reply: &crate::backend::BackendReply) -> Option<serde_json::Value> {
