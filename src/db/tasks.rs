@@ -78,19 +78,21 @@ pub struct Claimed {
     #[sqlx(flatten)]
     pub task: Task,
     /// For an operation's step: its resource and the operation's request.
-    /// `None` for a periodic job, or if they are gone.
+    /// `None` for a state transition (which does not need it), a periodic
+    /// job, or if they are gone.
     pub target: Option<Json<Target>>,
 }
 
 /// The column `target` of a claim: what [`Claimed::target`] holds, for the
-/// claimed row `c`.
+/// claimed row `c`. A state transition acts on the resource through its own
+/// compare-and-set, so its steps are not given one.
 macro_rules! target_column {
     () => {
         "(SELECT jsonb_build_object(
                      'id', r.id, 'kind', r.kind, 'name', r.name, 'backend_id', r.backend_id,
                      'runtime_state', r.runtime_state, 'attributes', r.attributes, 'request', o.request)
           FROM operations o JOIN resources r ON r.id = o.resource_id
-          WHERE o.id = c.operation_id) AS target"
+          WHERE o.id = c.operation_id AND c.type <> 'state_transition') AS target"
     };
 }
 
