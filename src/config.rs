@@ -189,7 +189,7 @@ pub struct RunnerArgs {
     /// Seconds between prunes of old history (0 disables).
     #[arg(long, env = "EXECUTORD_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
     pub prune_interval_secs: u64,
-    /// Days finished operations are kept before pruning.
+    /// Days finished operations and resources' history are kept before pruning.
     #[arg(long, env = "EXECUTORD_RETENTION_DAYS", default_value_t = 7)]
     pub retention_days: u64,
 }

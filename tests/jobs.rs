@@ -234,6 +234,17 @@ async fn prune_deletes_old_finished_history_and_keeps_unfinished_work(pool: PgPo
         .execute(&engine.pool)
         .await
         .unwrap();
+    let old_events: i64 = sqlx::query_scalar(
+        "WITH aged AS (
+             UPDATE resource_events SET created_at = now() - interval '8 days'
+             WHERE resource_id = $1 RETURNING 1
+         ) SELECT count(*) FROM aged",
+    )
+    .bind(old.resource.id)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert!(old_events >= 2, "created, then at least one transition");
 
     let week = 7 * 24 * 3600;
     let summary = run_job(
@@ -243,6 +254,17 @@ async fn prune_deletes_old_finished_history_and_keeps_unfinished_work(pool: PgPo
     )
     .await;
     assert_eq!(summary["operations"], 1, "{summary}");
+    assert_eq!(summary["resource_events"], old_events, "{summary}");
+    let events_left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT resource_id FROM resource_events ORDER BY 1")
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        events_left,
+        [recent.resource.id, pending.resource.id],
+        "only the aged history went"
+    );
     let left: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM operations ORDER BY id")
         .fetch_all(&engine.pool)
         .await

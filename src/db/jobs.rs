@@ -90,11 +90,18 @@ pub enum Prunable {
     JobTasks,
     /// Idempotency keys.
     IdempotencyKeys,
+    /// Resources' history rows.
+    ResourceEvents,
 }
 
 impl Prunable {
     /// Every kind, in the order they are pruned.
-    pub const ALL: [Prunable; 3] = [Self::Operations, Self::JobTasks, Self::IdempotencyKeys];
+    pub const ALL: [Prunable; 4] = [
+        Self::Operations,
+        Self::JobTasks,
+        Self::IdempotencyKeys,
+        Self::ResourceEvents,
+    ];
 
     /// Its name in the job's summary.
     pub fn as_str(self) -> &'static str {
@@ -102,6 +109,7 @@ impl Prunable {
             Self::Operations => "operations",
             Self::JobTasks => "job_tasks",
             Self::IdempotencyKeys => "idempotency_keys",
+            Self::ResourceEvents => "resource_events",
         }
     }
 }
@@ -125,6 +133,13 @@ pub async fn prune(
         Prunable::IdempotencyKeys => {
             "DELETE FROM idempotency_keys WHERE key IN (
                  SELECT key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)"
+        }
+        // The oldest rows by `seq` (which follows time), then those of them
+        // past the cutoff: a walk of the primary key that stops after `batch`
+        // rows, with no index on `created_at` for every insert to keep up.
+        Prunable::ResourceEvents => {
+            "DELETE FROM resource_events WHERE created_at < $1 AND seq IN (
+                 SELECT seq FROM resource_events ORDER BY seq LIMIT $2)"
         }
     };
     let done = sqlx::query(sql)
