@@ -30,7 +30,9 @@ async fn lock_scope(conn: &mut PgConnection, scope: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Takes a slot of `scope` for an operation, or queues it.
+/// Takes a slot of `scope` for an operation, or queues it. Two statements:
+/// the scope's lock, then one that looks at the scope as the lock left it
+/// (its own snapshot, taken after the lock) and inserts the operation's row.
 pub async fn acquire(
     conn: &mut PgConnection,
     scope: &str,
@@ -39,35 +41,29 @@ pub async fn acquire(
     limit: i32,
 ) -> sqlx::Result<Acquired> {
     lock_scope(conn, scope).await?;
-    let mine: Option<bool> = sqlx::query_scalar(
-        "SELECT held FROM throttle_slots WHERE scope = $1 AND operation_id = $2",
+    let (mine, held, waiting): (Option<bool>, i64, i64) = sqlx::query_as(
+        "WITH mine AS (
+             SELECT held FROM throttle_slots WHERE scope = $1 AND operation_id = $2
+         ), counts AS (
+             SELECT count(*) FILTER (WHERE held) AS held, count(*) FILTER (WHERE NOT held) AS waiting
+             FROM throttle_slots WHERE scope = $1
+         ), ins AS (
+             INSERT INTO throttle_slots (scope, operation_id, task_id, slot_limit, held)
+             SELECT $1, $2, $3, $4, counts.held < $4 AND counts.waiting = 0
+             FROM counts WHERE NOT EXISTS (SELECT 1 FROM mine)
+         )
+         SELECT (SELECT held FROM mine), held, waiting FROM counts",
     )
     .bind(scope)
     .bind(operation_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if mine == Some(true) {
-        return Ok(Acquired::Granted);
-    }
-    let (held, waiting): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE held), count(*) FILTER (WHERE NOT held) FROM throttle_slots WHERE scope = $1",
-    )
-    .bind(scope)
+    .bind(task_id)
+    .bind(limit)
     .fetch_one(&mut *conn)
     .await?;
-    let granted = held < i64::from(limit) && waiting == 0;
-    if mine.is_none() {
-        sqlx::query(
-            "INSERT INTO throttle_slots (scope, operation_id, task_id, slot_limit, held) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(scope)
-        .bind(operation_id)
-        .bind(task_id)
-        .bind(limit)
-        .bind(granted)
-        .execute(&mut *conn)
-        .await?;
-    }
+    let granted = match mine {
+        Some(held) => held,
+        None => held < i64::from(limit) && waiting == 0,
+    };
     if granted {
         return Ok(Acquired::Granted);
     }
