@@ -5,7 +5,8 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{OperationKind, OperationState};
+use crate::db::tasks::NewTask;
+use crate::domain::{OperationKind, OperationState, Queue};
 
 /// A row of `operations`: one executor run.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
@@ -57,15 +58,48 @@ pub struct NewOperation<'a> {
     pub action: Option<&'a str>,
     /// The validated input.
     pub request: &'a Value,
-    /// Steps in its chain.
-    pub step_count: i32,
 }
 
-/// Inserts an operation in `scheduled`.
-pub async fn insert(conn: &mut PgConnection, new: &NewOperation<'_>) -> sqlx::Result<Operation> {
+/// Inserts an operation in `scheduled` with its chain (the first step
+/// `ready`, the rest `waiting`), and wakes `queue`'s runners at commit: one
+/// statement.
+pub async fn insert(
+    conn: &mut PgConnection,
+    new: &NewOperation<'_>,
+    chain: Vec<NewTask>,
+    queue: Queue,
+) -> sqlx::Result<Operation> {
+    let n = chain.len();
+    let (mut ids, mut positions, mut types, mut args, mut queues, mut attempts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (position, task) in chain.into_iter().enumerate() {
+        ids.push(Uuid::now_v7());
+        positions.push(i32::try_from(position).unwrap_or(i32::MAX));
+        types.push(task.task_type);
+        args.push(task.args);
+        queues.push(task.queue.as_str());
+        attempts.push(task.max_attempts);
+    }
     sqlx::query_as(
-        "INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count, tenant)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8) RETURNING *",
+        "WITH op AS (
+             INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count, tenant)
+             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8) RETURNING *
+         ), chain AS (
+             INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state)
+             SELECT t.id, $1, t.position, t.type, t.args, t.queue, t.max_attempts,
+                    CASE WHEN t.position = 0 THEN 'ready' ELSE 'waiting' END
+             FROM UNNEST($9::uuid[], $10::int4[], $11::text[], $12::jsonb[], $13::text[], $14::int4[])
+                  AS t(id, position, type, args, queue, max_attempts)
+         ), wake AS (
+             SELECT pg_notify($15, $16)
+         )
+         SELECT op.* FROM op, wake",
     )
     .bind(new.id)
     .bind(new.resource_id)
@@ -73,8 +107,16 @@ pub async fn insert(conn: &mut PgConnection, new: &NewOperation<'_>) -> sqlx::Re
     .bind(new.kind)
     .bind(new.action)
     .bind(new.request)
-    .bind(new.step_count)
+    .bind(i32::try_from(n).unwrap_or(i32::MAX))
     .bind(new.tenant)
+    .bind(ids)
+    .bind(positions)
+    .bind(types)
+    .bind(args)
+    .bind(queues)
+    .bind(attempts)
+    .bind(super::TASKS_CHANNEL)
+    .bind(queue.as_str())
     .fetch_one(conn)
     .await
 }

@@ -96,48 +96,6 @@ macro_rules! target_column {
     };
 }
 
-/// Inserts a chain: the first step `ready`, the rest `waiting`.
-pub async fn insert_chain(
-    conn: &mut PgConnection,
-    operation_id: Uuid,
-    chain: Vec<NewTask>,
-) -> sqlx::Result<()> {
-    let n = chain.len();
-    let (mut ids, mut positions, mut types, mut args, mut queues, mut attempts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (position, task) in chain.into_iter().enumerate() {
-        ids.push(Uuid::now_v7());
-        positions.push(i32::try_from(position).unwrap_or(i32::MAX));
-        types.push(task.task_type);
-        args.push(task.args);
-        queues.push(task.queue.as_str());
-        attempts.push(task.max_attempts);
-    }
-    sqlx::query(
-        "INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state)
-         SELECT t.id, $1, t.position, t.type, t.args, t.queue, t.max_attempts,
-                CASE WHEN t.position = 0 THEN 'ready' ELSE 'waiting' END
-         FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::jsonb[], $6::text[], $7::int4[])
-              AS t(id, position, type, args, queue, max_attempts)",
-    )
-    .bind(operation_id)
-    .bind(ids)
-    .bind(positions)
-    .bind(types)
-    .bind(args)
-    .bind(queues)
-    .bind(attempts)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Claims up to `limit` due ready tasks of `queue` in one statement, under a
 /// new lease, and marks their operations running.
 ///

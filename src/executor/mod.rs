@@ -128,12 +128,11 @@ pub trait Executor {
                     kind: Self::KIND,
                     action: prepared.action.as_deref(),
                     request: &prepared.request,
-                    step_count: i32::try_from(chain.len()).unwrap_or(i32::MAX),
                 },
+                chain,
+                prepared.queue,
             )
             .await?;
-            db::tasks::insert_chain(conn, operation_id, chain).await?;
-            db::notify_ready(conn, prepared.queue).await?;
             tracing::info!(
                 resource_id = %prepared.resource.id,
                 operation_id = %operation_id,
