@@ -247,6 +247,16 @@ async fn malformed_requests_are_400_413_415_404_405(pool: PgPool) {
             .await,
         422,
     );
+    assert_problem(
+        &app.get("/api/v1/resources/0193a5c2-7f3e-7c1a-9a4e-3f1d2b8c9e01?wait=61")
+            .await,
+        422,
+    );
+    assert_problem(
+        &app.get("/api/v1/resources/0193a5c2-7f3e-7c1a-9a4e-3f1d2b8c9e01?wait=soon")
+            .await,
+        400,
+    );
 
     let big = json!({"kind": "instance", "name": "x", "attributes": {"tenant": "a".repeat(1_100_000), "flavor": "small"}});
     assert_problem(&app.post_json("/api/v1/resources", big).await, 413);
@@ -516,6 +526,48 @@ async fn wait_returns_as_soon_as_the_operation_finishes(pool: PgPool) {
         "{:?}",
         started.elapsed()
     );
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+    listener.abort();
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_resource_wait_returns_as_soon_as_it_settles(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let created = app.post_json("/api/v1/resources", instance("web-1")).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+
+    // Nothing runs: the wait ends at its limit with the current state.
+    let started = Instant::now();
+    let pending = app.get(&format!("/api/v1/resources/{id}?wait=1")).await;
+    assert_eq!(pending.status, 200);
+    assert_eq!(pending.body["state"], "creation_scheduled");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A runner in the background: the wait ends when the create does.
+    let listener = tokio::spawn(app.engine.events.clone().listen(app.engine.pool.clone()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(
+        app.engine
+            .runner
+            .clone()
+            .run(vec![executord::domain::Queue::Regular], stopping),
+    );
+    let started = Instant::now();
+    let settled = app.get(&format!("/api/v1/resources/{id}?wait=30")).await;
+    assert_eq!(settled.status, 200);
+    assert_eq!(settled.body["state"], "ok");
+    assert!(settled.body["current_operation_id"].is_null());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Settled already: no wait at all.
+    let started = Instant::now();
+    let again = app.get(&format!("/api/v1/resources/{id}?wait=30")).await;
+    assert_eq!(again.body["state"], "ok");
+    assert!(started.elapsed() < Duration::from_secs(1));
     stop.send(true).unwrap();
     runner.await.unwrap();
     listener.abort();

@@ -203,9 +203,45 @@ impl Page {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Seconds to wait for the operation to finish (0 to 60): the answer comes
-    /// as soon as it finishes, or after this long with its current state.
+    /// Seconds to wait (0 to 60) for the operation in flight to end: the
+    /// answer comes as soon as it ends, or after this long as things stand.
     pub wait: Option<u64>,
+}
+
+impl WaitQuery {
+    /// When the wait asked for ends; a `422` past [`MAX_WAIT_SECS`].
+    pub fn deadline(&self) -> Result<tokio::time::Instant, ApiError> {
+        match self.wait.unwrap_or(0) {
+            n @ 0..=MAX_WAIT_SECS => Ok(tokio::time::Instant::now() + Duration::from_secs(n)),
+            n => Err(ApiError::invalid_field(
+                "/wait",
+                format!("must be 0 to {MAX_WAIT_SECS} seconds, not {n}"),
+            )),
+        }
+    }
+}
+
+/// Waits until operation `id` finishes (told by `finished`, subscribed
+/// before the caller read it, so a finish in between is not missed), one
+/// second has passed (in case a notification was lost), `deadline`, or the
+/// process begins to stop, whichever is first.
+pub(super) async fn until_finished(
+    state: &AppState,
+    finished: &mut tokio::sync::broadcast::Receiver<Uuid>,
+    id: Uuid,
+    deadline: tokio::time::Instant,
+) {
+    let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+    loop {
+        tokio::select! {
+            got = finished.recv() => match got {
+                Ok(done) if done != id => continue,
+                _ => return,
+            },
+            () = tokio::time::sleep_until(recheck) => return,
+            () = state.events.stopping() => return,
+        }
+    }
 }
 
 /// Get an operation with its tasks; ?wait=N long-polls until it finishes.
@@ -224,16 +260,7 @@ async fn get_operation(
     PathId(id): PathId,
     Query(query): Query<WaitQuery>,
 ) -> Result<axum::Json<OperationResponse>, ApiError> {
-    let wait = match query.wait.unwrap_or(0) {
-        n @ 0..=MAX_WAIT_SECS => Duration::from_secs(n),
-        n => {
-            return Err(ApiError::invalid_field(
-                "/wait",
-                format!("must be 0 to {MAX_WAIT_SECS} seconds, not {n}"),
-            ));
-        }
-    };
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = query.deadline()?;
     // Subscribe before reading, so a finish between the read and the wait is not missed.
     let mut finished = state.events.subscribe_finished();
     loop {
@@ -249,18 +276,7 @@ async fn get_operation(
             return Ok(axum::Json(OperationResponse::new(operation, tasks)));
         }
         drop(conn);
-        // Wake on its finish; re-read at least every second in case a notification was lost.
-        let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
-        loop {
-            tokio::select! {
-                got = finished.recv() => match got {
-                    Ok(done) if done != id => continue,
-                    _ => break,
-                },
-                () = tokio::time::sleep_until(recheck) => break,
-                () = state.events.stopping() => break,
-            }
-        }
+        until_finished(&state, &mut finished, id, deadline).await;
     }
 }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::error::{ApiError, Problem};
 use super::extract::{Json, PathId, Query};
 use super::idempotency::{self, Idempotency};
-use super::operations::{OperationList, OperationResponse, Page};
+use super::operations::{OperationList, OperationResponse, Page, WaitQuery, until_finished};
 use crate::app::AppState;
 use crate::db;
 use crate::db::resources::Resource;
@@ -275,25 +275,41 @@ async fn list_resources(
     }))
 }
 
-/// Get a resource.
+/// Get a resource; ?wait=N long-polls until the operation in flight on it ends.
 #[utoipa::path(get, path = "/api/v1/resources/{id}", tag = "resources",
-    params(("id" = Uuid, Path, description = "The resource's id")),
+    params(("id" = Uuid, Path, description = "The resource's id"), WaitQuery),
     responses(
         (status = 200, description = "The resource", body = ResourceResponse,
             headers(("ETag" = String, description = "The resource's version, for If-Match"))),
-        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`wait` over 60", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_resource(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
+    Query(query): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    let resource = db::resources::get_in(&mut conn, id, caller.scope())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no resource with id {id}")))?;
+    let deadline = query.deadline()?;
+    // Subscribe before reading, so a finish between the read and the wait is not missed.
+    let mut finished = state.events.subscribe_finished();
+    let resource = loop {
+        let mut conn = state.pool.acquire().await?;
+        let resource = db::resources::get_in(&mut conn, id, caller.scope())
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no resource with id {id}")))?;
+        drop(conn);
+        match resource.current_operation_id {
+            Some(operation)
+                if tokio::time::Instant::now() < deadline && !state.events.is_stopping() =>
+            {
+                until_finished(&state, &mut finished, operation, deadline).await;
+            }
+            _ => break resource,
+        }
+    };
     let etag = HeaderValue::from_str(&format!("\"{}\"", resource.version)).ok();
     let mut response = axum::Json(ResourceResponse::from(resource)).into_response();
     if let Some(etag) = etag {
