@@ -33,6 +33,10 @@ pub(crate) struct W3Args {
     /// Time between GETs of one resource.
     #[arg(long, default_value_t = 20)]
     pub(crate) poll_interval_ms: u64,
+    /// Not W3 as specified: instead of polling, each GET long-polls with
+    /// `?wait=N` until the resource settles (0: poll).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) wait_s: u64,
     /// A resource not `ok` this long after its POST counts as lost.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) timeout_s: f64,
@@ -245,10 +249,15 @@ async fn one(shared: &Shared, conn: &mut Conn, n: usize, seen: &mut Seen) -> Rec
         rec.t_ok = Some(t1);
         return rec;
     }
-    let path = format!("/api/v1/resources/{id}");
+    let path = match a.wait_s {
+        0 => format!("/api/v1/resources/{id}"),
+        wait => format!("/api/v1/resources/{id}?wait={wait}"),
+    };
     let deadline = t0 + a.timeout_s;
     loop {
-        tokio::time::sleep(Duration::from_millis(a.poll_interval_ms)).await;
+        if a.wait_s == 0 {
+            tokio::time::sleep(Duration::from_millis(a.poll_interval_ms)).await;
+        }
         if shared.now() > deadline {
             rec.error = Some("timeout".to_owned());
             return rec;
@@ -465,7 +474,8 @@ pub(crate) async fn w3(args: &W3Args) -> Result<()> {
         "generator": "examples/bench.rs w3",
         "config": {
             "base_url": args.base_url, "concurrency": args.concurrency, "total": args.total,
-            "poll_interval_ms": args.poll_interval_ms, "timeout_s": args.timeout_s, "warmup": args.warmup,
+            "poll_interval_ms": args.poll_interval_ms, "wait_s": args.wait_s,
+            "timeout_s": args.timeout_s, "warmup": args.warmup,
         },
         "resources": seen.records.len(),
         "ok": ok.len(),
