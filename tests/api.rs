@@ -494,6 +494,37 @@ async fn an_idempotent_retry_creates_one_resource_and_replays_the_first_response
     assert_eq!(accepted.status, 202);
 }
 
+/// A runner of the regular queue and the LISTEN feed, in the background.
+struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    runner: tokio::task::JoinHandle<()>,
+    listener: tokio::task::AbortHandle,
+}
+
+impl Background {
+    fn start(app: &TestApp) -> Self {
+        let listener = tokio::spawn(app.engine.events.clone().listen(app.engine.pool.clone()));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let runner = tokio::spawn(
+            app.engine
+                .runner
+                .clone()
+                .run(vec![executord::domain::Queue::Regular], stopping),
+        );
+        Self {
+            stop,
+            runner,
+            listener: listener.abort_handle(),
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.runner.await.unwrap();
+        self.listener.abort();
+    }
+}
+
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn wait_returns_as_soon_as_the_operation_finishes(pool: PgPool) {
     let app = TestApp::new(pool);
@@ -510,14 +541,7 @@ async fn wait_returns_as_soon_as_the_operation_finishes(pool: PgPool) {
     assert!(started.elapsed() >= Duration::from_millis(900));
 
     // A runner in the background: the wait ends when the operation does.
-    let listener = tokio::spawn(app.engine.events.clone().listen(app.engine.pool.clone()));
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let runner = tokio::spawn(
-        app.engine
-            .runner
-            .clone()
-            .run(vec![executord::domain::Queue::Regular], stopping),
-    );
+    let background = Background::start(&app);
     let started = Instant::now();
     let done = app.get(&format!("/api/v1/operations/{op}?wait=30")).await;
     assert_eq!(done.body["state"], "succeeded");
@@ -526,9 +550,7 @@ async fn wait_returns_as_soon_as_the_operation_finishes(pool: PgPool) {
         "{:?}",
         started.elapsed()
     );
-    stop.send(true).unwrap();
-    runner.await.unwrap();
-    listener.abort();
+    background.stop().await;
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
@@ -545,14 +567,7 @@ async fn a_resource_wait_returns_as_soon_as_it_settles(pool: PgPool) {
     assert!(started.elapsed() >= Duration::from_millis(900));
 
     // A runner in the background: the wait ends when the create does.
-    let listener = tokio::spawn(app.engine.events.clone().listen(app.engine.pool.clone()));
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let runner = tokio::spawn(
-        app.engine
-            .runner
-            .clone()
-            .run(vec![executord::domain::Queue::Regular], stopping),
-    );
+    let background = Background::start(&app);
     let started = Instant::now();
     let settled = app.get(&format!("/api/v1/resources/{id}?wait=30")).await;
     assert_eq!(settled.status, 200);
@@ -568,9 +583,7 @@ async fn a_resource_wait_returns_as_soon_as_it_settles(pool: PgPool) {
     let again = app.get(&format!("/api/v1/resources/{id}?wait=30")).await;
     assert_eq!(again.body["state"], "ok");
     assert!(started.elapsed() < Duration::from_secs(1));
-    stop.send(true).unwrap();
-    runner.await.unwrap();
-    listener.abort();
+    background.stop().await;
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]

@@ -397,8 +397,8 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     assert_eq!(next.task.worker.as_deref(), Some("batch"));
     // It carries what it acts on, as the same transaction left it.
     let target = &next.target.as_ref().expect("the claimed step's target").0;
-    assert_eq!(target.id, applied[0].resource.id);
-    assert_eq!(target.attributes["tenant"], "t0");
+    assert_eq!(target.resource.id, applied[0].resource.id);
+    assert_eq!(target.resource.attributes["tenant"], "t0");
     assert_eq!(target.request, applied[0].operation.request);
     // Did not go on: the next step is ready for any runner.
     assert!(recording.results[1].1.is_none());

@@ -37,7 +37,7 @@ pub struct MethodInfo {
 }
 
 /// The resource as a backend sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct ResourceView {
     /// executord's id of the resource.
     pub id: Uuid,

@@ -5,6 +5,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::backend::ResourceView;
 use crate::domain::{ResourceState, Transition};
 
 /// A row of `resources`.
@@ -96,18 +97,9 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Resou
 /// ([`crate::db::tasks::Claimed`]).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Target {
-    /// The resource's id.
-    pub id: Uuid,
-    /// The kind's name.
-    pub kind: String,
-    /// The resource's name.
-    pub name: String,
-    /// The backend's id of the object, once created.
-    pub backend_id: Option<String>,
-    /// The last runtime state seen.
-    pub runtime_state: Option<String>,
-    /// The resource's attributes (a JSON object).
-    pub attributes: Value,
+    /// The resource.
+    #[serde(flatten)]
+    pub resource: ResourceView,
     /// The operation's request.
     pub request: Value,
 }

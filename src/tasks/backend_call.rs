@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{Outcome, TaskContext, backoff};
-use crate::backend::{BackendCall, BackendError, BackendReply, ResourceView};
+use crate::backend::{BackendCall, BackendError, BackendReply};
 use crate::catalog::Step;
 use crate::db::resources::Target;
 use crate::db::tasks::Task;
@@ -123,20 +123,14 @@ async fn call(
     method: &str,
     timeout: Duration,
 ) -> Result<BackendReply, BackendError> {
-    let Target {
-        id,
-        kind,
-        name,
-        backend_id,
-        runtime_state,
-        attributes,
-        request,
-    } = target
+    let Target { resource, request } = target
         .ok_or_else(|| BackendError::Permanent("the operation or its resource is gone".into()))?;
     let backend = ctx
         .catalog
-        .kind(&kind)
-        .ok_or_else(|| BackendError::Permanent(format!("kind `{kind}` is not in the catalog")))
+        .kind(&resource.kind)
+        .ok_or_else(|| {
+            BackendError::Permanent(format!("kind `{}` is not in the catalog", resource.kind))
+        })
         .and_then(|k| {
             ctx.backends.get(&k.backend).ok_or_else(|| {
                 BackendError::Permanent(format!("backend `{}` is not configured", k.backend))
@@ -144,14 +138,7 @@ async fn call(
         })?;
     let call = BackendCall {
         idempotency_key: task.id,
-        resource: ResourceView {
-            id,
-            kind,
-            name,
-            backend_id,
-            runtime_state,
-            attributes,
-        },
+        resource,
         params: request,
     };
     match tokio::time::timeout(timeout, backend.call(method, call)).await {

@@ -113,7 +113,9 @@ fn throttle_scope(
     attribute: &str,
     key: Option<&str>,
 ) -> Result<String, String> {
-    let resource = target.ok_or("the operation or its resource is gone")?;
+    let resource = &target
+        .ok_or("the operation or its resource is gone")?
+        .resource;
     let value = match resource.attributes.get(attribute) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
