@@ -270,6 +270,15 @@ async fn a_task_whose_worker_vanished_is_run_again_and_the_late_completion_is_re
     );
 }
 
+/// The claimed step of operation `op`.
+fn held_step(claimed: &[db::tasks::Claimed], op: uuid::Uuid) -> &db::tasks::Task {
+    &claimed
+        .iter()
+        .find(|c| c.task.operation_id == Some(op))
+        .unwrap()
+        .task
+}
+
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) {
     use executord::backend::BackendReply;
@@ -281,13 +290,7 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
     let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 2, 5000, "batch")
         .await
         .unwrap();
-    let held = |op: uuid::Uuid| {
-        &claimed
-            .iter()
-            .find(|c| c.task.operation_id == Some(op))
-            .unwrap()
-            .task
-    };
+    let held = |op| held_step(&claimed, op);
     let attributes = json!({"ip": "10.0.0.7"}).as_object().cloned();
     let items = [
         Item {
@@ -461,13 +464,7 @@ async fn an_outcome_that_cannot_be_recorded_does_not_hold_up_its_batch(pool: PgP
     let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 2, 5000, "batch")
         .await
         .unwrap();
-    let task = |op: uuid::Uuid| {
-        &claimed
-            .iter()
-            .find(|t| t.task.operation_id == Some(op))
-            .unwrap()
-            .task
-    };
+    let task = |op| held_step(&claimed, op);
     let items = [
         Item {
             task_id: task(good.operation.id).id,
