@@ -27,7 +27,7 @@ use crate::config::{
     CatalogArgs, DatabaseArgs, RunnerArgs, ServeArgs, TokenAction, TokensArgs, WorkerArgs,
 };
 use crate::db;
-use crate::embedded::EmbeddedPostgres;
+use crate::embedded::{EmbeddedPostgres, Liveness};
 use crate::events::Events;
 use crate::runner::Runner;
 use crate::runner::scheduler::Scheduler;
@@ -47,6 +47,8 @@ pub struct AppState {
     pub events: Events,
     /// Authentication settings and cache.
     pub auth: Auth,
+    /// Whether the process's own database is alive (`/healthz`).
+    pub liveness: Liveness,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             catalog,
             events,
             auth: Auth::new(false),
+            liveness: watch::channel(None).1,
         }
     }
 }
@@ -123,6 +126,8 @@ struct Node {
     backends: Backends,
     events: Events,
     embedded: Option<EmbeddedPostgres>,
+    /// Whether the embedded database is alive (always, with `DATABASE_URL`).
+    liveness: Liveness,
 }
 
 impl Node {
@@ -133,8 +138,15 @@ impl Node {
             Some(path) => Catalog::load(path, &check)?,
             None => Catalog::default_catalog(&check)?,
         };
-        let (pool, embedded) = open_database(database).await?;
-        db::migrate(&pool).await?;
+        let (pool, mut embedded) = open_database(database).await?;
+        if let Err(e) = db::migrate(&pool).await {
+            close_database(pool, embedded).await.ok();
+            return Err(e);
+        }
+        let liveness = match embedded.as_mut() {
+            Some(embedded) => embedded.supervise(),
+            None => watch::channel(None).1,
+        };
         // The simulated cloud lives in the database, so every process sees the same one.
         let backends = Backends::new().with(
             "sim",
@@ -148,6 +160,7 @@ impl Node {
             backends,
             events,
             embedded,
+            liveness,
         })
     }
 
@@ -181,15 +194,11 @@ impl Node {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.pool.close().await;
-        if let Some(embedded) = self.embedded {
-            embedded.stop().await?;
-        }
-        Ok(())
+        close_database(self.pool, self.embedded).await
     }
 }
 
-/// Connects to `DATABASE_URL`, or starts the embedded cluster.
+/// Connects to `DATABASE_URL`, or starts (or joins) the embedded cluster.
 pub async fn open_database(
     args: &DatabaseArgs,
 ) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
@@ -208,19 +217,39 @@ pub async fn open_database(
     }
 }
 
+/// Closes the pool and leaves the embedded cluster (which stops it only if
+/// no other process uses it).
+pub async fn close_database(
+    pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+) -> anyhow::Result<()> {
+    pool.close().await;
+    match embedded {
+        Some(embedded) => embedded.stop().await,
+        None => Ok(()),
+    }
+}
+
 /// `executord serve`: the API, and the runner unless disabled, until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The address first: a taken one fails before anything has started.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     let node = Node::start(&args.database, &args.catalog).await?;
-    let (stop, stopping) = watch::channel(false);
-    let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
-    let state = AppState {
-        auth: Auth::new(args.protect_metrics),
-        ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
-    };
-    let app = router(state);
+    // Every way out, an error included, leaves the database as it found it.
+    let served = serve_on(&node, listener, &args).await;
+    let stopped = node.stop().await;
+    served.and(stopped)
+}
+
+async fn serve_on(
+    node: &Node,
+    listener: tokio::net::TcpListener,
+    args: &ServeArgs,
+) -> anyhow::Result<()> {
     if !db::tokens::any_active(&node.pool).await? {
         if !args.listen.ip().is_loopback() && !args.allow_open {
-            node.stop().await?;
             anyhow::bail!(
                 "refusing to serve {} without API tokens: create one with `executord tokens create`, \
                  listen on loopback, or pass --allow-open",
@@ -233,9 +262,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              create a token with `executord tokens create` to require authentication)"
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let (stop, stopping) = watch::channel(false);
+    let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
+    let state = AppState {
+        auth: Auth::new(args.protect_metrics),
+        liveness: node.liveness.clone(),
+        ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
+    };
+    let app = router(state);
     tracing::info!(address = %args.listen, runner = !args.no_runner, "executord serving; docs at /docs");
     let mut until_stop = stopping.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -256,7 +290,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("requests still open after 70 s; closing"),
     }
-    node.stop().await
+    Ok(())
 }
 
 /// `executord worker`: the runner only, until SIGINT or SIGTERM.
@@ -275,10 +309,7 @@ pub async fn work(args: WorkerArgs) -> anyhow::Result<()> {
 pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
     let (pool, embedded) = open_database(&args).await?;
     let result = db::migrate(&pool).await;
-    pool.close().await;
-    if let Some(embedded) = embedded {
-        embedded.stop().await?;
-    }
+    close_database(pool, embedded).await?;
     result?;
     tracing::info!("migrations applied");
     Ok(())
@@ -330,9 +361,6 @@ pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    pool.close().await;
-    if let Some(embedded) = embedded {
-        embedded.stop().await?;
-    }
+    close_database(pool, embedded).await?;
     result
 }

@@ -8,19 +8,38 @@
 //! it) is adopted; a stale `postmaster.pid` after a crash is handled by
 //! `pg_ctl` and the server itself.
 //!
+//! Several processes may use one cluster (a `serve`, a `tokens create` beside
+//! it, a `worker`). Two file locks in the data directory keep them from
+//! pulling it from under each other:
+//! - `pg.users`: every process using the cluster holds it shared for as long
+//!   as it does;
+//! - `pg.owner`: one process holds it exclusively: the owner, which started
+//!   the server (or adopted it from a process that is gone). Only the owner
+//!   restarts a server that died ([`EmbeddedPostgres::supervise`]), and a
+//!   process stops the server at exit only when it owns it and nobody else
+//!   uses it. A process that outlives the owner takes ownership over, so the
+//!   last one out stops the server and nothing is left running.
+//!
+//! Joining and leaving happen under a third lock, `pg.lock`, which also
+//! serialises setting the cluster up, so a process never joins a server that
+//! is being stopped.
+//!
 //! PostgreSQL refuses to run as root, so when this process is root the cluster
 //! is owned by, and every PostgreSQL program runs as, the `postgres` system
 //! user (through `runuser -u postgres --`).
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::process::Command;
+use tokio::sync::watch;
 
 /// The database the service uses, and the cluster's superuser.
 const DB_NAME: &str = "executord";
@@ -48,6 +67,17 @@ const LOG_TAIL_LINES: usize = 40;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for another process starting the same cluster.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(180);
+/// The lock every process using the cluster holds shared.
+const USERS_LOCK: &str = "pg.users";
+/// The lock the owner of the server holds exclusively; it holds the owner's pid.
+const OWNER_LOCK: &str = "pg.owner";
+/// How often the owner looks whether its server still runs.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two restarts of a server that will not start.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// After this many failed restarts in a row the process reports itself not
+/// alive (`/healthz` 503), so that whatever runs it can replace it.
+const RESTARTS_BEFORE_UNHEALTHY: u32 = 3;
 /// Environment variables that would redirect the PostgreSQL client programs.
 const PG_ENV: &[&str] = &[
     "PGHOST",
@@ -64,10 +94,43 @@ const PG_ENV: &[&str] = &[
     "PGCONNECT_TIMEOUT",
 ];
 
-/// A private PostgreSQL cluster under the service's data directory, started
-/// (or adopted, if it was still running) by this process.
+/// A private PostgreSQL cluster under the service's data directory, started,
+/// adopted (left running by a process that is gone) or shared with the live
+/// process that owns it.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
+    /// The paths and programs, shared with the supervisor.
+    cluster: Arc<Cluster>,
+    /// The supervisor, while one runs.
+    supervisor: Option<Supervisor>,
+}
+
+/// The supervisor task and the switch that ends it.
+#[derive(Debug)]
+struct Supervisor {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Whether the embedded database is alive as far as this process can tell:
+/// `None` when it is, or the reason it is not and could not be brought back.
+pub type Liveness = watch::Receiver<Option<String>>;
+
+/// What this process holds of the cluster: its place among the users and,
+/// maybe, its ownership.
+#[derive(Debug)]
+struct Claim {
+    /// `pg.users`, locked shared.
+    users: File,
+    /// `pg.owner`, locked exclusively, when this process owns the server.
+    owner: Option<File>,
+}
+
+/// The cluster's paths and programs, and this process's claim on it.
+#[derive(Debug)]
+struct Cluster {
+    /// The service's data directory, absolute.
+    data_dir: PathBuf,
     /// The directory holding `pg_ctl`, `initdb`, `psql`, ...
     bin_dir: PathBuf,
     /// `<data_dir>/pg`, absolute.
@@ -80,13 +143,16 @@ pub struct EmbeddedPostgres {
     as_postgres: bool,
     /// What [`EmbeddedPostgres::database_url`] returns.
     url: String,
+    /// Taken at start, given up at stop.
+    claim: std::sync::Mutex<Option<Claim>>,
 }
 
 impl EmbeddedPostgres {
     /// Initialises (the first time) and starts a cluster under `data_dir`
     /// (the cluster goes in `data_dir/pg`, its log in `data_dir/pg.log`), and
     /// returns once it accepts connections. A server still running on that
-    /// cluster from an earlier process is adopted instead of started.
+    /// cluster is used instead: adopted if the process that started it is
+    /// gone, shared with it if it is alive.
     pub async fn start(data_dir: &Path) -> Result<Self> {
         tokio::fs::create_dir_all(data_dir)
             .await
@@ -119,39 +185,69 @@ impl EmbeddedPostgres {
             );
         }
 
-        let pg = Self {
+        let pg = Cluster {
             url: socket_url(&socket_dir),
             bin_dir,
             log_file: data_dir.join("pg.log"),
             cluster_dir,
             socket_dir,
             as_postgres,
+            data_dir,
+            claim: std::sync::Mutex::new(None),
         };
 
         if pg.as_postgres {
-            pg.check_postgres_can_reach(&data_dir).await?;
+            pg.check_postgres_can_reach(&pg.data_dir).await?;
         }
         pg.prepare_dirs(is_fallback).await?;
 
         if !pg.cluster_dir.join("PG_VERSION").exists() {
             pg.initdb().await?;
         }
-        pg.write_config().await?;
+
+        let users = open_lock_file(&pg.data_dir.join(USERS_LOCK))?;
+        // Only a process leaving holds it exclusively, and it does so under
+        // `pg.lock`, which this process holds now.
+        users.try_lock_shared().map_err(|e| {
+            anyhow!(
+                "locking {} failed: {e}",
+                pg.data_dir.join(USERS_LOCK).display()
+            )
+        })?;
+        let owner = pg.try_own()?;
+        let owns = owner.is_some();
+        pg.set_claim(Claim { users, owner });
 
         if pg.is_running().await? {
             pg.wait_ready().await?;
-            tracing::info!(
-                cluster = %pg.cluster_dir.display(),
-                socket_dir = %pg.socket_dir.display(),
-                "reusing the embedded PostgreSQL server left running by an earlier process"
-            );
-        } else {
+            if owns {
+                tracing::info!(
+                    cluster = %pg.cluster_dir.display(),
+                    socket_dir = %pg.socket_dir.display(),
+                    "adopted the embedded PostgreSQL server left running by an earlier process"
+                );
+            } else {
+                tracing::info!(
+                    cluster = %pg.cluster_dir.display(),
+                    owner = %pg.owner_pid(),
+                    "using the embedded PostgreSQL server of another executord process; it stays running when this one exits"
+                );
+            }
+        } else if owns {
+            pg.write_config().await?;
             pg.pg_ctl_start().await?;
             tracing::info!(
                 cluster = %pg.cluster_dir.display(),
                 socket_dir = %pg.socket_dir.display(),
                 log = %pg.log_file.display(),
                 "started the embedded PostgreSQL server"
+            );
+        } else {
+            bail!(
+                "the embedded PostgreSQL server of {} is not running, and executord process {} owns it \
+                 (it starts it again itself); try again in a few seconds",
+                pg.cluster_dir.display(),
+                pg.owner_pid()
             );
         }
 
@@ -161,19 +257,270 @@ impl EmbeddedPostgres {
                 "created the database in the embedded PostgreSQL"
             );
         }
-        Ok(pg)
+        Ok(Self {
+            cluster: Arc::new(pg),
+            supervisor: None,
+        })
     }
 
     /// A sqlx-compatible URL for the cluster's database, connecting over the
     /// unix socket, e.g.
     /// `postgres://executord@localhost:5432/executord?host=/abs/data/pg&sslmode=disable`.
     pub fn database_url(&self) -> String {
-        self.url.clone()
+        self.cluster.url.clone()
     }
 
-    /// Stops the cluster (`pg_ctl stop -m fast`). The server is this process's
-    /// to stop whether it started it or adopted it from an earlier process.
-    pub async fn stop(self) -> Result<()> {
+    /// Whether this process owns the server (started or adopted it).
+    pub fn owns_server(&self) -> bool {
+        self.cluster.owns()
+    }
+
+    /// Watches the server for as long as this process uses it: every second
+    /// the owner looks whether it still runs and, if it died or was stopped,
+    /// starts it again, with a doubling back-off up to 30 s, logging each
+    /// try. A process that does not own the server takes ownership when the
+    /// owner is gone. The answer turns to `Some(reason)` after three failed
+    /// restarts in a row, and back to `None` once the server runs again.
+    pub fn supervise(&mut self) -> Liveness {
+        let (health, liveness) = watch::channel(None);
+        if let Some(old) = self.supervisor.take() {
+            old.stop.send(true).ok();
+        }
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(supervise(self.cluster.clone(), stopping, health));
+        self.supervisor = Some(Supervisor { stop, task });
+        liveness
+    }
+
+    /// Leaves the cluster. The server is stopped (`pg_ctl stop -m fast`) only
+    /// if this process owns it, or can take ownership because the owner is
+    /// gone, and no other process uses it; otherwise it stays running for
+    /// those that do.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.stop.send(true).ok();
+            supervisor.task.await.ok();
+        }
+        let pg = &self.cluster;
+        let _lock = lock_data_dir(&pg.data_dir).await?;
+        let Some(claim) = pg.take_claim() else {
+            return Ok(());
+        };
+        let owner = match claim.owner {
+            Some(owner) => Some(owner),
+            None => pg.try_own()?,
+        };
+        let Some(_owner) = owner else {
+            tracing::info!(
+                cluster = %pg.cluster_dir.display(),
+                owner = %pg.owner_pid(),
+                "left the embedded PostgreSQL server running for the executord process that owns it"
+            );
+            return Ok(());
+        };
+        // Converting the shared lock to an exclusive one succeeds only when
+        // no other process holds it; none can join while `pg.lock` is held.
+        if claim.users.try_lock().is_err() {
+            tracing::info!(
+                cluster = %pg.cluster_dir.display(),
+                "left the embedded PostgreSQL server running for the other executord processes using it"
+            );
+            return Ok(());
+        }
+        pg.stop_server().await
+    }
+}
+
+/// The supervisor's loop (see [`EmbeddedPostgres::supervise`]).
+async fn supervise(
+    pg: Arc<Cluster>,
+    mut stopping: watch::Receiver<bool>,
+    health: watch::Sender<Option<String>>,
+) {
+    let mut failures = 0_u32;
+    let mut wait = SUPERVISE_EVERY;
+    loop {
+        tokio::select! {
+            _ = stopping.changed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = SUPERVISE_EVERY;
+        if !pg.owns() {
+            match pg.take_ownership() {
+                Ok(true) => tracing::info!(
+                    cluster = %pg.cluster_dir.display(),
+                    "the executord process that owned the embedded PostgreSQL server is gone; this one owns it now"
+                ),
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not look at the embedded PostgreSQL server's owner lock");
+                    continue;
+                }
+            }
+        }
+        if pg.postmaster_alive().await {
+            continue;
+        }
+        tracing::warn!(
+            cluster = %pg.cluster_dir.display(),
+            attempt = failures + 1,
+            "the embedded PostgreSQL server is not running; starting it again"
+        );
+        // Stop waiting at shutdown: the process is leaving anyway.
+        let restart = tokio::select! {
+            _ = stopping.changed() => return,
+            restart = pg.restart() => restart,
+        };
+        match restart {
+            Ok(()) => {
+                tracing::warn!(
+                    cluster = %pg.cluster_dir.display(),
+                    after_failures = failures,
+                    "restarted the embedded PostgreSQL server"
+                );
+                failures = 0;
+                health.send_replace(None);
+            }
+            Err(e) => {
+                failures += 1;
+                wait = restart_backoff(failures);
+                tracing::error!(
+                    cluster = %pg.cluster_dir.display(),
+                    attempt = failures,
+                    retry_in_s = wait.as_secs(),
+                    error = %format!("{e:#}"),
+                    "the embedded PostgreSQL server did not start again"
+                );
+                if failures >= RESTARTS_BEFORE_UNHEALTHY {
+                    health.send_replace(Some(format!(
+                        "the embedded PostgreSQL server this process owns is down and {failures} restarts \
+                         in a row failed; last error: {e:#}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// The wait after the `failures`-th failed restart in a row: 1 s, doubling,
+/// at most [`RESTART_BACKOFF_MAX`].
+fn restart_backoff(failures: u32) -> Duration {
+    let secs = 1_u64 << failures.saturating_sub(1).min(16);
+    Duration::from_secs(secs).min(RESTART_BACKOFF_MAX)
+}
+
+/// Opens (creating) a lock file in the data directory.
+fn open_lock_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+impl Cluster {
+    /// Takes `pg.owner` if no live process holds it, writing this process's
+    /// pid into it; `None` when another process owns the server.
+    fn try_own(&self) -> Result<Option<File>> {
+        let path = self.data_dir.join(OWNER_LOCK);
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                let pid = std::process::id().to_string();
+                // Only for people and log lines; the lock is what counts.
+                if let Err(e) = file
+                    .set_len(0)
+                    .and_then(|()| (&file).write_all(pid.as_bytes()))
+                {
+                    tracing::debug!(error = %e, "could not write the owner's pid");
+                }
+                Ok(Some(file))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+
+    /// Becomes the owner if the owner is gone; whether it did.
+    fn take_ownership(&self) -> Result<bool> {
+        let Some(owner) = self.try_own()? else {
+            return Ok(false);
+        };
+        let mut claim = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        match claim.as_mut() {
+            Some(claim) => {
+                claim.owner = Some(owner);
+                Ok(true)
+            }
+            // Already left: let the lock go again.
+            None => Ok(false),
+        }
+    }
+
+    fn set_claim(&self, claim: Claim) {
+        *self.claim.lock().unwrap_or_else(PoisonError::into_inner) = Some(claim);
+    }
+
+    fn take_claim(&self) -> Option<Claim> {
+        self.claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn owns(&self) -> bool {
+        self.claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| c.owner.is_some())
+    }
+
+    /// The pid written in `pg.owner`, for messages.
+    fn owner_pid(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join(OWNER_LOCK))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "?".to_owned())
+    }
+
+    /// Whether the postmaster named in `postmaster.pid` is a live process:
+    /// a cheap look, made every second.
+    async fn postmaster_alive(&self) -> bool {
+        let pid_file = tokio::fs::read_to_string(self.cluster_dir.join("postmaster.pid"))
+            .await
+            .unwrap_or_default();
+        let Some(pid) = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .await
+            .unwrap_or_default();
+        !matches!(stat_state(&stat), None | Some('Z'))
+    }
+
+    /// Starts the server again, under `pg.lock`, unless it runs already.
+    async fn restart(&self) -> Result<()> {
+        let _lock = lock_data_dir(&self.data_dir).await?;
+        if !self.is_running().await? {
+            self.write_config().await?;
+            self.pg_ctl_start().await?;
+        }
+        self.ensure_database().await?;
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m fast`.
+    async fn stop_server(&self) -> Result<()> {
         if !self.is_running().await? {
             tracing::info!(
                 cluster = %self.cluster_dir.display(),

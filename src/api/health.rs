@@ -18,13 +18,23 @@ pub struct Health {
     pub status: String,
 }
 
-/// Liveness: the process is up.
+/// Liveness: the process is up, and so is the embedded database it owns.
+///
+/// A process on its embedded database restarts that database when it dies;
+/// after three failed restarts in a row this answers 503 until one succeeds,
+/// so that whatever runs the process can replace it.
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()),
-    responses((status = 200, description = "Up", body = Health)))]
-async fn healthz() -> axum::Json<Health> {
-    axum::Json(Health {
+    responses(
+        (status = 200, description = "Up", body = Health),
+        (status = 503, description = "The embedded database this process owns is down and could not be restarted", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
+    if let Some(reason) = state.liveness.borrow().clone() {
+        return Err(ApiError::Unavailable(sqlx::Error::Protocol(reason)));
+    }
+    Ok(axum::Json(Health {
         status: "ok".into(),
-    })
+    }))
 }
 
 /// Readiness: the database answers and every migration is applied.
