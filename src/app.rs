@@ -333,6 +333,14 @@ async fn shutdown_signal() {
 /// `executord tokens …`.
 pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
     let (pool, embedded) = open_database(&args.database).await?;
+    if let Some(new) = embedded.as_ref().filter(|e| e.is_new()) {
+        tracing::warn!(
+            data_dir = %args.database.data_dir.display(),
+            url = %new.database_url(),
+            "made a new, empty embedded database for this command: a service running elsewhere does not \
+             see it; give this command that service's --data-dir (or its DATABASE_URL)"
+        );
+    }
     let result = async {
         db::migrate(&pool).await?;
         let mut out = std::io::stdout().lock();

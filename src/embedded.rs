@@ -103,6 +103,8 @@ pub struct EmbeddedPostgres {
     cluster: Arc<Cluster>,
     /// The supervisor, while one runs.
     supervisor: Option<Supervisor>,
+    /// Whether this start made the cluster (it did not exist before).
+    created: bool,
 }
 
 /// The supervisor task and the switch that ends it.
@@ -201,7 +203,8 @@ impl EmbeddedPostgres {
         }
         pg.prepare_dirs(is_fallback).await?;
 
-        if !pg.cluster_dir.join("PG_VERSION").exists() {
+        let created = !pg.cluster_dir.join("PG_VERSION").exists();
+        if created {
             pg.initdb().await?;
         }
 
@@ -260,6 +263,7 @@ impl EmbeddedPostgres {
         Ok(Self {
             cluster: Arc::new(pg),
             supervisor: None,
+            created,
         })
     }
 
@@ -268,6 +272,11 @@ impl EmbeddedPostgres {
     /// `postgres://executord@localhost:5432/executord?host=/abs/data/pg&sslmode=disable`.
     pub fn database_url(&self) -> String {
         self.cluster.url.clone()
+    }
+
+    /// Whether this start made a new, empty cluster.
+    pub fn is_new(&self) -> bool {
+        self.created
     }
 
     /// Whether this process owns the server (started or adopted it).
