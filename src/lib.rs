@@ -10,7 +10,9 @@
 //! it causes and the release of the next step in one transaction.
 //!
 //! Dependencies point one way: `api → executor → db → domain`;
-//! `runner → tasks → backend`.
+//! `runner → tasks → backend`. How an operation ends is written in one
+//! place, [`lifecycle`], which the executor's controls, the runner's
+//! recorder and the sweeper share.
 
 pub mod api;
 pub mod app;
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod embedded;
 pub mod events;
 pub mod executor;
+pub mod lifecycle;
 pub mod metrics;
 pub mod runner;
 pub mod tasks;

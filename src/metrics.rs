@@ -82,19 +82,8 @@ pub fn throttle_waited() {
 
 /// An operation ended.
 pub fn operation_finished(kind: OperationKind, state: OperationState) {
-    let kind = match kind {
-        OperationKind::Create => "create",
-        OperationKind::Update => "update",
-        OperationKind::Delete => "delete",
-        OperationKind::Action => "action",
-    };
-    let outcome = match state {
-        OperationState::Succeeded => "succeeded",
-        OperationState::Failed => "failed",
-        OperationState::Cancelled => "cancelled",
-        OperationState::Scheduled | OperationState::Running => "unfinished",
-    };
-    counter!("executord_operations_total", "kind" => kind, "outcome" => outcome).increment(1);
+    counter!("executord_operations_total", "kind" => kind.as_str(), "outcome" => state.as_str())
+        .increment(1);
 }
 
 /// An HTTP request was answered.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Engine, TestApp, fast_runner_config};
 use executord::backend::sim::SimConfig;
-use executord::domain::Queue;
+use executord::domain::{OperationState, Queue, ResourceState};
 use executord::runner::RunnerConfig;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -349,4 +349,139 @@ async fn retry_is_refused_once_the_resource_has_moved_on(pool: PgPool) {
             .unwrap()
             .contains("changed since the failure")
     );
+}
+
+/// The value of one series in the Prometheus text, 0 when absent.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn every_ending_writes_the_same_end_and_is_counted_once_after_its_commit(pool: PgPool) {
+    let slow = SimConfig {
+        transition_delay: Duration::from_secs(600),
+        ..SimConfig::instant()
+    };
+    let app = TestApp::over(Engine::with(pool, slow, None, fast_runner_config()));
+    let engine = &app.engine;
+    let volume = |name: &str, sim: Value| json!({"kind": "volume", "name": name, "attributes": {"tenant": "acme", "size_gb": 1, "sim": sim}});
+    let mut made = Vec::new();
+    for (name, sim) in [
+        (
+            "failed",
+            json!({"fail_on": "create_volume", "message": "No space"}),
+        ),
+        ("cancelled", json!({})),
+        ("swept", json!({})),
+        ("rolled-back", json!({})),
+    ] {
+        let created = app.post_json("/api/v1/resources", volume(name, sim)).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let id = |key: &str| {
+            created.body[key]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap()
+        };
+        made.push((id("id"), id("current_operation_id")));
+    }
+    // The recorder ends the first (its backend call fails for good); the
+    // others reach their polls of a volume that takes ten minutes.
+    for _ in 0..3 {
+        engine.step(Queue::Regular, 10).await;
+    }
+    let [failed, cancelled, swept, rolled_back] = made[..] else {
+        unreachable!()
+    };
+
+    // A cancel by request, and one whose transaction rolls back.
+    let reply = app
+        .call(
+            "POST",
+            &format!("/api/v1/operations/{}/cancel", cancelled.1),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut tx = engine.pool.begin().await.unwrap();
+    let (_, finished) =
+        executord::executor::control::cancel(&mut tx, &engine.catalog, rolled_back.1, None)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    drop(finished);
+
+    // The sweeper, after the steps of an operation were lost (a restore).
+    sqlx::query("DELETE FROM tasks WHERE operation_id = $1")
+        .bind(swept.1)
+        .execute(&engine.pool)
+        .await
+        .unwrap();
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let sweep = json!({"type": "job", "job": "sweep"});
+    assert!(
+        executord::db::jobs::enqueue_due(&mut conn, "sweep", 0, &sweep)
+            .await
+            .unwrap()
+    );
+    drop(conn);
+    assert_eq!(engine.step(Queue::Background, 1).await, 1);
+
+    for ((resource_id, operation_id), state, error) in [
+        (failed, OperationState::Failed, "No space"),
+        (cancelled, OperationState::Cancelled, "was cancelled"),
+        (swept, OperationState::Failed, "marked erred by the sweeper"),
+    ] {
+        let operation = engine.operation(operation_id).await;
+        assert_eq!(operation.state, state, "{operation:?}");
+        assert!(operation.finished_at.is_some());
+        let resource = engine.resource(resource_id).await.unwrap();
+        assert_eq!(resource.state, ResourceState::Erred);
+        assert!(resource.current_operation_id.is_none());
+        assert!(
+            resource.error_message.as_deref().unwrap().contains(error),
+            "{resource:?}"
+        );
+        assert!(
+            engine
+                .tasks(operation_id)
+                .await
+                .iter()
+                .all(|t| t.state.is_finished()),
+            "{state:?}: a step is left pending"
+        );
+        let last: (String, String, Option<uuid::Uuid>) = sqlx::query_as(
+            "SELECT transition, to_state, operation_id FROM resource_events
+             WHERE resource_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(resource_id)
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            last,
+            (
+                "set_erred".to_owned(),
+                "erred".to_owned(),
+                Some(operation_id)
+            )
+        );
+    }
+    // The rolled-back cancel left nothing behind, and was not counted.
+    assert_eq!(
+        engine.operation(rolled_back.1).await.state,
+        OperationState::Running
+    );
+    let text = app.get("/metrics").await.body.as_str().unwrap().to_owned();
+    let count = |outcome: &str| {
+        series(
+            &text,
+            &format!(r#"executord_operations_total{{kind="create",outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!((count("failed"), count("cancelled")), (2.0, 1.0), "{text}");
 }

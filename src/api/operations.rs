@@ -296,9 +296,11 @@ async fn cancel_operation(
     PathId(id): PathId,
 ) -> Result<axum::Json<OperationResponse>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let operation = control::cancel(&mut tx, id, caller.scope()).await?;
+    let (operation, finished) =
+        control::cancel(&mut tx, &state.catalog, id, caller.scope()).await?;
     let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
     tx.commit().await?;
+    finished.committed();
     Ok(axum::Json(OperationResponse::new(operation, tasks)))
 }
 

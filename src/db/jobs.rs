@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::ResourceState;
+use crate::domain::{OperationState, ResourceState};
 
 /// Enqueues `job` if its interval has passed since it was last enqueued and
 /// no task of it is pending or running. Returns whether it was enqueued.
@@ -48,7 +48,7 @@ pub struct Stranded {
     /// The operation it names, if any.
     pub operation_id: Option<Uuid>,
     /// That operation's state, if it exists.
-    pub operation_state: Option<String>,
+    pub operation_state: Option<OperationState>,
 }
 
 const STRANDED: &str = "

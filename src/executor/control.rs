@@ -8,11 +8,13 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{ExecutorError, hooks};
+use super::ExecutorError;
+use crate::catalog::Catalog;
 use crate::db;
 use crate::db::operations::Operation;
 use crate::db::throttle::Acquired;
 use crate::domain::{OperationKind, OperationState, ResourceState, TaskState};
+use crate::lifecycle::{self, Ending, Finished};
 
 async fn lock_operation(
     conn: &mut PgConnection,
@@ -32,39 +34,31 @@ async fn lock_operation(
 /// Cancels a scheduled or running operation: pending tasks are cancelled, a
 /// running one is fenced (its runner is told to stop, and its outcome would
 /// be refused), the resource ends `erred`, and throttle slots are handed on.
+/// The caller commits, then calls [`Finished::committed`].
 pub async fn cancel(
     conn: &mut PgConnection,
+    catalog: &Catalog,
     id: Uuid,
     scope: Option<&str>,
-) -> Result<Operation, ExecutorError> {
+) -> Result<(Operation, Finished), ExecutorError> {
     let (_, operation) = lock_operation(conn, id, scope).await?;
     if operation.state.is_finished() {
         return Err(ExecutorError::Conflict(format!(
             "Operation is {}; only a scheduled or running operation can be cancelled",
-            state_name(operation.state)
+            operation.state
         )));
     }
-    let message = format!("Operation {id} was cancelled");
-    let running = db::tasks::fence_running(conn, id, "cancelled while running").await?;
-    db::tasks::cancel_pending(conn, id).await?;
-    hooks::on_failure(conn, &operation, &message, None).await?;
-    db::operations::finish(
+    let finished = lifecycle::finish(
         conn,
-        id,
-        OperationState::Cancelled,
-        Some("cancelled by request"),
+        catalog,
+        &[Ending::Cancelled {
+            operation: &operation,
+        }],
     )
     .await?;
-    crate::metrics::operation_finished(operation.kind, OperationState::Cancelled);
-    for queue in hooks::release(conn, &[id]).await? {
-        db::notify_ready(conn, queue).await?;
-    }
-    db::notify_finished(conn, id).await?;
-    for task in running {
-        db::notify_cancel(conn, task).await?;
-    }
-    tracing::info!(operation_id = %id, "operation cancelled");
-    Ok(db::operations::get(conn, id).await?.unwrap_or(operation))
+    finished.notify(conn).await?;
+    let operation = db::operations::get(conn, id).await?.unwrap_or(operation);
+    Ok((operation, finished))
 }
 
 /// Runs a failed operation again from its failed step; the steps before it
@@ -79,7 +73,7 @@ pub async fn retry(
     if operation.state != OperationState::Failed {
         return Err(ExecutorError::Conflict(format!(
             "Operation is {}; only a failed operation can be retried",
-            state_name(operation.state)
+            operation.state
         )));
     }
     let untouched = |why: &str| {
@@ -159,14 +153,4 @@ pub async fn retry(
     }
     tracing::info!(operation_id = %id, from_step = failed.position, "operation retried");
     Ok(operation)
-}
-
-fn state_name(state: OperationState) -> &'static str {
-    match state {
-        OperationState::Scheduled => "scheduled",
-        OperationState::Running => "running",
-        OperationState::Succeeded => "succeeded",
-        OperationState::Failed => "failed",
-        OperationState::Cancelled => "cancelled",
-    }
 }

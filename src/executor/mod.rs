@@ -6,13 +6,12 @@
 //! NOTIFY that Postgres delivers only on commit. The caller commits: a
 //! rolled-back request leaves no trace, and a committed one can never lose
 //! its chain. The success and failure hooks run later, in the transaction
-//! that records the last step ([`hooks`]).
+//! that records the last step ([`crate::lifecycle`]).
 
 mod action;
 pub mod control;
 mod create;
 mod delete;
-pub mod hooks;
 mod update;
 
 use serde_json::Value;

@@ -18,8 +18,8 @@ use crate::db::operations::Operation;
 use crate::db::resources::Owned;
 use crate::db::tasks::{Claimed, Task};
 use crate::db::throttle::Acquired;
-use crate::domain::{OperationKind, OperationState, Queue, TaskState, Transition};
-use crate::executor::hooks;
+use crate::domain::{Queue, TaskState, Transition};
+use crate::lifecycle::{self, Ending, Finished};
 use crate::tasks::Outcome;
 
 /// What recording did with one outcome.
@@ -56,46 +56,15 @@ pub struct Recording {
     /// Operations that ended.
     pub finished: Vec<Uuid>,
     /// For the log and the metrics, once committed: how the operations ended.
-    ended: Vec<Ended>,
+    ended: Finished,
     /// For the metrics, once committed: steps that wait for a throttle slot.
     throttle_waits: usize,
-}
-
-/// An operation's end, told once its transaction committed.
-#[derive(Debug)]
-struct Ended {
-    operation_id: Uuid,
-    resource_id: Uuid,
-    kind: OperationKind,
-    error: Option<String>,
-}
-
-impl Ended {
-    fn of(operation: &Operation, error: Option<&str>) -> Self {
-        Self {
-            operation_id: operation.id,
-            resource_id: operation.resource_id,
-            kind: operation.kind,
-            error: error.map(str::to_owned),
-        }
-    }
 }
 
 impl Recording {
     /// Logs and counts what the committed transaction did.
     fn count(&self) {
-        for ended in &self.ended {
-            match &ended.error {
-                None => {
-                    crate::metrics::operation_finished(ended.kind, OperationState::Succeeded);
-                    tracing::info!(operation_id = %ended.operation_id, resource_id = %ended.resource_id, "operation succeeded");
-                }
-                Some(error) => {
-                    crate::metrics::operation_finished(ended.kind, OperationState::Failed);
-                    tracing::info!(operation_id = %ended.operation_id, resource_id = %ended.resource_id, %error, "operation failed");
-                }
-            }
-        }
+        self.ended.committed();
         for _ in 0..self.throttle_waits {
             crate::metrics::throttle_waited();
         }
@@ -274,6 +243,7 @@ pub async fn record_batch(
         .collect();
     let decided = decide_all(&mut tx, steps).await?;
     let mut done = Vec::new();
+    let mut failed = Vec::new();
     for (step, decision) in decided {
         match decision {
             Decision::Done(result) => done.push((step, result)),
@@ -304,19 +274,33 @@ pub async fn record_batch(
                 tracing::warn!(task_id = %step.task.id, operation_id = %step.operation.id, %error, "step failed");
                 db::tasks::finish(&mut tx, step.task.id, TaskState::Failed, None, Some(&error))
                     .await?;
-                fail(
-                    &mut tx,
-                    step.operation,
-                    &error,
-                    Some(step.task.id),
-                    &mut rec,
-                )
-                .await?;
+                failed.push((step.operation, step.task.id, error));
             }
         }
     }
-    if !done.is_empty() {
-        steps_done(&mut tx, catalog, done, cont, &mut rec).await?;
+    let succeeded = if done.is_empty() {
+        Vec::new()
+    } else {
+        steps_done(&mut tx, done, cont, &mut rec).await?
+    };
+    let endings: Vec<Ending<'_>> = succeeded
+        .into_iter()
+        .map(|(operation, task_id)| Ending::Succeeded { operation, task_id })
+        .chain(
+            failed
+                .iter()
+                .map(|(operation, task_id, error)| Ending::Failed {
+                    operation,
+                    error,
+                    task_id: Some(*task_id),
+                }),
+        )
+        .collect();
+    if !endings.is_empty() {
+        let finished = lifecycle::finish(&mut tx, catalog, &endings).await?;
+        rec.ready.extend(finished.ready.iter().copied());
+        rec.finished.extend(&finished.operations);
+        rec.ended.extend(finished);
     }
     tx.commit().await.context("committing the outcomes")?;
     rec.count();
@@ -392,15 +376,14 @@ async fn decide_all<'a>(
 }
 
 /// Steps that succeeded: end them, then go on with each chain: claim its
-/// next step inline, make it ready, or (the chain is done) run the success
-/// hook.
-async fn steps_done(
+/// next step inline or make it ready. Returns the chains that are done
+/// (operation and last step), whose operations succeed.
+async fn steps_done<'a>(
     conn: &mut PgConnection,
-    catalog: &Catalog,
-    done: Vec<(HeldStep<'_>, Option<serde_json::Value>)>,
+    done: Vec<(HeldStep<'a>, Option<serde_json::Value>)>,
     cont: Option<Continue<'_>>,
     rec: &mut Recording,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(&'a Operation, Uuid)>> {
     let (steps, results): (Vec<HeldStep<'_>>, Vec<Option<serde_json::Value>>) =
         done.into_iter().unzip();
     let task_ids: Vec<Uuid> = steps.iter().map(|s| s.task.id).collect();
@@ -444,63 +427,11 @@ async fn steps_done(
             .collect()
     };
     rec.ready.extend(released.values().copied());
-    let ended: Vec<(&Operation, Uuid)> = steps
+    Ok(steps
         .iter()
         .filter(|s| !going_on.contains(&s.operation.id) && !released.contains_key(&s.operation.id))
         .map(|s| (s.operation, s.task.id))
-        .collect();
-    if !ended.is_empty() {
-        succeed(conn, catalog, &ended, rec).await?;
-    }
-    Ok(())
-}
-
-/// Chains whose last step succeeded: run the success hooks and end the
-/// operations (or fail those whose hook could not be applied).
-async fn succeed(
-    conn: &mut PgConnection,
-    catalog: &Catalog,
-    ended: &[(&Operation, Uuid)],
-    rec: &mut Recording,
-) -> anyhow::Result<()> {
-    let answers = hooks::on_success(conn, catalog, ended).await?;
-    let mut succeeded = Vec::with_capacity(ended.len());
-    for (&(operation, task_id), answer) in ended.iter().zip(answers) {
-        match answer {
-            Ok(()) => succeeded.push(operation),
-            Err(error) => {
-                fail(conn, operation, &error, Some(task_id), rec).await?;
-            }
-        }
-    }
-    if succeeded.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = succeeded.iter().map(|o| o.id).collect();
-    db::operations::succeed_many(conn, &ids).await?;
-    rec.ready.extend(hooks::release(conn, &ids).await?);
-    rec.finished.extend(&ids);
-    rec.ended
-        .extend(succeeded.into_iter().map(|o| Ended::of(o, None)));
-    Ok(())
-}
-
-/// A step failed for good: cancel the rest, run the failure hook, end the operation.
-async fn fail(
-    conn: &mut PgConnection,
-    operation: &Operation,
-    error: &str,
-    task_id: Option<Uuid>,
-    rec: &mut Recording,
-) -> anyhow::Result<()> {
-    db::tasks::cancel_pending(conn, operation.id).await?;
-    hooks::on_failure(conn, operation, error, task_id).await?;
-    db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await?;
-    rec.ended.push(Ended::of(operation, Some(error)));
-    rec.ready
-        .extend(hooks::release(conn, &[operation.id]).await?);
-    rec.finished.push(operation.id);
-    Ok(())
+        .collect())
 }
 
 async fn decide(

@@ -14,8 +14,9 @@ use crate::backend::{BackendCall, BackendError, ResourceView};
 use crate::catalog::Job;
 use crate::db;
 use crate::db::jobs::Prunable;
-use crate::db::resources::{Ending, Guard, Resource};
-use crate::domain::{OperationState, ResourceState, Transition};
+use crate::db::resources::{Guard, Resource};
+use crate::domain::{ResourceState, Transition};
+use crate::lifecycle::{self, Ending};
 
 const BATCH: i64 = 100;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -128,10 +129,10 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
     };
     let mut conn = ctx.pool.acquire().await?;
     if let Some((transition, message)) = change {
-        let ending = Ending {
+        let ending = db::resources::Ending {
             error_message: message.as_deref(),
             runtime_state: runtime_state.as_deref(),
-            ..Ending::default()
+            ..db::resources::Ending::default()
         };
         let guard = Guard::Version(resource.version);
         let done =
@@ -155,7 +156,8 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
 
 /// Errs resources left in a transitional state whose operation is gone,
 /// finished, or has no step left that could move it; such an operation is
-/// failed too. Decided from the operation and task rows, re-checked under lock.
+/// failed too, through [`lifecycle::finish`] like every other ending.
+/// Decided from the operation and task rows, re-checked under lock.
 async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
     let mut conn = ctx.pool.acquire().await?;
     let stranded = db::jobs::stranded(&mut conn, BATCH).await?;
@@ -166,13 +168,15 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
         if !db::jobs::still_stranded(&mut tx, resource.id, resource.version).await? {
             continue;
         }
-        let why = match (&resource.operation_id, &resource.operation_state) {
+        let operation = match resource.operation_id {
+            Some(id) => db::operations::get(&mut tx, id).await?,
+            None => None,
+        };
+        let why = match (resource.operation_id, &operation) {
             (None, _) => "no operation".to_owned(),
             (Some(op), None) => format!("its operation {op} does not exist"),
-            (Some(op), Some(state))
-                if state == "succeeded" || state == "failed" || state == "cancelled" =>
-            {
-                format!("its operation {op} is {state}")
+            (Some(op), Some(o)) if o.state.is_finished() => {
+                format!("its operation {op} is {}", o.state)
             }
             (Some(op), Some(_)) => format!("its operation {op} has no step left to run"),
         };
@@ -180,29 +184,46 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
             "Left {} with {why}; marked erred by the sweeper",
             resource.state
         );
-        let guard = match (resource.operation_id, resource.operation_state.as_deref()) {
-            (Some(op), Some(_)) => Guard::Operation(op),
-            _ => Guard::Version(resource.version),
-        };
-        let ending = Ending {
-            error_message: Some(&message),
-            ends_operation: true,
-            ..Ending::default()
-        };
-        let done =
-            db::resources::transition(&mut tx, resource.id, guard, Transition::SetErred, &ending)
-                .await?;
-        if let Some(op) = resource.operation_id
-            && db::operations::finish(&mut tx, op, OperationState::Failed, Some(&message)).await?
-        {
-            db::tasks::cancel_pending(&mut tx, op).await?;
-            for queue in crate::executor::hooks::release(&mut tx, &[op]).await? {
-                db::notify_ready(&mut tx, queue).await?;
+        let finished = match &operation {
+            // The operation ends failed (if it has not ended) and its
+            // resource errs, as any failed operation's does.
+            Some(operation) => {
+                let ending = Ending::Failed {
+                    operation,
+                    error: &message,
+                    task_id: None,
+                };
+                let finished = lifecycle::finish(&mut tx, &ctx.catalog, &[ending]).await?;
+                finished.notify(&mut tx).await?;
+                Some(finished)
             }
-            db::notify_finished(&mut tx, op).await?;
-        }
+            // No operation to end: only the resource errs, if unchanged.
+            None => {
+                let ending = db::resources::Ending {
+                    error_message: Some(&message),
+                    ends_operation: true,
+                    ..db::resources::Ending::default()
+                };
+                let guard = Guard::Version(resource.version);
+                db::resources::transition(
+                    &mut tx,
+                    resource.id,
+                    guard,
+                    Transition::SetErred,
+                    &ending,
+                )
+                .await?;
+                None
+            }
+        };
+        let erred = db::resources::get(&mut tx, resource.id)
+            .await?
+            .is_some_and(|r| r.state == ResourceState::Erred);
         tx.commit().await?;
-        if done.is_some() {
+        if let Some(finished) = finished {
+            finished.committed();
+        }
+        if erred {
             swept += 1;
             tracing::warn!(resource_id = %resource.id, %message, "swept a stranded resource");
         }

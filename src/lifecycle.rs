@@ -1,0 +1,310 @@
+//! How an operation ends: the one place that writes it.
+//!
+//! Every ending goes through [`finish`]: the recorder's (a chain's last step
+//! succeeded, or a step failed for good), a cancel by request, and the
+//! sweeper's (an operation left with nothing that could move its resource).
+//! In the caller's transaction it writes the resource's transition (the
+//! success hook, or `set_erred` with the error), the operation's end, the
+//! cancelled tail of its chain and the throttle slots handed on, and the
+//! resource's history with the transition. It returns what to announce and,
+//! once the caller has committed, what to log and count
+//! ([`Finished::committed`]): an ending in a transaction that rolls back is
+//! never counted.
+
+use std::collections::BTreeSet;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::db;
+use crate::db::operations::Operation;
+use crate::db::resources::{Guard, Owned};
+use crate::domain::{OperationKind, OperationState, Queue, Transition};
+
+/// How an operation ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// Its chain's last step (`task_id`) succeeded: the success hook runs
+    /// (`set_ok`, with an action's runtime state on success, or for a delete
+    /// the row is deleted). If the hook cannot be applied, the operation
+    /// fails instead.
+    Succeeded {
+        /// The operation.
+        operation: &'a Operation,
+        /// Its last step.
+        task_id: Uuid,
+    },
+    /// It failed: the rest of its chain is cancelled and the resource errs
+    /// with `error`.
+    Failed {
+        /// The operation.
+        operation: &'a Operation,
+        /// Why, shown on the operation and the resource.
+        error: &'a str,
+        /// The step that failed, if a step did.
+        task_id: Option<Uuid>,
+    },
+    /// It was cancelled by request: a running step is fenced (its runner is
+    /// told to stop), pending ones are cancelled, and the resource errs.
+    Cancelled {
+        /// The operation.
+        operation: &'a Operation,
+    },
+}
+
+/// What [`finish`] did, to announce and, after the commit, to count.
+#[derive(Debug, Default)]
+#[must_use = "an ending is logged and counted by `committed` after the commit"]
+pub struct Finished {
+    /// Queues whose tasks became ready (throttle slots handed on).
+    pub ready: BTreeSet<Queue>,
+    /// The operations that ended.
+    pub operations: Vec<Uuid>,
+    /// Running steps fenced by a cancel, whose runners are told to stop.
+    pub stopped: Vec<Uuid>,
+    /// How each ended, for the log and the metrics.
+    ended: Vec<Ended>,
+}
+
+/// One operation's end, told once its transaction committed.
+#[derive(Debug)]
+struct Ended {
+    operation_id: Uuid,
+    resource_id: Uuid,
+    kind: OperationKind,
+    state: OperationState,
+    error: Option<String>,
+}
+
+impl Finished {
+    /// Adds what another [`finish`] did.
+    pub fn extend(&mut self, other: Self) {
+        self.ready.extend(other.ready);
+        self.operations.extend(other.operations);
+        self.stopped.extend(other.stopped);
+        self.ended.extend(other.ended);
+    }
+
+    /// Logs each ending and counts it in `executord_operations_total`. Call
+    /// once, after the transaction that ended them committed.
+    pub fn committed(&self) {
+        for ended in &self.ended {
+            crate::metrics::operation_finished(ended.kind, ended.state);
+            let (operation_id, resource_id) = (ended.operation_id, ended.resource_id);
+            match &ended.error {
+                None => {
+                    tracing::info!(%operation_id, %resource_id, state = %ended.state, "operation ended");
+                }
+                Some(error) => {
+                    tracing::info!(%operation_id, %resource_id, state = %ended.state, %error, "operation ended");
+                }
+            }
+        }
+    }
+
+    /// Sends the notifications of these endings in `conn`'s transaction
+    /// (PostgreSQL delivers them on commit): ready queues, ended operations,
+    /// fenced steps. The runner's recorder announces after its commit
+    /// instead, batched ([`db::announce`]).
+    pub async fn notify(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        for &queue in &self.ready {
+            db::notify_ready(conn, queue).await?;
+        }
+        for &id in &self.operations {
+            db::notify_finished(conn, id).await?;
+        }
+        for &task in &self.stopped {
+            db::notify_cancel(conn, task).await?;
+        }
+        Ok(())
+    }
+
+    fn ended(&mut self, operation: &Operation, state: OperationState, error: Option<&str>) {
+        self.operations.push(operation.id);
+        self.ended.push(Ended {
+            operation_id: operation.id,
+            resource_id: operation.resource_id,
+            kind: operation.kind,
+            state,
+            error: error.map(str::to_owned),
+        });
+    }
+}
+
+/// Ends operations in the caller's transaction. Successes are applied a
+/// batch at a time; failures and cancels one by one. An operation that has
+/// already ended is left as it is (its resource still errs on a failure,
+/// when the resource is still under it: the sweeper's case).
+pub async fn finish(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    endings: &[Ending<'_>],
+) -> sqlx::Result<Finished> {
+    let mut finished = Finished::default();
+    let successes: Vec<(&Operation, Uuid)> = endings
+        .iter()
+        .filter_map(|e| match *e {
+            Ending::Succeeded { operation, task_id } => Some((operation, task_id)),
+            _ => None,
+        })
+        .collect();
+    if !successes.is_empty() {
+        succeed(conn, catalog, &successes, &mut finished).await?;
+    }
+    for ending in endings {
+        match *ending {
+            Ending::Succeeded { .. } => {}
+            Ending::Failed {
+                operation,
+                error,
+                task_id,
+            } => fail(conn, operation, error, task_id, &mut finished).await?,
+            Ending::Cancelled { operation } => cancel(conn, operation, &mut finished).await?,
+        }
+    }
+    Ok(finished)
+}
+
+/// Chains whose last step succeeded: the success hooks, then the operations'
+/// end; an operation whose hook cannot be applied fails.
+async fn succeed(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    ended: &[(&Operation, Uuid)],
+    finished: &mut Finished,
+) -> sqlx::Result<()> {
+    let answers = on_success(conn, catalog, ended).await?;
+    let mut succeeded = Vec::with_capacity(ended.len());
+    for (&(operation, task_id), answer) in ended.iter().zip(answers) {
+        match answer {
+            Ok(()) => succeeded.push(operation),
+            Err(error) => fail(conn, operation, error, Some(task_id), finished).await?,
+        }
+    }
+    if succeeded.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = succeeded.iter().map(|o| o.id).collect();
+    db::operations::succeed_many(conn, &ids).await?;
+    finished.ready.extend(release(conn, &ids).await?);
+    for operation in succeeded {
+        finished.ended(operation, OperationState::Succeeded, None);
+    }
+    Ok(())
+}
+
+/// The success hooks, one answer per operation in order; `Err` says why it
+/// could not be applied.
+async fn on_success(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    ended: &[(&Operation, Uuid)],
+) -> sqlx::Result<Vec<Result<(), &'static str>>> {
+    let mut answers = vec![Ok(()); ended.len()];
+    let (mut places, mut rows) = (Vec::new(), Vec::new());
+    for (i, &(operation, task_id)) in ended.iter().enumerate() {
+        if operation.kind == OperationKind::Delete {
+            if !db::resources::delete(conn, operation.resource_id, operation.id).await? {
+                answers[i] = Err("the resource was no longer deleting under this operation");
+            }
+            continue;
+        }
+        let runtime_state = operation.action.as_deref().and_then(|action| {
+            catalog
+                .kind(&operation.resource_kind)
+                .and_then(|kind| kind.actions.get(action))
+                .and_then(|a| a.runtime_state_on_success.as_deref())
+        });
+        places.push(i);
+        rows.push(Owned {
+            resource_id: operation.resource_id,
+            operation_id: operation.id,
+            task_id,
+            runtime_state,
+        });
+    }
+    if rows.is_empty() {
+        return Ok(answers);
+    }
+    let applied = db::resources::transition_many(conn, Transition::SetOk, true, &rows).await?;
+    for (i, row) in places.into_iter().zip(&rows) {
+        if !applied.contains(&row.resource_id) {
+            answers[i] = Err("set_ok is not allowed from the resource's current state");
+        }
+    }
+    Ok(answers)
+}
+
+/// A failure: the rest of the chain cancelled, the resource erred with the
+/// message, the operation ended `failed`.
+async fn fail(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    error: &str,
+    task_id: Option<Uuid>,
+    finished: &mut Finished,
+) -> sqlx::Result<()> {
+    db::tasks::cancel_pending(conn, operation.id).await?;
+    set_erred(conn, operation, error, task_id).await?;
+    if db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await? {
+        finished.ready.extend(release(conn, &[operation.id]).await?);
+        finished.ended(operation, OperationState::Failed, Some(error));
+    }
+    Ok(())
+}
+
+/// A cancel by request: the running step fenced, the pending ones
+/// cancelled, the resource erred, the operation ended `cancelled`.
+async fn cancel(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    finished: &mut Finished,
+) -> sqlx::Result<()> {
+    const WHY: &str = "cancelled by request";
+    let stopped = db::tasks::fence_running(conn, operation.id, "cancelled while running").await?;
+    db::tasks::cancel_pending(conn, operation.id).await?;
+    let message = format!("Operation {} was cancelled", operation.id);
+    set_erred(conn, operation, &message, None).await?;
+    if db::operations::finish(conn, operation.id, OperationState::Cancelled, Some(WHY)).await? {
+        finished.ready.extend(release(conn, &[operation.id]).await?);
+        finished.stopped.extend(stopped);
+        finished.ended(operation, OperationState::Cancelled, Some(WHY));
+    }
+    Ok(())
+}
+
+/// The failure hook: `set_erred` with the message (the backend's own, when
+/// it gave one), if the resource is still under this operation.
+async fn set_erred(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    message: &str,
+    task_id: Option<Uuid>,
+) -> sqlx::Result<()> {
+    let ending = db::resources::Ending {
+        error_message: Some(message),
+        ends_operation: true,
+        task_id,
+        ..db::resources::Ending::default()
+    };
+    db::resources::transition(
+        conn,
+        operation.resource_id,
+        Guard::Operation(operation.id),
+        Transition::SetErred,
+        &ending,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Frees the operations' throttle slots, handing each to the oldest waiter.
+/// Returns the queues that got work.
+async fn release(conn: &mut PgConnection, operation_ids: &[Uuid]) -> sqlx::Result<Vec<Queue>> {
+    let granted = db::throttle::release(conn, operation_ids).await?;
+    if granted.is_empty() {
+        return Ok(Vec::new());
+    }
+    db::tasks::wake(conn, &granted).await
+}
