@@ -336,3 +336,27 @@ async fn without_tokens_the_binary_refuses_a_non_loopback_address(pool: PgPool) 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without API tokens"), "{stderr}");
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn two_authorization_headers_are_a_400_whichever_comes_first(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let operator = token(&app, "acme", "operator").await;
+    let viewer = token(&app, "acme", "viewer").await;
+
+    for pair in [[&operator, &viewer], [&viewer, &operator]] {
+        let reply = app
+            .call(
+                "POST",
+                "/api/v1/resources",
+                Some(&instance("web-1")),
+                &[("authorization", pair[0]), ("authorization", pair[1])],
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+    }
+    assert_eq!(app.engine.count("resources").await, 0);
+}

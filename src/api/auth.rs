@@ -53,26 +53,36 @@ impl Auth {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
-    let value = headers.get(header::AUTHORIZATION)?;
-    Some(
-        value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("use `Authorization: Bearer <token>`".into())),
-    )
+/// The bearer token of the request, if it sent one. Two `Authorization`
+/// headers are refused: which one counts would depend on who reads them
+/// (a proxy may add its own), so neither does.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "send one `Authorization` header, not several".into(),
+        ));
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or_else(|| ApiError::Unauthorized("use `Authorization: Bearer <token>`".into()))
 }
 
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    match bearer(headers) {
+    match bearer(headers)? {
         Some(token) => {
-            let hash = auth::hash(token?);
+            let hash = auth::hash(token);
             let (tenant, role) = db::tokens::lookup(&state.pool, &hash)
                 .await?
                 .ok_or_else(|| ApiError::Unauthorized("the token is unknown or revoked".into()))?;
