@@ -360,3 +360,39 @@ async fn two_authorization_headers_are_a_400_whichever_comes_first(pool: PgPool)
     }
     assert_eq!(app.engine.count("resources").await, 0);
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_reused_idempotency_key_is_named_as_the_caller_sent_it(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let tenant = "tenant-of-the-token";
+    let operator = token(&app, tenant, "operator").await;
+    let key = "create-web-1";
+    let send = |name: &'static str| {
+        let operator = operator.clone();
+        let app = &app;
+        async move {
+            app.call(
+                "POST",
+                "/api/v1/resources",
+                Some(&instance(name)),
+                &[("authorization", &operator), ("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    assert_eq!(send("web-1").await.status, 201);
+    let reused = send("web-2").await;
+
+    assert_eq!(reused.status, 422, "{}", reused.body);
+    let messages = [
+        reused.body["detail"].as_str().unwrap(),
+        reused.body["errors"][0]["detail"].as_str().unwrap(),
+    ];
+    for message in messages {
+        assert!(message.contains(&format!("`{key}`")), "{message}");
+        assert!(
+            !message.contains(tenant) && !message.contains('\u{1f}'),
+            "{message}"
+        );
+    }
+}
