@@ -50,13 +50,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of an API over `pool`, with `/metrics` public.
+    /// The state of an API over `pool`, with `/metrics` public, open until
+    /// it sees a token.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
         Self {
             pool,
             catalog,
             events,
-            auth: Auth::new(false),
+            auth: Auth::new(false, false),
         }
     }
 }
@@ -213,12 +214,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let node = Node::start(&args.database, &args.catalog).await?;
     let (stop, stopping) = watch::channel(false);
     let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
+    // Whether the service runs open is decided here, once: see `api::auth`.
+    let tokens = db::tokens::any_active(&node.pool).await?;
     let state = AppState {
-        auth: Auth::new(args.protect_metrics),
+        auth: Auth::new(args.protect_metrics, tokens),
         ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
     };
     let app = router(state);
-    if !db::tokens::any_active(&node.pool).await? {
+    if !tokens {
         if !args.listen.ip().is_loopback() && !args.allow_open {
             node.stop().await?;
             anyhow::bail!(
