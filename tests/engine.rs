@@ -889,3 +889,51 @@ async fn inventing_a_tenant_attribute_does_not_escape_the_owners_throttle(pool: 
         (TaskState::Succeeded, TaskState::Succeeded)
     );
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn history_keeps_time_in_order_when_a_cancel_waited_behind_the_runner(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let applied = engine.create("instance", "web-1", instance("acme")).await;
+    let op = applied.operation.id;
+
+    // The cancel's transaction begins first, as a request's does before it
+    // meets the runner's locks; the runner moves the resource meanwhile.
+    let mut cancelling = engine.pool.begin().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    engine.step(Queue::Regular, 1).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 1, 5000, "test")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the throttle step runs");
+    executord::executor::control::cancel(&mut cancelling, op, None)
+        .await
+        .unwrap();
+    cancelling.commit().await.unwrap();
+
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let events = db::events::list_for_resource(&mut conn, applied.resource.id, None, None, 100)
+        .await
+        .unwrap();
+    let transitions: Vec<&str> = events.iter().map(|e| e.transition.as_str()).collect();
+    assert_eq!(transitions, ["create", "begin_creating", "set_erred"]);
+    for pair in events.windows(2) {
+        assert!(
+            pair[0].created_at <= pair[1].created_at,
+            "{} at {} after {} at {}",
+            pair[1].transition,
+            pair[1].created_at,
+            pair[0].transition,
+            pair[0].created_at
+        );
+    }
+    let operation = engine.operation(op).await;
+    assert!(
+        operation.finished_at >= operation.started_at,
+        "{operation:?}"
+    );
+    for task in engine.tasks(op).await {
+        if let (Some(started), Some(finished)) = (task.started_at, task.finished_at) {
+            assert!(finished >= started, "{task:?}");
+        }
+    }
+}

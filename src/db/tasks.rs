@@ -410,7 +410,9 @@ pub async fn lock_for_operation(
 }
 
 /// Cancels an operation's running tasks and takes their leases away, so the
-/// holders' outcomes are refused. Returns their ids.
+/// holders' outcomes are refused. Returns their ids. Their end is the time of
+/// this statement, not of its transaction: a cancel that began before a step
+/// was claimed must not end it before it started.
 pub async fn fence_running(
     conn: &mut PgConnection,
     operation_id: Uuid,
@@ -418,7 +420,7 @@ pub async fn fence_running(
 ) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "UPDATE tasks SET state = 'cancelled', lease_token = NULL, lease_until = NULL, status = NULL,
-                last_error = $2, finished_at = now(), updated_at = now()
+                last_error = $2, finished_at = clock_timestamp(), updated_at = clock_timestamp()
          WHERE operation_id = $1 AND state = 'running' RETURNING id",
     )
     .bind(operation_id)
