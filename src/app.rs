@@ -52,13 +52,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of an API over `pool`, with `/metrics` public.
+    /// The state of an API over `pool`, with `/metrics` public, open until
+    /// it sees a token.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
         Self {
             pool,
             catalog,
             events,
-            auth: Auth::new(false),
+            auth: Auth::new(false, false),
             liveness: watch::channel(None).1,
         }
     }
@@ -248,7 +249,9 @@ async fn serve_on(
     listener: tokio::net::TcpListener,
     args: &ServeArgs,
 ) -> anyhow::Result<()> {
-    if !db::tokens::any_active(&node.pool).await? {
+    // Whether the service runs open is decided here, once: see `api::auth`.
+    let tokens = db::tokens::any_active(&node.pool).await?;
+    if !tokens {
         if !args.listen.ip().is_loopback() && !args.allow_open {
             anyhow::bail!(
                 "refusing to serve {} without API tokens: create one with `executord tokens create`, \
@@ -265,7 +268,7 @@ async fn serve_on(
     let (stop, stopping) = watch::channel(false);
     let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
     let state = AppState {
-        auth: Auth::new(args.protect_metrics),
+        auth: Auth::new(args.protect_metrics, tokens),
         liveness: node.liveness.clone(),
         ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
     };

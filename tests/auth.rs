@@ -336,3 +336,181 @@ async fn without_tokens_the_binary_refuses_a_non_loopback_address(pool: PgPool) 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without API tokens"), "{stderr}");
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn two_authorization_headers_are_a_400_whichever_comes_first(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let operator = token(&app, "acme", "operator").await;
+    let viewer = token(&app, "acme", "viewer").await;
+
+    for pair in [[&operator, &viewer], [&viewer, &operator]] {
+        let reply = app
+            .call(
+                "POST",
+                "/api/v1/resources",
+                Some(&instance("web-1")),
+                &[("authorization", pair[0]), ("authorization", pair[1])],
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+    }
+    assert_eq!(app.engine.count("resources").await, 0);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_reused_idempotency_key_is_named_as_the_caller_sent_it(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let tenant = "tenant-of-the-token";
+    let operator = token(&app, tenant, "operator").await;
+    let key = "create-web-1";
+    let send = |name: &'static str| {
+        let operator = operator.clone();
+        let app = &app;
+        async move {
+            app.call(
+                "POST",
+                "/api/v1/resources",
+                Some(&instance(name)),
+                &[("authorization", &operator), ("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    assert_eq!(send("web-1").await.status, 201);
+    let reused = send("web-2").await;
+
+    assert_eq!(reused.status, 422, "{}", reused.body);
+    let messages = [
+        reused.body["detail"].as_str().unwrap(),
+        reused.body["errors"][0]["detail"].as_str().unwrap(),
+    ];
+    for message in messages {
+        assert!(message.contains(&format!("`{key}`")), "{message}");
+        assert!(
+            !message.contains(tenant) && !message.contains('\u{1f}'),
+            "{message}"
+        );
+    }
+}
+
+/// Anonymous `GET /api/v1/resources` until `status` answers, at most `within`.
+async fn anonymous_until(app: &TestApp, status: u16, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if app.get("/api/v1/resources").await.status == status {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn revoking_the_last_token_never_opens_a_running_service(pool: PgPool) {
+    let app = TestApp::new(pool);
+    assert_eq!(
+        app.get("/api/v1/resources").await.status,
+        200,
+        "no token: open"
+    );
+    let operator = token(&app, "acme", "operator").await;
+    assert!(
+        anonymous_until(&app, 401, std::time::Duration::from_secs(5)).await,
+        "the first token turns authentication on"
+    );
+
+    let prefix = &operator["Bearer ".len()..][..12];
+    executord::db::tokens::revoke(&app.engine.pool, prefix)
+        .await
+        .unwrap();
+    // Longer than the service waits between two looks at the tokens table.
+    assert!(
+        !anonymous_until(&app, 200, std::time::Duration::from_secs(3)).await,
+        "a service that authenticated never runs open again"
+    );
+    assert_eq!(
+        as_(&app, &operator, "GET", "/api/v1/resources", None)
+            .await
+            .status,
+        401
+    );
+}
+
+/// The status of one anonymous HTTP/1.1 GET on the local `port`.
+fn anonymous_get(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    raw.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_service_started_with_tokens_stays_closed_when_the_tokens_table_is_emptied(pool: PgPool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let url = format!("{}/{database}", base.rsplit_once('/').unwrap().0);
+    let app = TestApp::new(pool.clone());
+    token(&app, "acme", "operator").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = std::process::Command::new(env!("CARGO_BIN_EXE_executord"))
+        .args([
+            "serve",
+            "--no-runner",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while anonymous_get(port, "/readyz") != Some(200) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the service did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A restore of an older backup, or a slip in psql.
+    sqlx::query("DELETE FROM api_tokens")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    let asking = std::time::Instant::now();
+    while asking.elapsed() < std::time::Duration::from_secs(3) {
+        answers.push(anonymous_get(port, "/api/v1/resources"));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    service.kill().unwrap();
+    let out = service.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+
+    assert!(answers.iter().all(|a| *a == Some(401)), "{answers:?}");
+    assert_eq!(
+        log.matches("no active API token").count(),
+        1,
+        "said once, loudly: {log}"
+    );
+    assert!(log.contains("ERROR"), "{log}");
+}

@@ -812,3 +812,128 @@ async fn a_hung_backend_call_is_cut_at_its_steps_timeout_and_retried(pool: PgPoo
     );
     assert_eq!(engine.sim.effects_applied(step.id), 1);
 }
+
+/// The default catalog with one throttle slot per scope, on a cloud whose
+/// instances stay in BUILD, so a slot once taken stays held.
+fn one_slot_per_scope(pool: PgPool) -> Engine {
+    let catalog = executord::catalog::DEFAULT_CATALOG.replace("limit = 4", "limit = 1");
+    let sim = SimConfig {
+        transition_delay: Duration::from_secs(600),
+        ..SimConfig::instant()
+    };
+    Engine::with(pool, sim, Some(&catalog), fast_runner_config())
+}
+
+/// Creates an instance of `owner` (the tenant of the caller's token) and runs
+/// its chain up to and including its throttle; returns the throttle step.
+async fn up_to_the_throttle(
+    engine: &Engine,
+    owner: &str,
+    name: &str,
+    attribute: &str,
+) -> db::tasks::Task {
+    let create = Create::parse(&engine.catalog, "instance", name, instance(attribute))
+        .unwrap()
+        .for_tenant(owner);
+    let applied = engine.apply(create).await.unwrap();
+    for _ in 0..2 {
+        engine.step(Queue::Regular, 10).await;
+    }
+    let throttle = engine.tasks(applied.operation.id).await.remove(1);
+    assert_eq!(throttle.task_type, "throttle");
+    throttle
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_tenant_can_neither_take_nor_see_another_tenants_throttle_slots(pool: PgPool) {
+    let engine = one_slot_per_scope(pool);
+    // globex claims to create in acme's tenant, and takes the one slot it can.
+    let intruder = up_to_the_throttle(&engine, "globex", "squat-1", "acme").await;
+    assert_eq!(intruder.state, TaskState::Succeeded);
+
+    let owner = up_to_the_throttle(&engine, "acme", "web-1", "acme").await;
+    assert_eq!(
+        owner.state,
+        TaskState::Succeeded,
+        "acme's slot is its own: {:?}",
+        owner.status
+    );
+    let second = up_to_the_throttle(&engine, "globex", "squat-2", "acme").await;
+    assert_eq!(second.state, TaskState::Waiting);
+    let status = second.status.unwrap();
+    assert!(
+        status.starts_with("waiting for a throttle slot: 1/1 in use for"),
+        "{status}"
+    );
+    assert!(
+        status.contains("globex") && !status.contains("acme"),
+        "only the caller's own scope is shown: {status}"
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn inventing_a_tenant_attribute_does_not_escape_the_owners_throttle(pool: PgPool) {
+    let engine = one_slot_per_scope(pool);
+    let first = up_to_the_throttle(&engine, "globex", "vm-1", "made-up-1").await;
+    let second = up_to_the_throttle(&engine, "globex", "vm-2", "made-up-2").await;
+    assert_eq!(
+        (first.state, second.state),
+        (TaskState::Succeeded, TaskState::Waiting)
+    );
+
+    // Open, with no tenants at all, the attribute still names the scope.
+    let open_a = up_to_the_throttle(&engine, "", "vm-3", "made-up-1").await;
+    let open_b = up_to_the_throttle(&engine, "", "vm-4", "made-up-2").await;
+    assert_eq!(
+        (open_a.state, open_b.state),
+        (TaskState::Succeeded, TaskState::Succeeded)
+    );
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn history_keeps_time_in_order_when_a_cancel_waited_behind_the_runner(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let applied = engine.create("instance", "web-1", instance("acme")).await;
+    let op = applied.operation.id;
+
+    // The cancel's transaction begins first, as a request's does before it
+    // meets the runner's locks; the runner moves the resource meanwhile.
+    let mut cancelling = engine.pool.begin().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    engine.step(Queue::Regular, 1).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 1, 5000, "test")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the throttle step runs");
+    executord::executor::control::cancel(&mut cancelling, op, None)
+        .await
+        .unwrap();
+    cancelling.commit().await.unwrap();
+
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let events = db::events::list_for_resource(&mut conn, applied.resource.id, None, None, 100)
+        .await
+        .unwrap();
+    let transitions: Vec<&str> = events.iter().map(|e| e.transition.as_str()).collect();
+    assert_eq!(transitions, ["create", "begin_creating", "set_erred"]);
+    for pair in events.windows(2) {
+        assert!(
+            pair[0].created_at <= pair[1].created_at,
+            "{} at {} after {} at {}",
+            pair[1].transition,
+            pair[1].created_at,
+            pair[0].transition,
+            pair[0].created_at
+        );
+    }
+    let operation = engine.operation(op).await;
+    assert!(
+        operation.finished_at >= operation.started_at,
+        "{operation:?}"
+    );
+    for task in engine.tasks(op).await {
+        if let (Some(started), Some(finished)) = (task.started_at, task.finished_at) {
+            assert!(finished >= started, "{task:?}");
+        }
+    }
+}

@@ -20,6 +20,9 @@ pub const HEADER: &str = "idempotency-key";
 /// A claimed or claimable key with the fingerprint of its request.
 #[derive(Debug)]
 pub struct Idempotency {
+    /// The key as the caller sent it: the only form messages show.
+    sent: String,
+    /// The stored key: the caller's tenant and its key.
     key: String,
     request_hash: String,
 }
@@ -57,6 +60,7 @@ impl Idempotency {
             .collect();
         // Keys are per tenant: one tenant's key never replays another's response.
         Ok(Some(Self {
+            sent: key.to_owned(),
             key: format!("{}\u{1f}{key}", caller.tenant),
             request_hash,
         }))
@@ -73,7 +77,7 @@ impl Idempotency {
                 "",
                 format!(
                     "Idempotency-Key `{}` was already used for a different request",
-                    self.key
+                    self.sent
                 ),
             ));
         }

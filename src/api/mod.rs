@@ -81,7 +81,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, openapi)
 }
 
-/// Every protected operation can answer 401, and every write 403.
+/// Every protected operation can answer 400 (two `Authorization` headers)
+/// and 401, and every write 403.
 fn document_auth_errors(openapi: &mut utoipa::openapi::OpenApi) {
     for (path, item) in &mut openapi.paths.paths {
         if !path.starts_with("/api/") {
@@ -101,6 +102,11 @@ fn document_auth_errors(openapi: &mut utoipa::openapi::OpenApi) {
             if writes {
                 statuses.push(("403", "The token's role may not write"));
             }
+            operation
+                .responses
+                .responses
+                .entry("400".to_owned())
+                .or_insert_with(|| problem_response("Two `Authorization` headers").into());
             for (status, description) in statuses {
                 operation
                     .responses

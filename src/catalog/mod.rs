@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::backend::{Backends, MethodRole};
 use crate::domain::{FieldError, Queue, ResourceState};
 
-pub use step::{Job, Step};
+pub use step::{Job, Step, TENANT_SCOPE};
 
 /// The catalog used when none is configured.
 pub const DEFAULT_CATALOG: &str = include_str!("default.toml");
@@ -418,7 +418,7 @@ impl StepChecker<'_> {
                     if *limit < 1 {
                         return Err(error(place, "limit must be at least 1"));
                     }
-                    if !attributes.has_property(scope) {
+                    if scope != TENANT_SCOPE && !attributes.has_property(scope) {
                         return Err(error(
                             place,
                             format!("scope `{scope}` is not an attribute of the schema"),
@@ -586,5 +586,22 @@ mod tests {
             refusal(&text)
                 .starts_with("catalog kinds.instance.backend: unknown backend `openstack`")
         );
+    }
+
+    #[test]
+    fn a_throttle_on_the_tenant_needs_no_tenant_attribute() {
+        // It counts the resource's own tenant, not an attribute.
+        let text = DEFAULT_CATALOG
+            .replace(r#"required = ["tenant", "flavor"]"#, r#"required = ["flavor"]"#)
+            .replace(
+                "properties.tenant = { type = \"string\", minLength = 1, maxLength = 255 }\nproperties.flavor",
+                "properties.flavor",
+            );
+        assert_eq!(
+            text.matches("properties.tenant").count(),
+            1,
+            "only the volume's is left"
+        );
+        Catalog::parse(&text, &backends()).unwrap();
     }
 }

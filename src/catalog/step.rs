@@ -77,8 +77,10 @@ pub enum Step {
     },
     /// Takes one of `limit` slots of a scope (e.g. per tenant) and holds it
     /// until the operation ends; waits in FIFO order while all are taken.
+    /// Scopes are always counted within the resource's own tenant.
     Throttle {
-        /// The attribute whose value names the scope (e.g. `tenant`).
+        /// The attribute whose value names the scope, or [`TENANT_SCOPE`]: the
+        /// resource's own tenant.
         scope: String,
         /// Slots per scope value.
         limit: i32,
@@ -87,6 +89,11 @@ pub enum Step {
         key: Option<String>,
     },
 }
+
+/// The throttle scope that names the resource's own tenant (the tenant of
+/// the token that created it), whatever its attributes say. Only a service
+/// running open, which has no tenants, takes the attribute `tenant` instead.
+pub const TENANT_SCOPE: &str = "tenant";
 
 /// The periodic jobs (`type = "job"` steps; enqueued by the scheduler, never part of a chain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

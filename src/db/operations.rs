@@ -207,6 +207,9 @@ pub async fn succeed_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result
 }
 
 /// Ends a running or scheduled operation in `state` (succeeded, failed or cancelled).
+/// Its end is the time of this statement, not of its transaction: a cancel
+/// that began before the operation's first claim must not end it before it
+/// started.
 pub async fn finish(
     conn: &mut PgConnection,
     id: Uuid,
@@ -214,8 +217,8 @@ pub async fn finish(
     error: Option<&str>,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE operations SET state = $2, error = $3, finished_at = now(), updated_at = now(),
-                started_at = coalesce(started_at, now())
+        "UPDATE operations SET state = $2, error = $3, finished_at = clock_timestamp(),
+                updated_at = clock_timestamp(), started_at = coalesce(started_at, now())
          WHERE id = $1 AND state IN ('scheduled', 'running')",
     )
     .bind(id)

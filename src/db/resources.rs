@@ -100,6 +100,9 @@ pub struct Target {
     /// The resource.
     #[serde(flatten)]
     pub resource: ResourceView,
+    /// The tenant the resource belongs to (set from the token that created
+    /// it; empty while the service runs open). Backends are not told it.
+    pub tenant: String,
     /// The operation's request.
     pub request: Value,
 }

@@ -90,7 +90,8 @@ macro_rules! target_column {
     () => {
         "(SELECT jsonb_build_object(
                      'id', r.id, 'kind', r.kind, 'name', r.name, 'backend_id', r.backend_id,
-                     'runtime_state', r.runtime_state, 'attributes', r.attributes, 'request', o.request)
+                     'runtime_state', r.runtime_state, 'attributes', r.attributes, 'tenant', r.tenant,
+                     'request', o.request)
           FROM operations o JOIN resources r ON r.id = o.resource_id
           WHERE o.id = c.operation_id AND c.type <> 'state_transition') AS target"
     };
@@ -409,7 +410,9 @@ pub async fn lock_for_operation(
 }
 
 /// Cancels an operation's running tasks and takes their leases away, so the
-/// holders' outcomes are refused. Returns their ids.
+/// holders' outcomes are refused. Returns their ids. Their end is the time of
+/// this statement, not of its transaction: a cancel that began before a step
+/// was claimed must not end it before it started.
 pub async fn fence_running(
     conn: &mut PgConnection,
     operation_id: Uuid,
@@ -417,7 +420,7 @@ pub async fn fence_running(
 ) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "UPDATE tasks SET state = 'cancelled', lease_token = NULL, lease_until = NULL, status = NULL,
-                last_error = $2, finished_at = now(), updated_at = now()
+                last_error = $2, finished_at = clock_timestamp(), updated_at = clock_timestamp()
          WHERE operation_id = $1 AND state = 'running' RETURNING id",
     )
     .bind(operation_id)

@@ -4,9 +4,29 @@
 //! lock on that scope, so two runners can never both take the last slot.
 //! A slot is taken only if one is free *and* nobody waits (FIFO); a freed slot
 //! is handed to the oldest waiter in the same transaction that frees it.
+//!
+//! A scope belongs to a tenant: tenants never count against each other's
+//! slots, whatever their requests say.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+/// The scope of a throttle: a tenant's slots of one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// The tenant of the resources it counts (empty while the service runs open).
+    pub tenant: String,
+    /// The name within the tenant, e.g. `instance.tenant:acme`: all that callers are shown.
+    pub name: String,
+}
+
+impl Scope {
+    /// The stored form: the tenant and the name as a JSON array, so no pair of
+    /// them can spell another's.
+    fn key(&self) -> String {
+        serde_json::json!([self.tenant, self.name]).to_string()
+    }
+}
 
 /// The answer to [`acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +55,13 @@ async fn lock_scope(conn: &mut PgConnection, scope: &str) -> sqlx::Result<()> {
 /// (its own snapshot, taken after the lock) and inserts the operation's row.
 pub async fn acquire(
     conn: &mut PgConnection,
-    scope: &str,
+    scope: &Scope,
     operation_id: Uuid,
     task_id: Uuid,
     limit: i32,
 ) -> sqlx::Result<Acquired> {
-    lock_scope(conn, scope).await?;
+    let scope = scope.key();
+    lock_scope(conn, &scope).await?;
     let (mine, held, waiting): (Option<bool>, i64, i64) = sqlx::query_as(
         "WITH mine AS (
              SELECT held FROM throttle_slots WHERE scope = $1 AND operation_id = $2

@@ -117,11 +117,16 @@ pub async fn retry(
     for throttle in tasks.iter().filter(|t| {
         t.position < failed.position && t.task_type == "throttle" && t.state == TaskState::Succeeded
     }) {
+        // The scope's name was stored when the slot was granted; its tenant is the operation's.
         let scope = throttle
             .result
             .as_ref()
             .and_then(|r| r.get("scope"))
-            .and_then(Value::as_str);
+            .and_then(Value::as_str)
+            .map(|name| db::throttle::Scope {
+                tenant: operation.tenant.clone(),
+                name: name.to_owned(),
+            });
         let limit = throttle
             .args
             .get("limit")
@@ -131,10 +136,11 @@ pub async fn retry(
             continue;
         };
         if let Acquired::Queued { held, position } =
-            db::throttle::acquire(conn, scope, id, throttle.id, limit).await?
+            db::throttle::acquire(conn, &scope, id, throttle.id, limit).await?
         {
             let status = format!(
-                "waiting for a throttle slot: {held}/{limit} in use for {scope} (place {position} in line)"
+                "waiting for a throttle slot: {held}/{limit} in use for {} (place {position} in line)",
+                scope.name
             );
             db::tasks::reopen(conn, throttle.id, TaskState::Waiting, &status).await?;
             parked = true;

@@ -443,9 +443,10 @@ async fn decide(
     Ok(match outcome {
         Outcome::Throttle { scope, limit } => {
             match db::throttle::acquire(conn, &scope, operation.id, task.id, limit).await? {
-                Acquired::Granted => Decision::Done(Some(json!({"scope": scope}))),
+                Acquired::Granted => Decision::Done(Some(json!({"scope": scope.name}))),
                 Acquired::Queued { held, position } => Decision::Park(format!(
-                    "waiting for a throttle slot: {held}/{limit} in use for {scope} (place {position} in line)"
+                    "waiting for a throttle slot: {held}/{limit} in use for {} (place {position} in line)",
+                    scope.name
                 )),
             }
         }

@@ -123,7 +123,9 @@ async fn call(
     method: &str,
     timeout: Duration,
 ) -> Result<BackendReply, BackendError> {
-    let Target { resource, request } = target
+    let Target {
+        resource, request, ..
+    } = target
         .ok_or_else(|| BackendError::Permanent("the operation or its resource is gone".into()))?;
     let backend = ctx
         .catalog

@@ -12,9 +12,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::backend::{BackendReply, Backends};
-use crate::catalog::{Catalog, Step};
+use crate::catalog::{Catalog, Step, TENANT_SCOPE};
 use crate::db::resources::Target;
 use crate::db::tasks::Task;
+use crate::db::throttle::Scope;
 use crate::domain::Transition;
 
 /// What a task run produced, for the runner to record.
@@ -24,8 +25,8 @@ pub enum Outcome {
     Transition(Transition),
     /// Take a slot of `scope` (at most `limit` held), or wait in line for one.
     Throttle {
-        /// The scope, e.g. `instance.tenant:acme`.
-        scope: String,
+        /// The scope: the resource's tenant, and a name such as `instance.tenant:acme`.
+        scope: Scope,
         /// Slots in the scope.
         limit: i32,
     },
@@ -108,21 +109,32 @@ pub async fn run(ctx: &TaskContext, task: &Task, target: Option<Target>) -> Outc
     }
 }
 
+/// The scope a throttle step takes a slot of: always within the resource's
+/// own tenant, so no request can reach another tenant's slots. Its name is
+/// `<key>:<value>`. For the scope `tenant` the value is the resource's tenant,
+/// not the attribute a caller wrote, so inventing tenants escapes nothing;
+/// only a service running open, which has no tenants, uses the attribute.
 fn throttle_scope(
     target: Option<&Target>,
     attribute: &str,
     key: Option<&str>,
-) -> Result<String, String> {
-    let resource = &target
-        .ok_or("the operation or its resource is gone")?
-        .resource;
-    let value = match resource.attributes.get(attribute) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
+) -> Result<Scope, String> {
+    let target = target.ok_or("the operation or its resource is gone")?;
+    let resource = &target.resource;
+    let value = if attribute == TENANT_SCOPE && !target.tenant.is_empty() {
+        target.tenant.clone()
+    } else {
+        match resource.attributes.get(attribute) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        }
     };
     let key = key.map_or_else(|| format!("{}.{attribute}", resource.kind), str::to_owned);
-    Ok(format!("{key}:{value}"))
+    Ok(Scope {
+        tenant: target.tenant.clone(),
+        name: format!("{key}:{value}"),
+    })
 }
 
 /// Exponential backoff with ±25% jitter: `base · 2^(attempt-1)`, at most five minutes.
