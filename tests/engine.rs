@@ -13,7 +13,7 @@ use executord::db;
 use executord::domain::{OperationState, Queue, ResourceState, TaskState};
 use executord::executor::{Action, Create, Delete, Executor, ExecutorError, Update};
 use executord::runner::{Recorded, RunnerConfig};
-use executord::tasks::Outcome;
+use executord::tasks::StepOutcome;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -259,7 +259,7 @@ async fn a_task_whose_worker_vanished_is_run_again_and_the_late_completion_is_re
         &engine.catalog,
         lost.id,
         lost.lease_token.unwrap(),
-        Outcome::Fail("late".into()),
+        StepOutcome::Fail("late".into()).into(),
     )
     .await
     .unwrap();
@@ -296,24 +296,26 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
         Item {
             task_id: held(a.operation.id).id,
             token: held(a.operation.id).lease_token.unwrap(),
-            outcome: Outcome::Done(BackendReply {
+            outcome: StepOutcome::Done(BackendReply {
                 backend_id: Some("vm-a".into()),
                 attributes,
                 ..BackendReply::default()
-            }),
+            })
+            .into(),
             go_on: false,
         },
         Item {
             task_id: held(b.operation.id).id,
             token: held(b.operation.id).lease_token.unwrap(),
-            outcome: Outcome::Poll {
+            outcome: StepOutcome::Poll {
                 reply: BackendReply {
                     runtime_state: Some("BUILD".into()),
                     ..BackendReply::default()
                 },
                 delay: Duration::from_secs(60),
                 status: "waiting for ACTIVE".into(),
-            },
+            }
+            .into(),
             go_on: false,
         },
     ];
@@ -356,19 +358,19 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
             .position(|a| Some(a.operation.id) == t.task.operation_id)
             .unwrap()
     });
-    let item = |i: usize, outcome: Outcome, go_on: bool| Item {
+    let item = |i: usize, outcome: StepOutcome, go_on: bool| Item {
         task_id: claimed[i].task.id,
         token: claimed[i].task.lease_token.unwrap(),
-        outcome,
+        outcome: outcome.into(),
         go_on,
     };
-    let begin = Outcome::Transition(Transition::BeginCreating);
+    let begin = StepOutcome::Transition(Transition::BeginCreating);
     let mut items = vec![
         item(0, begin.clone(), true),
         item(1, begin.clone(), false),
-        item(2, Outcome::Fail("boom".into()), true),
+        item(2, StepOutcome::Fail("boom".into()), true),
         item(3, begin, true),
-        item(4, Outcome::Transition(Transition::SetOk), true),
+        item(4, StepOutcome::Transition(Transition::SetOk), true),
     ];
     items[3].token = uuid::Uuid::new_v4();
     let cont = Continue {
@@ -469,18 +471,19 @@ async fn an_outcome_that_cannot_be_recorded_does_not_hold_up_its_batch(pool: PgP
         Item {
             task_id: task(good.operation.id).id,
             token: task(good.operation.id).lease_token.unwrap(),
-            outcome: Outcome::Transition(Transition::BeginCreating),
+            outcome: StepOutcome::Transition(Transition::BeginCreating).into(),
             go_on: false,
         },
         // A poll delay no timestamp can hold: PostgreSQL refuses the statement.
         Item {
             task_id: task(bad.operation.id).id,
             token: task(bad.operation.id).lease_token.unwrap(),
-            outcome: Outcome::Poll {
+            outcome: StepOutcome::Poll {
                 reply: BackendReply::default(),
                 delay: Duration::MAX,
                 status: "forever".into(),
-            },
+            }
+            .into(),
             go_on: false,
         },
     ];
@@ -905,10 +908,12 @@ async fn history_keeps_time_in_order_when_a_cancel_waited_behind_the_runner(pool
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "the throttle step runs");
-    executord::executor::control::cancel(&mut cancelling, op, None)
-        .await
-        .unwrap();
+    let (_, finished) =
+        executord::executor::control::cancel(&mut cancelling, &engine.catalog, op, None)
+            .await
+            .unwrap();
     cancelling.commit().await.unwrap();
+    finished.committed();
 
     let mut conn = engine.pool.acquire().await.unwrap();
     let events = db::events::list_for_resource(&mut conn, applied.resource.id, None, None, 100)

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::backend::{Backends, MethodRole};
 use crate::domain::{FieldError, Queue, ResourceState};
 
-pub use step::{Job, Step, TENANT_SCOPE};
+pub use step::{Job, JobArgs, Step, TENANT_SCOPE};
 
 /// The catalog used when none is configured.
 pub const DEFAULT_CATALOG: &str = include_str!("default.toml");
@@ -379,7 +379,6 @@ impl StepChecker<'_> {
             let place = format!("{place}[{i}]");
             match step {
                 Step::StateTransition { .. } => {}
-                Step::Job { .. } => return Err(error(place, "a job is not a step of a chain")),
                 Step::BackendMethod {
                     method,
                     max_attempts,

@@ -67,14 +67,6 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         call_timeout_s: Option<u64>,
     },
-    /// A periodic job (enqueued by the scheduler; not allowed in a chain).
-    Job {
-        /// Which job.
-        job: Job,
-        /// For `prune`: how old finished work must be, in seconds.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        retention_s: Option<u64>,
-    },
     /// Takes one of `limit` slots of a scope (e.g. per tenant) and holds it
     /// until the operation ends; waits in FIFO order while all are taken.
     /// Scopes are always counted within the resource's own tenant.
@@ -95,7 +87,42 @@ pub enum Step {
 /// running open, which has no tenants, takes the attribute `tenant` instead.
 pub const TENANT_SCOPE: &str = "tenant";
 
-/// The periodic jobs (`type = "job"` steps; enqueued by the scheduler, never part of a chain).
+/// What a periodic job's task row runs (`tasks.args`, `{"type": "job",
+/// "job": …}`): jobs are enqueued by the scheduler and are never steps of a
+/// chain, so they have a type of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobArgs {
+    /// Always `job`: the task type's name, as stored in `tasks.type`.
+    #[serde(rename = "type")]
+    pub task_type: JobType,
+    /// Which job.
+    pub job: Job,
+    /// For `prune`: how old finished work must be, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_s: Option<u64>,
+}
+
+impl JobArgs {
+    /// The arguments of `job`.
+    pub fn new(job: Job, retention_s: Option<u64>) -> Self {
+        Self {
+            task_type: JobType::Job,
+            job,
+            retention_s,
+        }
+    }
+}
+
+/// The one task type of jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    /// `job`.
+    Job,
+}
+
+/// The periodic jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Job {
@@ -130,7 +157,6 @@ impl Step {
             Self::PollRuntimeState { .. } => "poll_runtime_state",
             Self::PollBackendCheck { .. } => "poll_backend_check",
             Self::Throttle { .. } => "throttle",
-            Self::Job { .. } => "job",
         }
     }
 }

@@ -42,6 +42,20 @@ pub enum Acquired {
     },
 }
 
+impl Acquired {
+    /// What a step waiting in line for a slot of `scope` says to people
+    /// (the caller's own scope name only); `None` when it holds one.
+    pub fn waiting_status(&self, scope: &Scope, limit: i32) -> Option<String> {
+        match self {
+            Self::Granted => None,
+            Self::Queued { held, position } => Some(format!(
+                "waiting for a throttle slot: {held}/{limit} in use for {} (place {position} in line)",
+                scope.name
+            )),
+        }
+    }
+}
+
 async fn lock_scope(conn: &mut PgConnection, scope: &str) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(scope)

@@ -9,10 +9,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::ExecutorError;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Step};
 use crate::db;
 use crate::db::operations::Operation;
-use crate::db::throttle::Acquired;
 use crate::domain::{OperationKind, OperationState, ResourceState, TaskState};
 use crate::lifecycle::{self, Ending, Finished};
 
@@ -114,34 +113,28 @@ pub async fn retry(
     .ok_or_else(|| untouched("it moved on"))?;
     // Slots were freed when the operation failed: take them again before going on.
     let mut parked = false;
-    for throttle in tasks.iter().filter(|t| {
-        t.position < failed.position && t.task_type == "throttle" && t.state == TaskState::Succeeded
-    }) {
+    for throttle in tasks
+        .iter()
+        .filter(|t| t.position < failed.position && t.state == TaskState::Succeeded)
+    {
+        let Ok(Step::Throttle { limit, .. }) = serde_json::from_value(throttle.args.clone()) else {
+            continue;
+        };
         // The scope's name was stored when the slot was granted; its tenant is the operation's.
-        let scope = throttle
+        let Some(name) = throttle
             .result
             .as_ref()
             .and_then(|r| r.get("scope"))
             .and_then(Value::as_str)
-            .map(|name| db::throttle::Scope {
-                tenant: operation.tenant.clone(),
-                name: name.to_owned(),
-            });
-        let limit = throttle
-            .args
-            .get("limit")
-            .and_then(Value::as_i64)
-            .and_then(|l| i32::try_from(l).ok());
-        let (Some(scope), Some(limit)) = (scope, limit) else {
+        else {
             continue;
         };
-        if let Acquired::Queued { held, position } =
-            db::throttle::acquire(conn, &scope, id, throttle.id, limit).await?
-        {
-            let status = format!(
-                "waiting for a throttle slot: {held}/{limit} in use for {} (place {position} in line)",
-                scope.name
-            );
+        let scope = db::throttle::Scope {
+            tenant: operation.tenant.clone(),
+            name: name.to_owned(),
+        };
+        let acquired = db::throttle::acquire(conn, &scope, id, throttle.id, limit).await?;
+        if let Some(status) = acquired.waiting_status(&scope, limit) {
             db::tasks::reopen(conn, throttle.id, TaskState::Waiting, &status).await?;
             parked = true;
         }

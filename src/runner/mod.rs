@@ -27,7 +27,7 @@ use crate::db;
 use crate::db::tasks::{Claimed, Task};
 use crate::domain::Queue;
 use crate::events::Events;
-use crate::tasks::{self, Outcome, TaskContext};
+use crate::tasks::{self, TaskContext};
 
 pub use record::Recorded;
 
@@ -356,8 +356,8 @@ impl Runner {
                 return None;
             }
         };
-        crate::metrics::task_ran(&task.task_type, outcome_label(&outcome), started.elapsed());
-        if matches!(outcome, Outcome::Retry { .. }) {
+        crate::metrics::task_ran(&task.task_type, outcome.label(), started.elapsed());
+        if outcome.label() == "retried" {
             crate::metrics::task_retried(&task.task_type);
         }
         let item = record::Item {
@@ -447,17 +447,6 @@ impl Runner {
                 .min(Duration::from_millis(200));
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-/// The outcome's label in the task duration histogram.
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Transition(_) | Outcome::Done(_) | Outcome::JobDone(_) => "succeeded",
-        Outcome::Throttle { .. } => "throttle",
-        Outcome::Poll { .. } => "polling",
-        Outcome::Retry { .. } => "retried",
-        Outcome::Fail(_) | Outcome::Erred(..) => "failed",
     }
 }
 

@@ -17,10 +17,9 @@ use crate::db;
 use crate::db::operations::Operation;
 use crate::db::resources::Owned;
 use crate::db::tasks::{Claimed, Task};
-use crate::db::throttle::Acquired;
 use crate::domain::{Queue, TaskState, Transition};
 use crate::lifecycle::{self, Ending, Finished};
-use crate::tasks::Outcome;
+use crate::tasks::{JobOutcome, Outcome, StepOutcome};
 
 /// What recording did with one outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,26 +218,29 @@ pub async fn record_batch(
             continue;
         };
         rec.results[index].0 = Recorded::Applied;
-        match (task.operation_id, operation) {
-            (None, _) => record_job(&mut tx, &task, item.outcome.clone()).await?,
-            (Some(_), Some(operation)) => {
-                operations.push(operation);
-                pending.push((index, task, item));
+        match (operation, &item.outcome) {
+            (None, Outcome::Job(outcome)) if task.operation_id.is_none() => {
+                record_job(&mut tx, &task, outcome.clone()).await?;
             }
-            (Some(_), None) => anyhow::bail!("the task's operation is missing"),
+            (Some(operation), Outcome::Step(outcome)) => {
+                operations.push(operation);
+                pending.push((index, task, item.go_on, outcome.clone()));
+            }
+            (None, Outcome::Step(_)) => anyhow::bail!("the task's operation is missing"),
+            (_, Outcome::Job(_)) => anyhow::bail!("a job's outcome for a step of an operation"),
         }
     }
     let steps = pending
         .into_iter()
         .zip(&operations)
-        .map(|((index, task, item), operation)| {
+        .map(|((index, task, go_on, outcome), operation)| {
             let step = HeldStep {
                 index,
                 task,
                 operation,
-                go_on: item.go_on,
+                go_on,
             };
-            (step, item.outcome.clone())
+            (step, outcome)
         })
         .collect();
     let decided = decide_all(&mut tx, steps).await?;
@@ -312,21 +314,22 @@ pub async fn record_batch(
 /// each kind of transition.
 async fn decide_all<'a>(
     conn: &mut PgConnection,
-    steps: Vec<(HeldStep<'a>, Outcome)>,
+    steps: Vec<(HeldStep<'a>, StepOutcome)>,
 ) -> anyhow::Result<Vec<(HeldStep<'a>, Decision)>> {
     let mut decided = Vec::with_capacity(steps.len());
     let mut transitions: Vec<(Transition, Vec<HeldStep<'a>>)> = Vec::new();
     let mut replies = Vec::new();
     for (step, outcome) in steps {
-        if let Outcome::Transition(transition) = outcome {
+        if let StepOutcome::Transition(transition) = outcome {
             match transitions.iter_mut().find(|(t, _)| *t == transition) {
                 Some((_, group)) => group.push(step),
                 None => transitions.push((transition, vec![step])),
             }
             continue;
         }
-        if let Outcome::Done(reply) | Outcome::Poll { reply, .. } | Outcome::Erred(reply, _) =
-            &outcome
+        if let StepOutcome::Done(reply)
+        | StepOutcome::Poll { reply, .. }
+        | StepOutcome::Erred(reply, _) = &outcome
             && (reply.backend_id.is_some()
                 || reply.runtime_state.is_some()
                 || reply.attributes.is_some())
@@ -438,37 +441,37 @@ async fn decide(
     conn: &mut PgConnection,
     task: &Task,
     operation: &Operation,
-    outcome: Outcome,
+    outcome: StepOutcome,
 ) -> anyhow::Result<Decision> {
     Ok(match outcome {
-        Outcome::Throttle { scope, limit } => {
-            match db::throttle::acquire(conn, &scope, operation.id, task.id, limit).await? {
-                Acquired::Granted => Decision::Done(Some(json!({"scope": scope.name}))),
-                Acquired::Queued { held, position } => Decision::Park(format!(
-                    "waiting for a throttle slot: {held}/{limit} in use for {} (place {position} in line)",
-                    scope.name
-                )),
+        StepOutcome::Throttle { scope, limit } => {
+            let acquired =
+                db::throttle::acquire(conn, &scope, operation.id, task.id, limit).await?;
+            match acquired.waiting_status(&scope, limit) {
+                None => Decision::Done(Some(json!({"scope": scope.name}))),
+                Some(status) => Decision::Park(status),
             }
         }
         // Their replies are stored by `decide_all`, a batch at a time.
-        Outcome::Done(reply) => Decision::Done(reply_json(&reply)),
-        Outcome::Poll { delay, status, .. } => Decision::Reschedule {
+        StepOutcome::Done(reply) => Decision::Done(reply_json(&reply)),
+        StepOutcome::Poll { delay, status, .. } => Decision::Reschedule {
             delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
             counts_as_attempt: false,
             status: Some(status),
             error: None,
         },
-        Outcome::Retry { error, delay } => Decision::Reschedule {
+        StepOutcome::Retry { error, delay } => Decision::Reschedule {
             delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
             counts_as_attempt: true,
             status: Some(format!("retrying in {delay:.1?} after a transient failure")),
             error: Some(error),
         },
-        Outcome::Fail(error) => Decision::Fail(error),
-        Outcome::JobDone(_) => Decision::Fail("a job outcome for an operation's step".into()),
+        StepOutcome::Fail(error) => Decision::Fail(error),
         // Applied by `decide_all`, a batch at a time.
-        Outcome::Transition(transition) => Decision::Fail(format!("{transition} was not applied")),
-        Outcome::Erred(_, error) => Decision::Fail(error),
+        StepOutcome::Transition(transition) => {
+            Decision::Fail(format!("{transition} was not applied"))
+        }
+        StepOutcome::Erred(_, error) => Decision::Fail(error),
     })
 }
 
@@ -490,21 +493,21 @@ fn reply_json(reply: &crate::backend::BackendReply) -> Option<serde_json::Value>
 }
 
 /// A periodic job's outcome: it has no operation, so only its row changes.
-async fn record_job(conn: &mut PgConnection, task: &Task, outcome: Outcome) -> anyhow::Result<()> {
+async fn record_job(
+    conn: &mut PgConnection,
+    task: &Task,
+    outcome: JobOutcome,
+) -> anyhow::Result<()> {
     match outcome {
-        Outcome::JobDone(summary) => {
+        JobOutcome::Done(summary) => {
             db::tasks::finish(conn, task.id, TaskState::Succeeded, Some(&summary), None).await?;
         }
-        Outcome::Retry { error, delay } => {
+        JobOutcome::Retry { error, delay } => {
             let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             db::tasks::reschedule(conn, task.id, delay_ms, true, None, Some(&error)).await?;
         }
-        Outcome::Fail(error) => {
+        JobOutcome::Fail(error) => {
             tracing::warn!(job = ?task.job, %error, "job failed");
-            db::tasks::finish(conn, task.id, TaskState::Failed, None, Some(&error)).await?;
-        }
-        other => {
-            let error = format!("a job cannot end with {other:?}");
             db::tasks::finish(conn, task.id, TaskState::Failed, None, Some(&error)).await?;
         }
     }

@@ -9,11 +9,10 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 
-use crate::catalog::Job;
+use crate::catalog::{Job, JobArgs};
 use crate::db;
 use crate::domain::Queue;
 
@@ -107,12 +106,8 @@ impl Scheduler {
             let mut enqueued = false;
             for (job, every) in jobs {
                 let Some(every) = every else { continue };
-                let args = match job {
-                    Job::Prune => {
-                        json!({"type": "job", "job": job, "retention_s": self.config.retention.as_secs()})
-                    }
-                    _ => json!({"type": "job", "job": job}),
-                };
+                let retention_s = (job == Job::Prune).then_some(self.config.retention.as_secs());
+                let args = serde_json::to_value(JobArgs::new(job, retention_s))?;
                 let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
                 if db::jobs::enqueue_due(&mut conn, job.as_str(), every_ms, &args).await? {
                     tracing::debug!(job = job.as_str(), "job enqueued");

@@ -1,12 +1,12 @@
 //! The task types that call a backend: `backend_method`, `poll_runtime_state`
 //! and `poll_backend_check`. Polls never sleep in a worker: a poll that is not
-//! done returns [`Outcome::Poll`] and the row is rescheduled.
+//! done returns [`StepOutcome::Poll`] and the row is rescheduled.
 
 use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{Outcome, TaskContext, backoff};
+use super::{StepOutcome, TaskContext, backoff};
 use crate::backend::{BackendCall, BackendError, BackendReply};
 use crate::catalog::Step;
 use crate::db::resources::Target;
@@ -17,7 +17,7 @@ pub(super) async fn run(
     task: &Task,
     target: Option<Target>,
     step: &Step,
-) -> Outcome {
+) -> StepOutcome {
     let (method, timeout) = match step {
         Step::BackendMethod {
             method, timeout_s, ..
@@ -35,19 +35,19 @@ pub(super) async fn run(
             method,
             timeout_s.map_or(ctx.backend_timeout, Duration::from_secs),
         ),
-        Step::StateTransition { .. } | Step::Throttle { .. } | Step::Job { .. } => {
-            return Outcome::Fail("not a backend step".into());
+        Step::StateTransition { .. } | Step::Throttle { .. } => {
+            return StepOutcome::Fail("not a backend step".into());
         }
     };
     let reply = match call(ctx, task, target, method, timeout).await {
         Ok(reply) => reply,
         Err(BackendError::Transient(error)) if task.attempts < task.max_attempts => {
-            return Outcome::Retry {
+            return StepOutcome::Retry {
                 error,
                 delay: backoff(ctx.retry_base, task.attempts),
             };
         }
-        Err(e) => return Outcome::Fail(e.to_string()),
+        Err(e) => return StepOutcome::Fail(e.to_string()),
     };
     match step {
         Step::PollRuntimeState {
@@ -59,9 +59,9 @@ pub(super) async fn run(
         } => {
             let seen = reply.runtime_state.clone().unwrap_or_default();
             if success.contains(&seen) {
-                Outcome::Done(reply)
+                StepOutcome::Done(reply)
             } else if erred.contains(&seen) {
-                Outcome::Erred(reply, format!("the backend reports runtime state {seen}"))
+                StepOutcome::Erred(reply, format!("the backend reports runtime state {seen}"))
             } else {
                 not_yet(
                     task,
@@ -82,7 +82,7 @@ pub(super) async fn run(
             ..
         } => {
             if reply.done == Some(true) {
-                Outcome::Done(reply)
+                StepOutcome::Done(reply)
             } else {
                 not_yet(
                     task,
@@ -93,7 +93,7 @@ pub(super) async fn run(
                 )
             }
         }
-        _ => Outcome::Done(reply),
+        _ => StepOutcome::Done(reply),
     }
 }
 
@@ -103,13 +103,13 @@ fn not_yet(
     interval_ms: u64,
     timeout_s: u64,
     status: String,
-) -> Outcome {
+) -> StepOutcome {
     let started = task.started_at.unwrap_or_else(Utc::now);
     let waited = (Utc::now() - started).to_std().unwrap_or_default();
     if waited >= Duration::from_secs(timeout_s) {
-        return Outcome::Fail(format!("timed out after {timeout_s}s {status}"));
+        return StepOutcome::Fail(format!("timed out after {timeout_s}s {status}"));
     }
-    Outcome::Poll {
+    StepOutcome::Poll {
         reply,
         delay: Duration::from_millis(interval_ms),
         status,

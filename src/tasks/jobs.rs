@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Outcome, TaskContext};
+use super::{JobOutcome, TaskContext};
 use crate::backend::{BackendCall, BackendError, ResourceView};
-use crate::catalog::Job;
+use crate::catalog::{Job, JobArgs};
 use crate::db;
 use crate::db::jobs::Prunable;
 use crate::db::resources::{Guard, Resource};
@@ -21,7 +21,10 @@ use crate::lifecycle::{self, Ending};
 const BATCH: i64 = 100;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub(super) async fn run(ctx: &TaskContext, job: Job, retention_s: Option<u64>) -> Outcome {
+pub(super) async fn run(ctx: &TaskContext, args: JobArgs) -> JobOutcome {
+    let JobArgs {
+        job, retention_s, ..
+    } = args;
     let result = match job {
         Job::Pull => pull(ctx).await,
         Job::Sweep => sweep(ctx).await,
@@ -34,8 +37,8 @@ pub(super) async fn run(ctx: &TaskContext, job: Job, retention_s: Option<u64>) -
         }
     };
     match result {
-        Ok(summary) => Outcome::JobDone(summary),
-        Err(e) => Outcome::Retry {
+        Ok(summary) => JobOutcome::Done(summary),
+        Err(e) => JobOutcome::Retry {
             error: format!("{e:#}"),
             delay: Duration::from_secs(5),
         },

@@ -12,15 +12,54 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::backend::{BackendReply, Backends};
-use crate::catalog::{Catalog, Step, TENANT_SCOPE};
+use crate::catalog::{Catalog, JobArgs, Step, TENANT_SCOPE};
 use crate::db::resources::Target;
 use crate::db::tasks::Task;
 use crate::db::throttle::Scope;
 use crate::domain::Transition;
 
-/// What a task run produced, for the runner to record.
+/// What a task run produced, for the runner to record: a step of an
+/// operation's chain and a periodic job end in different ways.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// A step's.
+    Step(StepOutcome),
+    /// A job's.
+    Job(JobOutcome),
+}
+
+impl Outcome {
+    /// Its label in the task duration histogram.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Step(StepOutcome::Transition(_) | StepOutcome::Done(_))
+            | Self::Job(JobOutcome::Done(_)) => "succeeded",
+            Self::Step(StepOutcome::Throttle { .. }) => "throttle",
+            Self::Step(StepOutcome::Poll { .. }) => "polling",
+            Self::Step(StepOutcome::Retry { .. }) | Self::Job(JobOutcome::Retry { .. }) => {
+                "retried"
+            }
+            Self::Step(StepOutcome::Fail(_) | StepOutcome::Erred(..))
+            | Self::Job(JobOutcome::Fail(_)) => "failed",
+        }
+    }
+}
+
+impl From<StepOutcome> for Outcome {
+    fn from(outcome: StepOutcome) -> Self {
+        Self::Step(outcome)
+    }
+}
+
+impl From<JobOutcome> for Outcome {
+    fn from(outcome: JobOutcome) -> Self {
+        Self::Job(outcome)
+    }
+}
+
+/// What a step of an operation's chain produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
     /// Apply this transition (a compare-and-set) and count the step done.
     Transition(Transition),
     /// Take a slot of `scope` (at most `limit` held), or wait in line for one.
@@ -51,10 +90,24 @@ pub enum Outcome {
     },
     /// Failed for good: the operation fails with this message.
     Fail(String),
-    /// A periodic job finished; the summary is stored as its result.
-    JobDone(Value),
-    /// The backend reports an erred runtime state: store it, then fail like [`Outcome::Fail`].
+    /// The backend reports an erred runtime state: store it, then fail like [`StepOutcome::Fail`].
     Erred(BackendReply, String),
+}
+
+/// What a periodic job produced: only its own row changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// It finished; the summary is stored as its result.
+    Done(Value),
+    /// It could not finish (say, the database went away): run again after `delay`.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// Failed for good.
+    Fail(String),
 }
 
 /// What running a task needs.
@@ -81,31 +134,55 @@ impl std::fmt::Debug for TaskContext {
     }
 }
 
-/// Runs one claimed task on `target`, what its claim read that it acts on.
+/// Runs one claimed task: a step of an operation on `target` (what its claim
+/// read that it acts on), or a periodic job (a task without an operation).
 #[tracing::instrument(skip_all, fields(task_id = %task.id, operation_id = ?task.operation_id, task_type = %task.task_type, attempt = task.attempts))]
 pub async fn run(ctx: &TaskContext, task: &Task, target: Option<Target>) -> Outcome {
-    if task.attempts > task.max_attempts {
+    let gave_up = (task.attempts > task.max_attempts).then(|| {
         let last = task
             .last_error
             .as_deref()
             .unwrap_or("its runner was lost each time");
-        return Outcome::Fail(format!(
-            "gave up after {} attempts: {last}",
-            task.max_attempts
-        ));
+        format!("gave up after {} attempts: {last}", task.max_attempts)
+    });
+    if task.operation_id.is_none() {
+        return Outcome::Job(
+            match (
+                gave_up,
+                serde_json::from_value::<JobArgs>(task.args.clone()),
+            ) {
+                (Some(error), _) => JobOutcome::Fail(error),
+                (None, Ok(args)) => jobs::run(ctx, args).await,
+                (None, Err(e)) => JobOutcome::Fail(format!("unreadable job arguments: {e}")),
+            },
+        );
     }
-    let step: Step = match serde_json::from_value(task.args.clone()) {
-        Ok(step) => step,
-        Err(e) => return Outcome::Fail(format!("unreadable step arguments: {e}")),
-    };
+    Outcome::Step(
+        match (gave_up, serde_json::from_value::<Step>(task.args.clone())) {
+            (Some(error), _) => StepOutcome::Fail(error),
+            (None, Ok(step)) => run_step(ctx, task, target, step).await,
+            (None, Err(e)) => StepOutcome::Fail(format!("unreadable step arguments: {e}")),
+        },
+    )
+}
+
+async fn run_step(
+    ctx: &TaskContext,
+    task: &Task,
+    target: Option<Target>,
+    step: Step,
+) -> StepOutcome {
     match step {
-        Step::StateTransition { transition } => Outcome::Transition(transition),
+        Step::StateTransition { transition } => StepOutcome::Transition(transition),
         Step::Throttle { scope, limit, key } => {
-            throttle_scope(target.as_ref(), &scope, key.as_deref())
-                .map_or_else(Outcome::Fail, |scope| Outcome::Throttle { scope, limit })
+            throttle_scope(target.as_ref(), &scope, key.as_deref()).map_or_else(
+                StepOutcome::Fail,
+                |scope| StepOutcome::Throttle { scope, limit },
+            )
         }
-        Step::Job { job, retention_s } => jobs::run(ctx, job, retention_s).await,
-        step => backend_call::run(ctx, task, target, &step).await,
+        Step::BackendMethod { .. }
+        | Step::PollRuntimeState { .. }
+        | Step::PollBackendCheck { .. } => backend_call::run(ctx, task, target, &step).await,
     }
 }
 
