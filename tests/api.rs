@@ -727,3 +727,125 @@ async fn nul_characters_are_refused_not_a_500(pool: PgPool) {
     let body = json!({"kind": "instance", "name": "x", "attributes": {"tenant": "a\u{0}b", "flavor": "small"}});
     assert_problem(&app.post_json("/api/v1/resources", body).await, 422);
 }
+
+async fn send_raw(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut request = axum::http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    app.send(
+        request
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn actions_refuse_bodies_not_sent_as_json(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let id = app.ok_instance("web-1").await;
+    let stop = format!("/api/v1/resources/{id}/actions/stop");
+    let resize = format!("/api/v1/resources/{id}/actions/resize");
+
+    let refused = [
+        (&stop, Some("text/plain"), "{}"),
+        (&stop, Some("application/x-www-form-urlencoded"), "a=b"),
+        // What a browser's cross-site form sends: a form type and no fields.
+        (&stop, Some("application/x-www-form-urlencoded"), ""),
+        (&stop, Some("multipart/form-data; boundary=x"), ""),
+        (&stop, Some("text/json"), "{}"),
+        (&stop, Some("application/json; charset=latin1"), "{}"),
+        (&resize, None, r#"{"flavor": "large"}"#),
+    ];
+    for (path, content_type, body) in refused {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|t| ("content-type", t))
+            .into_iter()
+            .collect();
+        let reply = send_raw(&app, "POST", path, &headers, body).await;
+        assert_problem(&reply, 415);
+        assert!(
+            reply.body["detail"].as_str().unwrap().contains("JSON"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        app.engine.count("operations").await,
+        1,
+        "only the create ran"
+    );
+
+    // No body and no Content-Type is an action without parameters.
+    let bare = send_raw(&app, "POST", &stop, &[], "").await;
+    assert_eq!(bare.status, 202, "{}", bare.body);
+    assert_eq!(bare.body["action"], "stop");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn json_bodies_must_be_declared_json_in_utf_8(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let body = instance("web-1").to_string();
+    for content_type in [
+        "application/json; charset=latin1",
+        "application/json; charset=ISO-8859-1",
+        "application/json;charset=\"utf-16\"",
+    ] {
+        let reply = send_raw(
+            &app,
+            "POST",
+            "/api/v1/resources",
+            &[("content-type", content_type)],
+            &body,
+        )
+        .await;
+        assert_problem(&reply, 415);
+        assert!(
+            reply.body["detail"].as_str().unwrap().contains("UTF-8"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(app.engine.count("resources").await, 0);
+    let created = send_raw(
+        &app,
+        "POST",
+        "/api/v1/resources",
+        &[("content-type", "application/json; charset=\"UTF-8\"")],
+        &body,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    app.run_until_idle().await;
+
+    let path = format!("/api/v1/resources/{}", created.body["id"].as_str().unwrap());
+    let rename = json!({"name": "web-2"}).to_string();
+    let latin1 = send_raw(
+        &app,
+        "PATCH",
+        &path,
+        &[("content-type", "application/json; charset=latin1")],
+        &rename,
+    )
+    .await;
+    assert_problem(&latin1, 415);
+    let merge_patch = send_raw(
+        &app,
+        "PATCH",
+        &path,
+        &[(
+            "content-type",
+            "application/merge-patch+json; charset=utf-8",
+        )],
+        &rename,
+    )
+    .await;
+    assert_eq!(merge_patch.status, 202, "{}", merge_patch.body);
+}
