@@ -849,3 +849,115 @@ async fn json_bodies_must_be_declared_json_in_utf_8(pool: PgPool) {
     .await;
     assert_eq!(merge_patch.status, 202, "{}", merge_patch.body);
 }
+
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::parse_str(id).is_ok()
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_safe_request_id_is_echoed_and_an_unsafe_one_replaced_by_a_fresh_one(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for id in ["abc", "client-42.retry_1:a", &"x".repeat(64)] {
+        let reply = app
+            .call("GET", "/healthz", None, &[("x-request-id", id)])
+            .await;
+        assert_eq!(reply.header("x-request-id"), Some(id));
+    }
+    let reply = app.get("/healthz").await;
+    assert!(is_generated_id(reply.header("x-request-id").unwrap()));
+
+    let long = "y".repeat(65);
+    for id in [
+        long.as_str(),
+        "",
+        "a b",
+        "a\tb",
+        "a\"b",
+        "a=b",
+        "a/b",
+        "a,b",
+        "x}: forged",
+    ] {
+        let reply = app
+            .call("GET", "/healthz", None, &[("x-request-id", id)])
+            .await;
+        let echoed = reply.header("x-request-id").unwrap();
+        assert!(is_generated_id(echoed), "{id:?} came back as {echoed:?}");
+    }
+    // Bytes outside ASCII are not text a log line can carry safely either.
+    let request = axum::http::Request::get("/healthz")
+        .header(
+            "x-request-id",
+            axum::http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert!(is_generated_id(
+        app.send(request).await.header("x-request-id").unwrap()
+    ));
+    // Of two ids, neither is trusted unless the first one is safe; one comes back.
+    let request = axum::http::Request::get("/healthz")
+        .header("x-request-id", "a b")
+        .header("x-request-id", "good")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let reply = app.send(request).await;
+    assert_eq!(reply.headers.get_all("x-request-id").iter().count(), 1);
+    assert!(is_generated_id(reply.header("x-request-id").unwrap()));
+}
+
+/// What the default (pretty) log format writes, captured for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_request_id_cannot_forge_fields_in_the_log(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runs on one thread, so the request is logged here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let reply = app
+        .call(
+            "GET",
+            "/healthz",
+            None,
+            &[("x-request-id", "x user=admin status=500")],
+        )
+        .await;
+    let fresh = reply.header("x-request-id").unwrap().to_owned();
+    let good = app
+        .call("GET", "/healthz", None, &[("x-request-id", "trace-7")])
+        .await;
+    assert_eq!(good.header("x-request-id"), Some("trace-7"));
+
+    let log = captured.text();
+    assert!(is_generated_id(&fresh), "{fresh}");
+    assert!(log.contains(&format!("request_id={fresh}")), "{log}");
+    assert!(log.contains("request_id=trace-7}"), "{log}");
+    assert!(!log.contains("user=admin"), "{log}");
+    assert!(!log.contains("status=500"), "{log}");
+}

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod kinds;
 pub mod metrics;
 pub mod operations;
+pub mod request_id;
 pub mod resources;
 
 use axum::Router;
