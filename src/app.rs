@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api;
 use crate::api::auth::Auth;
@@ -67,7 +66,7 @@ pub fn router(state: AppState) -> Router {
     crate::metrics::install();
     let (api, doc) = api::routes();
     let request_id = api::request_id::HEADER;
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+    api.merge(api::docs::router(doc))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, Some("no such route".into()), Vec::new()) })
         .method_not_allowed_fallback(|| async {
             problem(

@@ -961,3 +961,30 @@ async fn a_request_id_cannot_forge_fields_in_the_log(pool: PgPool) {
     assert!(!log.contains("user=admin"), "{log}");
     assert!(!log.contains("status=500"), "{log}");
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn unknown_paths_under_docs_are_problem_json_404s_and_the_ui_still_loads(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for path in [
+        "/docs/nope.js",
+        "/docs/a/b/c",
+        "/docs/swagger-ui.css.map.missing",
+    ] {
+        assert_problem(&app.get(path).await, 404);
+    }
+    let assets = [
+        ("/docs/", "text/html"),
+        ("/docs/swagger-ui.css", "text/css"),
+        ("/docs/swagger-ui-bundle.js", "javascript"),
+        ("/docs/swagger-ui-standalone-preset.js", "javascript"),
+        ("/docs/swagger-initializer.js", "javascript"),
+    ];
+    for (path, content_type) in assets {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        let got = reply.header("content-type").unwrap_or_default();
+        assert!(got.contains(content_type), "{path}: {got}");
+    }
+    assert_eq!(app.get("/docs").await.status, 303);
+    assert_eq!(app.get("/openapi.json").await.status, 200);
+}

@@ -2,6 +2,7 @@
 //! and generates the OpenAPI document from the same code.
 
 pub mod auth;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod health;
