@@ -963,6 +963,55 @@ async fn a_request_id_cannot_forge_fields_in_the_log(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn names_with_invisible_or_bidi_characters_are_422_naming_the_code_point(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let cases = [
+        ("invoice\u{202E}fdp.exe", "U+202E"),
+        ("a\u{202A}b", "U+202A"),
+        ("a\u{2066}b", "U+2066"),
+        ("a\u{2069}b", "U+2069"),
+        ("web\u{200B}1", "U+200B"),
+        ("web\u{200D}1", "U+200D"),
+        ("\u{FEFF}web", "U+FEFF"),
+        ("web\u{2060}1", "U+2060"),
+        ("line\u{2028}two", "U+2028"),
+        ("para\u{2029}two", "U+2029"),
+        ("bell\u{7}", "control"),
+    ];
+    for (name, expected) in cases {
+        let reply = app.post_json("/api/v1/resources", instance(name)).await;
+        assert_problem(&reply, 422);
+        assert_eq!(
+            reply.body["errors"][0]["pointer"], "/name",
+            "{}",
+            reply.body
+        );
+        let detail = reply.body["errors"][0]["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{name:?}: {detail}");
+    }
+    assert_eq!(app.engine.count("resources").await, 0);
+
+    let id = app.ok_instance("web-1").await;
+    let rename = app
+        .patch_json(
+            &format!("/api/v1/resources/{id}"),
+            json!({"name": "web\u{202E}2"}),
+        )
+        .await;
+    assert_problem(&rename, 422);
+    assert!(
+        rename.body["detail"].as_str().unwrap().contains("U+202E"),
+        "{}",
+        rename.body
+    );
+    // Ordinary non-ASCII names stay fine.
+    let accented = app
+        .post_json("/api/v1/resources", instance("café-über-東京"))
+        .await;
+    assert_eq!(accented.status, 201, "{}", accented.body);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn unknown_paths_under_docs_are_problem_json_404s_and_the_ui_still_loads(pool: PgPool) {
     let app = TestApp::new(pool);
     for path in [
