@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api;
 use crate::api::auth::Auth;
@@ -69,8 +69,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     crate::metrics::install();
     let (api, doc) = api::routes();
-    let request_id = HeaderName::from_static("x-request-id");
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+    let request_id = api::request_id::HEADER;
+    api.merge(api::docs::router(doc))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, Some("no such route".into()), Vec::new()) })
         .method_not_allowed_fallback(|| async {
             problem(
@@ -89,7 +89,7 @@ pub fn router(state: AppState) -> Router {
                 .make_span_with(|req: &Request| {
                     let id = req
                         .headers()
-                        .get("x-request-id")
+                        .get(api::request_id::HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
@@ -99,6 +99,8 @@ pub fn router(state: AppState) -> Router {
                 }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // First of all: a client's id that is not safe to echo and log is dropped.
+        .layer(MapRequestLayer::new(api::request_id::keep_only_acceptable))
         .with_state(state)
 }
 

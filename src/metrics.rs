@@ -86,8 +86,10 @@ pub fn operation_finished(kind: OperationKind, state: OperationState) {
         .increment(1);
 }
 
-/// An HTTP request was answered.
-pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+/// An HTTP request was answered. Every label must come from a closed set
+/// (see `api::metrics::track`): a value a client chooses would add a series
+/// for good.
+pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
     let labels = [
         ("method", method.to_owned()),
         ("route", route.to_owned()),

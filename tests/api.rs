@@ -727,3 +727,313 @@ async fn nul_characters_are_refused_not_a_500(pool: PgPool) {
     let body = json!({"kind": "instance", "name": "x", "attributes": {"tenant": "a\u{0}b", "flavor": "small"}});
     assert_problem(&app.post_json("/api/v1/resources", body).await, 422);
 }
+
+async fn send_raw(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut request = axum::http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    app.send(
+        request
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn actions_refuse_bodies_not_sent_as_json(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let id = app.ok_instance("web-1").await;
+    let stop = format!("/api/v1/resources/{id}/actions/stop");
+    let resize = format!("/api/v1/resources/{id}/actions/resize");
+
+    let refused = [
+        (&stop, Some("text/plain"), "{}"),
+        (&stop, Some("application/x-www-form-urlencoded"), "a=b"),
+        // What a browser's cross-site form sends: a form type and no fields.
+        (&stop, Some("application/x-www-form-urlencoded"), ""),
+        (&stop, Some("multipart/form-data; boundary=x"), ""),
+        (&stop, Some("text/json"), "{}"),
+        (&stop, Some("application/json; charset=latin1"), "{}"),
+        (&resize, None, r#"{"flavor": "large"}"#),
+    ];
+    for (path, content_type, body) in refused {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|t| ("content-type", t))
+            .into_iter()
+            .collect();
+        let reply = send_raw(&app, "POST", path, &headers, body).await;
+        assert_problem(&reply, 415);
+        assert!(
+            reply.body["detail"].as_str().unwrap().contains("JSON"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        app.engine.count("operations").await,
+        1,
+        "only the create ran"
+    );
+
+    // No body and no Content-Type is an action without parameters.
+    let bare = send_raw(&app, "POST", &stop, &[], "").await;
+    assert_eq!(bare.status, 202, "{}", bare.body);
+    assert_eq!(bare.body["action"], "stop");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn json_bodies_must_be_declared_json_in_utf_8(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let body = instance("web-1").to_string();
+    for content_type in [
+        "application/json; charset=latin1",
+        "application/json; charset=ISO-8859-1",
+        "application/json;charset=\"utf-16\"",
+    ] {
+        let reply = send_raw(
+            &app,
+            "POST",
+            "/api/v1/resources",
+            &[("content-type", content_type)],
+            &body,
+        )
+        .await;
+        assert_problem(&reply, 415);
+        assert!(
+            reply.body["detail"].as_str().unwrap().contains("UTF-8"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(app.engine.count("resources").await, 0);
+    let created = send_raw(
+        &app,
+        "POST",
+        "/api/v1/resources",
+        &[("content-type", "application/json; charset=\"UTF-8\"")],
+        &body,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    app.run_until_idle().await;
+
+    let path = format!("/api/v1/resources/{}", created.body["id"].as_str().unwrap());
+    let rename = json!({"name": "web-2"}).to_string();
+    let latin1 = send_raw(
+        &app,
+        "PATCH",
+        &path,
+        &[("content-type", "application/json; charset=latin1")],
+        &rename,
+    )
+    .await;
+    assert_problem(&latin1, 415);
+    let merge_patch = send_raw(
+        &app,
+        "PATCH",
+        &path,
+        &[(
+            "content-type",
+            "application/merge-patch+json; charset=utf-8",
+        )],
+        &rename,
+    )
+    .await;
+    assert_eq!(merge_patch.status, 202, "{}", merge_patch.body);
+}
+
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::parse_str(id).is_ok()
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_safe_request_id_is_echoed_and_an_unsafe_one_replaced_by_a_fresh_one(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for id in ["abc", "client-42.retry_1:a", &"x".repeat(64)] {
+        let reply = app
+            .call("GET", "/healthz", None, &[("x-request-id", id)])
+            .await;
+        assert_eq!(reply.header("x-request-id"), Some(id));
+    }
+    let reply = app.get("/healthz").await;
+    assert!(is_generated_id(reply.header("x-request-id").unwrap()));
+
+    let long = "y".repeat(65);
+    for id in [
+        long.as_str(),
+        "",
+        "a b",
+        "a\tb",
+        "a\"b",
+        "a=b",
+        "a/b",
+        "a,b",
+        "x}: forged",
+    ] {
+        let reply = app
+            .call("GET", "/healthz", None, &[("x-request-id", id)])
+            .await;
+        let echoed = reply.header("x-request-id").unwrap();
+        assert!(is_generated_id(echoed), "{id:?} came back as {echoed:?}");
+    }
+    // Bytes outside ASCII are not text a log line can carry safely either.
+    let request = axum::http::Request::get("/healthz")
+        .header(
+            "x-request-id",
+            axum::http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert!(is_generated_id(
+        app.send(request).await.header("x-request-id").unwrap()
+    ));
+    // Of two ids, neither is trusted unless the first one is safe; one comes back.
+    let request = axum::http::Request::get("/healthz")
+        .header("x-request-id", "a b")
+        .header("x-request-id", "good")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let reply = app.send(request).await;
+    assert_eq!(reply.headers.get_all("x-request-id").iter().count(), 1);
+    assert!(is_generated_id(reply.header("x-request-id").unwrap()));
+}
+
+/// What the default (pretty) log format writes, captured for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_request_id_cannot_forge_fields_in_the_log(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runs on one thread, so the request is logged here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let reply = app
+        .call(
+            "GET",
+            "/healthz",
+            None,
+            &[("x-request-id", "x user=admin status=500")],
+        )
+        .await;
+    let fresh = reply.header("x-request-id").unwrap().to_owned();
+    let good = app
+        .call("GET", "/healthz", None, &[("x-request-id", "trace-7")])
+        .await;
+    assert_eq!(good.header("x-request-id"), Some("trace-7"));
+
+    let log = captured.text();
+    assert!(is_generated_id(&fresh), "{fresh}");
+    assert!(log.contains(&format!("request_id={fresh}")), "{log}");
+    assert!(log.contains("request_id=trace-7}"), "{log}");
+    assert!(!log.contains("user=admin"), "{log}");
+    assert!(!log.contains("status=500"), "{log}");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn names_with_invisible_or_bidi_characters_are_422_naming_the_code_point(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let cases = [
+        ("invoice\u{202E}fdp.exe", "U+202E"),
+        ("a\u{202A}b", "U+202A"),
+        ("a\u{2066}b", "U+2066"),
+        ("a\u{2069}b", "U+2069"),
+        ("web\u{200B}1", "U+200B"),
+        ("web\u{200D}1", "U+200D"),
+        ("\u{FEFF}web", "U+FEFF"),
+        ("web\u{2060}1", "U+2060"),
+        ("line\u{2028}two", "U+2028"),
+        ("para\u{2029}two", "U+2029"),
+        ("bell\u{7}", "control"),
+    ];
+    for (name, expected) in cases {
+        let reply = app.post_json("/api/v1/resources", instance(name)).await;
+        assert_problem(&reply, 422);
+        assert_eq!(
+            reply.body["errors"][0]["pointer"], "/name",
+            "{}",
+            reply.body
+        );
+        let detail = reply.body["errors"][0]["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{name:?}: {detail}");
+    }
+    assert_eq!(app.engine.count("resources").await, 0);
+
+    let id = app.ok_instance("web-1").await;
+    let rename = app
+        .patch_json(
+            &format!("/api/v1/resources/{id}"),
+            json!({"name": "web\u{202E}2"}),
+        )
+        .await;
+    assert_problem(&rename, 422);
+    assert!(
+        rename.body["detail"].as_str().unwrap().contains("U+202E"),
+        "{}",
+        rename.body
+    );
+    // Ordinary non-ASCII names stay fine.
+    let accented = app
+        .post_json("/api/v1/resources", instance("café-über-東京"))
+        .await;
+    assert_eq!(accented.status, 201, "{}", accented.body);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn unknown_paths_under_docs_are_problem_json_404s_and_the_ui_still_loads(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for path in [
+        "/docs/nope.js",
+        "/docs/a/b/c",
+        "/docs/swagger-ui.css.map.missing",
+    ] {
+        assert_problem(&app.get(path).await, 404);
+    }
+    let assets = [
+        ("/docs/", "text/html"),
+        ("/docs/swagger-ui.css", "text/css"),
+        ("/docs/swagger-ui-bundle.js", "javascript"),
+        ("/docs/swagger-ui-standalone-preset.js", "javascript"),
+        ("/docs/swagger-initializer.js", "javascript"),
+    ];
+    for (path, content_type) in assets {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        let got = reply.header("content-type").unwrap_or_default();
+        assert!(got.contains(content_type), "{path}: {got}");
+    }
+    assert_eq!(app.get("/docs").await.status, 303);
+    assert_eq!(app.get("/openapi.json").await.status, 200);
+}

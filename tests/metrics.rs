@@ -86,3 +86,49 @@ async fn metrics_reflect_operations_tasks_queues_and_requests(pool: PgPool) {
         ) >= 1.0
     );
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn made_up_methods_and_paths_add_no_metric_series(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for i in 0..50 {
+        let method = format!("BREW{i}");
+        let on_route = app.call(&method, "/api/v1/resources", None, &[]).await;
+        assert_eq!(on_route.status, 405);
+        let nowhere = app.call(&method, &format!("/nowhere/{i}"), None, &[]).await;
+        assert_eq!(nowhere.status, 404);
+        app.get(&format!("/api/v1/nothing-{i}")).await;
+    }
+
+    let text = app.get("/metrics").await.body.as_str().unwrap().to_owned();
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(
+        !text.contains("nowhere") && !text.contains("nothing-"),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"executord_http_requests_total{method="other",route="/api/v1/resources",status="405"}"#
+        ),
+        50.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"executord_http_requests_total{method="other",route="unmatched",status="404"}"#
+        ),
+        50.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"executord_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        50.0
+    );
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("executord_http_requests_total{"))
+        .count();
+    assert!(series <= 4, "{series} series:\n{text}");
+}

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
@@ -30,21 +30,37 @@ async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError
 }
 
 /// Counts every request by method, route template and status, with its latency.
+///
+/// Every label comes from a closed set, so that no client can grow the
+/// metrics: a method HTTP does not define is `other`, a route is the
+/// template of a route of this router (`/api/v1/resources/{id}`), never the
+/// path asked for, and a path no route matches is `unmatched`.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     crate::metrics::http_request(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed(),
     );
     response
+}
+
+/// The method as a label: one of HTTP's own methods, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("other")
 }
 
 /// The routes of this module.

@@ -2,6 +2,7 @@
 //! and generates the OpenAPI document from the same code.
 
 pub mod auth;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -9,6 +10,7 @@ pub mod idempotency;
 pub mod kinds;
 pub mod metrics;
 pub mod operations;
+pub mod request_id;
 pub mod resources;
 
 use axum::Router;
@@ -56,7 +58,7 @@ fn problem_response(description: &str) -> utoipa::openapi::Response {
     security(("bearer" = [])),
     info(
         title = "executord",
-        description = "Durable executors: create, update, delete and act on resources; every operation is a chain of tasks you can watch.\n\nErrors are RFC 9457 `application/problem+json`. Every `/api/v1` request needs `Authorization: Bearer <token>` (401 without; 403 when a viewer token writes); other tenants' resources answer 404. Mutations accept `Idempotency-Key`; update, delete and actions accept `If-Match` with the resource's `ETag`.",
+        description = "Durable executors: create, update, delete and act on resources; every operation is a chain of tasks you can watch.\n\nErrors are RFC 9457 `application/problem+json`. Request bodies are `application/json` in UTF-8 (415 otherwise). Every `/api/v1` request needs `Authorization: Bearer <token>` (401 without; 403 when a viewer token writes); other tenants' resources answer 404. Mutations accept `Idempotency-Key`; update, delete and actions accept `If-Match` with the resource's `ETag`.",
         license(name = "Apache-2.0")
     ),
     tags(
@@ -78,7 +80,22 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(metrics::router())
         .split_for_parts();
     document_auth_errors(&mut openapi);
+    document_optional_bodies(&mut openapi);
     (router, openapi)
+}
+
+/// An action's body may be left out (its parameters are then `{}`); utoipa
+/// can only say so by also allowing `null`, which is not a valid body.
+fn document_optional_bodies(openapi: &mut utoipa::openapi::OpenApi) {
+    let body = openapi
+        .paths
+        .paths
+        .get_mut("/api/v1/resources/{id}/actions/{action}")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|operation| operation.request_body.as_mut());
+    if let Some(utoipa::openapi::RefOr::T(body)) = body {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
 }
 
 /// Every protected operation can answer 400 (two `Authorization` headers)

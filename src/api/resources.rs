@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
-use super::extract::{Json, PathId, Query};
+use super::extract::{Json, PathId, Query, body_rejection, check_json_content_type, json_value};
 use super::idempotency::{self, Idempotency};
 use super::operations::{OperationList, OperationResponse, Page, WaitQuery, until_finished};
 use crate::app::AppState;
@@ -190,7 +190,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind, invalid name or attributes", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body not sent as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as JSON in UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn create_resource(
@@ -333,7 +333,7 @@ async fn get_resource(
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or non-updatable fields", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body not sent as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not sent as JSON in UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn update_resource(
@@ -393,7 +393,9 @@ async fn delete_resource(
         ("action" = String, Path, description = "The action's name, e.g. `stop`"),
         ("If-Match" = Option<String>, Header, description = "Only if the resource is at this version (its ETag)"),
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
-    request_body(content = Object, description = "The action's parameters (its `params` schema); `{}` when it has none",
+    request_body(content = Object, content_type = "application/json",
+        description = "The action's parameters (its `params` schema), as `application/json` in UTF-8. \
+            Optional: with no body and no `Content-Type` the parameters are `{}`.",
         example = json!({"flavor": "large"})),
     responses(
         (status = 202, description = "Accepted: the action's operation", body = OperationResponse,
@@ -404,6 +406,7 @@ async fn delete_resource(
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body or Content-Type not JSON in UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn run_action(
@@ -416,7 +419,7 @@ async fn run_action(
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("bad id in the path: `{id}` is not a UUID")))?;
-    let params = action_params(body)?;
+    let params = action_params(&headers, body)?;
     let path = format!("/api/v1/resources/{id}/actions/{action}");
     let key = Idempotency::from_request(&headers, &caller, "POST", &path, &params)?;
     run(
@@ -427,21 +430,24 @@ async fn run_action(
     .await
 }
 
-/// An action's body: a JSON object, or nothing for `{}`.
+/// An action's body: JSON under the rules of every JSON body, or nothing at
+/// all (no body and no `Content-Type`) for `{}`. A declared non-JSON type is
+/// refused even with an empty body, so that a browser's form post cannot run
+/// an action.
 fn action_params(
+    headers: &HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge("the request body is over the 1 MiB limit".into())
-        }
-        _ => ApiError::BadRequest(e.body_text()),
-    })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let bytes = body.map_err(|e| body_rejection(&e))?;
+    let empty = bytes.iter().all(u8::is_ascii_whitespace);
+    if empty && !headers.contains_key(header::CONTENT_TYPE) {
         return Ok(empty_object());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    check_json_content_type(headers)?;
+    if empty {
+        return Ok(empty_object());
+    }
+    json_value(&bytes)
 }
 
 /// Applies an update, delete or action executor and answers 202 with its operation.

@@ -6,7 +6,8 @@
 mod step;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -19,21 +20,62 @@ pub use step::{Job, JobArgs, Step, TENANT_SCOPE};
 /// The catalog used when none is configured.
 pub const DEFAULT_CATALOG: &str = include_str!("default.toml");
 
-/// A catalog that cannot be used, and where.
+/// A catalog that cannot be used, and where, e.g. `catalog kinds.toml:
+/// kinds.instance.create[1]: backend `sim` has no method `create_instanse``.
 #[derive(Debug, thiserror::Error)]
-#[error("catalog {place}: {message}")]
 pub struct CatalogError {
-    /// Where in the file, e.g. `kinds.instance.actions.stop.chain[1]`.
+    /// The file, when the catalog was read from one.
+    pub file: Option<PathBuf>,
+    /// Where in the catalog, e.g. `kinds.instance.actions.stop.chain[1]`;
+    /// empty when the whole file is at fault (it cannot be read or parsed).
     pub place: String,
     /// What is wrong there.
     pub message: String,
 }
 
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("catalog")?;
+        let file = self.file.as_ref().map(|p| p.display().to_string());
+        let parts = file.iter().map(String::as_str).chain([self.place.as_str()]);
+        for (i, part) in parts.filter(|p| !p.is_empty()).enumerate() {
+            write!(f, "{}{part}", if i == 0 { " " } else { ": " })?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
 fn error(place: impl Into<String>, message: impl Into<String>) -> CatalogError {
     CatalogError {
+        file: None,
         place: place.into(),
         message: message.into(),
     }
+}
+
+/// Whether `name` may name a kind or an action. Names are path segments and
+/// query values of the API (`/actions/{action}`, `?kind=`) and labels of
+/// metrics, so they are kept plain: a lowercase ASCII letter, then up to 62
+/// lowercase letters, digits, `_` or `-`.
+fn is_plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn check_name(place: &str, what: &str, name: &str) -> Result<(), CatalogError> {
+    if is_plain_name(name) {
+        return Ok(());
+    }
+    Err(error(
+        place,
+        format!(
+            "`{}` is not a valid {what} name: use a lowercase letter, then up to 62 \
+             lowercase letters, digits, `_` or `-`",
+            name.escape_debug()
+        ),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -107,8 +149,11 @@ impl Schema {
                 "must be a JSON Schema with \"type\": \"object\"",
             ));
         }
-        let validator = jsonschema::validator_for(&source)
-            .map_err(|e| error(place, format!("invalid JSON Schema: {e}")))?;
+        let validator = jsonschema::validator_for(&source).map_err(|e| {
+            let pointer = e.instance_path().as_str();
+            let at = if pointer.is_empty() { "/" } else { pointer };
+            error(place, format!("invalid JSON Schema at {at}: {e}"))
+        })?;
         Ok(Self { source, validator })
     }
 
@@ -212,18 +257,23 @@ impl Catalog {
         Self::parse(DEFAULT_CATALOG, backends)
     }
 
-    /// Reads and checks a catalog file.
+    /// Reads and checks a catalog file; its errors name the file.
     pub fn load(path: &Path, backends: &Backends) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| error(path.display().to_string(), format!("cannot read: {e}")))?;
-        Self::parse(&text, backends)
+        std::fs::read_to_string(path)
+            .map_err(|e| error("", format!("cannot read: {e}")))
+            .and_then(|text| Self::parse(&text, backends))
+            .map_err(|e| CatalogError {
+                file: Some(path.to_owned()),
+                ..e
+            })
     }
 
     /// Parses and checks catalog text.
     pub fn parse(text: &str, backends: &Backends) -> Result<Self, CatalogError> {
-        let raw: RawCatalog = toml::from_str(text).map_err(|e| error("file", e.to_string()))?;
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| error("", e.to_string()))?;
         let mut kinds = BTreeMap::new();
         for (name, raw_kind) in raw.kinds {
+            check_name("kinds", "kind", &name)?;
             let kind = check_kind(&name, raw_kind, backends)?;
             kinds.insert(name, kind);
         }
@@ -282,6 +332,7 @@ fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, Cat
     let queue = raw.queue.unwrap_or(Queue::Regular);
     let mut actions = BTreeMap::new();
     for (action_name, raw_action) in raw.actions {
+        check_name(&format!("{place}.actions"), "action", &action_name)?;
         let place = format!("{place}.actions.{action_name}");
         let params = Schema::compile(&format!("{place}.params"), raw_action.params)?;
         checker.chain(&format!("{place}.chain"), &raw_action.chain, &schema)?;
@@ -438,8 +489,9 @@ impl StepChecker<'_> {
             Some(m) if m.role != role => Err(error(
                 place,
                 format!(
-                    "`{method}` is a {:?} method; this step needs a {role:?} method",
-                    m.role
+                    "`{method}` is {}; this step needs {}",
+                    a_method(m.role),
+                    a_method(role)
                 ),
             )),
             Some(_) => Ok(()),
@@ -458,6 +510,15 @@ impl StepChecker<'_> {
                 ),
             ))
         }
+    }
+}
+
+/// A role in words, with its article.
+fn a_method(role: MethodRole) -> &'static str {
+    match role {
+        MethodRole::Effect => "an effect method",
+        MethodRole::Pull => "a pull method",
+        MethodRole::Check => "a check method",
     }
 }
 
@@ -528,9 +589,148 @@ mod tests {
             r#"{ type = "backend_method", method = "stop_instance" }"#,
             r#"{ type = "backend_method", method = "pull_instance" }"#,
         );
-        assert!(refusal(&text).starts_with(
-            "catalog kinds.instance.actions.stop.chain[0]: `pull_instance` is a Pull method"
-        ));
+        assert_eq!(
+            refusal(&text),
+            "catalog kinds.instance.actions.stop.chain[0]: \
+             `pull_instance` is a pull method; this step needs an effect method"
+        );
+    }
+
+    #[test]
+    fn every_role_is_named_with_its_article() {
+        let effect_for_pull = DEFAULT_CATALOG.replacen(
+            r#"method = "pull_instance", success"#,
+            r#"method = "create_instance", success"#,
+            1,
+        );
+        assert_eq!(
+            refusal(&effect_for_pull),
+            "catalog kinds.instance.create[2]: \
+             `create_instance` is an effect method; this step needs a pull method"
+        );
+        let check_for_effect = DEFAULT_CATALOG.replace(
+            r#"{ type = "backend_method", method = "delete_instance" }"#,
+            r#"{ type = "backend_method", method = "is_instance_deleted" }"#,
+        );
+        assert_eq!(
+            refusal(&check_for_effect),
+            "catalog kinds.instance.delete[0]: \
+             `is_instance_deleted` is a check method; this step needs an effect method"
+        );
+        let effect_for_check = DEFAULT_CATALOG.replace(
+            r#"{ type = "poll_backend_check", method = "is_instance_deleted" }"#,
+            r#"{ type = "poll_backend_check", method = "delete_instance" }"#,
+        );
+        assert_eq!(
+            refusal(&effect_for_check),
+            "catalog kinds.instance.delete[1]: \
+             `delete_instance` is an effect method; this step needs a check method"
+        );
+    }
+
+    #[test]
+    fn a_toml_error_in_a_file_names_the_file() {
+        let path =
+            std::env::temp_dir().join(format!("executord-catalog-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "[kinds.instance\nbackend = 1\n").unwrap();
+        let message = Catalog::load(&path, &backends()).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "catalog {}: TOML parse error at line 1",
+                path.display()
+            )),
+            "{message}"
+        );
+        let message = Catalog::load(std::path::Path::new("/nonexistent/kinds.toml"), &backends())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("catalog /nonexistent/kinds.toml: cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_check_error_in_a_file_names_the_file_and_the_place() {
+        let path =
+            std::env::temp_dir().join(format!("executord-catalog-{}.toml", uuid::Uuid::new_v4()));
+        let text = DEFAULT_CATALOG.replace("\"create_instance\"", "\"create_instanse\"");
+        std::fs::write(&path, text).unwrap();
+        let message = Catalog::load(&path, &backends()).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            message,
+            format!(
+                "catalog {}: kinds.instance.create[1]: backend `sim` has no method `create_instanse`",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_bad_type_in_a_schema_names_the_json_pointer_of_the_property() {
+        let text = DEFAULT_CATALOG.replace(
+            "properties.image = { type = \"string\", maxLength = 255 }",
+            "properties.image = { type = \"strung\" }",
+        );
+        let message = refusal(&text);
+        assert!(
+            message.starts_with(
+                "catalog kinds.instance.schema: invalid JSON Schema at /properties/image/type: "
+            ),
+            "{message}"
+        );
+        // The last `minimum` is the one of volume.extend's parameters.
+        let (head, tail) = DEFAULT_CATALOG.rsplit_once("minimum = 1,").unwrap();
+        let text = format!("{head}minimum = \"one\",{tail}");
+        let message = refusal(&text);
+        assert!(
+            message.starts_with(
+                "catalog kinds.volume.actions.extend.params: invalid JSON Schema at /properties/size_gb/minimum: "
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn kind_and_action_names_must_be_url_path_segments() {
+        for bad in [
+            "\"\"",
+            "\"re/boot\"",
+            "\"Volume\"",
+            "\"9lives\"",
+            "\"a b\"",
+            "\"a.b\"",
+            "\"%2e\"",
+        ] {
+            let text = DEFAULT_CATALOG.replace("kinds.volume", &format!("kinds.{bad}"));
+            let message = refusal(&text);
+            assert!(message.starts_with("catalog kinds: "), "{bad}: {message}");
+            assert!(
+                message.contains("is not a valid kind name"),
+                "{bad}: {message}"
+            );
+            let text = DEFAULT_CATALOG.replace("actions.restart", &format!("actions.{bad}"));
+            let message = refusal(&text);
+            assert!(
+                message.starts_with("catalog kinds.instance.actions: "),
+                "{bad}: {message}"
+            );
+            assert!(
+                message.contains("is not a valid action name"),
+                "{bad}: {message}"
+            );
+        }
+        let long = "a".repeat(64);
+        let text = DEFAULT_CATALOG.replace("actions.restart", &format!("actions.{long}"));
+        assert!(refusal(&text).contains("is not a valid action name"));
+        for good in ["hard_reboot", "hard-reboot", "v2", &"a".repeat(63)] {
+            let text = DEFAULT_CATALOG
+                .replace("kinds.volume", &format!("kinds.{good}"))
+                .replace("actions.restart", &format!("actions.{good}"));
+            Catalog::parse(&text, &backends()).unwrap();
+        }
     }
 
     #[test]

@@ -11,6 +11,6 @@ mod state;
 pub use caller::{Caller, Role};
 pub use field_error::FieldError;
 pub use limits::{MAX_DEPTH, MAX_JSON_BYTES, check_json};
-pub use name::{MAX_NAME_CHARS, ResourceName};
+pub use name::{MAX_NAME_CHARS, NameError, ResourceName};
 pub use operation::{OperationKind, OperationState, Queue, TaskState};
 pub use state::{ResourceState, Transition};

@@ -27,8 +27,8 @@ impl<'c> Create<'c> {
         attributes: Value,
     ) -> Result<Self, ExecutorError> {
         let mut errors = Vec::new();
-        let parsed_name =
-            ResourceName::parse(name).map_err(|e| errors.push(FieldError::new("/name", e)));
+        let parsed_name = ResourceName::parse(name)
+            .map_err(|e| errors.push(FieldError::new("/name", e.to_string())));
         let Some(kind) = catalog.kind(kind) else {
             let known: Vec<&str> = catalog.kinds().map(|k| k.name.as_str()).collect();
             errors.push(FieldError::new(

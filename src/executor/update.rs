@@ -79,7 +79,7 @@ impl Executor for Update<'_> {
             }
             Some(Ok(name)) => Some(name),
             Some(Err(e)) => {
-                errors.push(FieldError::new("/name", e));
+                errors.push(FieldError::new("/name", e.to_string()));
                 None
             }
             None => None,
