@@ -109,7 +109,8 @@ async fn the_curl_tour_stop_resize_start_and_delete(pool: PgPool) {
     assert_eq!(resize.status, 202, "{}", resize.body);
     app.run_until_idle().await;
     let resource = app.get(&base).await;
-    assert_eq!(resource.body["attributes"]["flavor"], "large");
+    assert_eq!(resource.body["status"]["flavor"], "large");
+    assert_eq!(resource.body["attributes"]["flavor"], "small");
     assert_eq!(resource.body["state"], "ok");
 
     // Actions without parameters take an empty body too.
@@ -371,8 +372,13 @@ async fn volume_extend_must_grow_the_volume(pool: PgPool) {
     );
     app.run_until_idle().await;
     let volume = app.get(&base).await;
-    assert_eq!(volume.body["attributes"]["size_gb"], 20);
+    assert_eq!(volume.body["status"]["size_gb"], 20);
     assert_eq!(volume.body["runtime_state"], "available");
+    // Growing is measured against what the backend reported, not the attributes.
+    let smaller = app
+        .post_json(&format!("{base}/actions/extend"), json!({"size_gb": 15}))
+        .await;
+    assert_eq!(smaller.status, 422, "{}", smaller.body);
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]

@@ -114,7 +114,8 @@ async fn update_action_and_delete_drive_the_resource_through_their_states(pool: 
     engine.apply(resize).await.unwrap();
     engine.drain().await;
     let resource = engine.resource(id).await.unwrap();
-    assert_eq!(resource.attributes["flavor"], "large");
+    assert_eq!(resource.status["flavor"], "large", "the backend's word");
+    assert_eq!(resource.attributes["flavor"], "small", "the user's");
     assert_eq!(resource.runtime_state.as_deref(), Some("SHUTOFF"));
 
     let delete = engine
@@ -291,14 +292,14 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
         .await
         .unwrap();
     let held = |op| held_step(&claimed, op);
-    let attributes = json!({"ip": "10.0.0.7"}).as_object().cloned();
+    let status = json!({"ip": "10.0.0.7"}).as_object().cloned();
     let items = [
         Item {
             task_id: held(a.operation.id).id,
             token: held(a.operation.id).lease_token.unwrap(),
             outcome: StepOutcome::Done(BackendReply {
                 backend_id: Some("vm-a".into()),
-                attributes,
+                status,
                 ..BackendReply::default()
             })
             .into(),
@@ -327,13 +328,13 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
     let ra = engine.resource(a.resource.id).await.unwrap();
     assert_eq!(ra.backend_id.as_deref(), Some("vm-a"));
     assert_eq!(ra.runtime_state, None);
-    assert_eq!(ra.attributes["ip"], "10.0.0.7", "merged in");
-    assert_eq!(ra.attributes["tenant"], "ta", "kept");
+    assert_eq!(ra.status["ip"], "10.0.0.7", "merged into the status");
+    assert_eq!(ra.attributes, a.resource.attributes, "the attributes are the user's");
     assert_eq!(ra.version, a.resource.version + 1);
     let rb = engine.resource(b.resource.id).await.unwrap();
     assert_eq!(rb.runtime_state.as_deref(), Some("BUILD"));
     assert_eq!(rb.backend_id, None);
-    assert_eq!(rb.attributes, b.resource.attributes, "nothing to merge");
+    assert_eq!(rb.status, json!({}), "nothing to merge");
     assert_eq!(rb.version, b.resource.version + 1);
 }
 

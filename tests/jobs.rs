@@ -136,6 +136,7 @@ async fn pull_errs_a_vanished_resource_and_recovers_a_healthy_one(pool: PgPool) 
         backend_id: resource.backend_id,
         runtime_state: resource.runtime_state,
         attributes: resource.attributes,
+        status: resource.status,
     };
     let call = BackendCall {
         idempotency_key: uuid::Uuid::new_v4(),

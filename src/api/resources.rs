@@ -43,8 +43,11 @@ pub struct ResourceResponse {
     pub runtime_state: Option<String>,
     /// The backend's id for it.
     pub backend_id: Option<String>,
-    /// Its attributes, as the kind's schema describes.
+    /// Its attributes, as its users gave them and the kind's schema describes.
     pub attributes: Value,
+    /// What its backend reports about it (addresses, sizes, …), kept apart
+    /// from the attributes: `{}` until the backend reports something.
+    pub status: Value,
     /// Why the last operation failed, while `erred`.
     pub error_message: Option<String>,
     /// The action in flight.
@@ -71,6 +74,7 @@ impl From<Resource> for ResourceResponse {
             runtime_state: r.runtime_state,
             backend_id: r.backend_id,
             attributes: r.attributes,
+            status: r.status,
             error_message: r.error_message,
             action: r.action,
             action_details: r.action_details,

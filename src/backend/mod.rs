@@ -9,6 +9,7 @@
 pub mod noop;
 pub mod sim;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 /// What a method is for, so the catalog can check each step uses a fitting one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MethodRole {
     /// Changes the backend (create, delete, stop, resize, ...).
     Effect,
@@ -28,10 +30,10 @@ pub enum MethodRole {
 }
 
 /// One method a backend offers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MethodInfo {
     /// The name chains use.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// What it is for.
     pub role: MethodRole,
 }
@@ -49,8 +51,15 @@ pub struct ResourceView {
     pub backend_id: Option<String>,
     /// The last runtime state seen.
     pub runtime_state: Option<String>,
-    /// The resource's attributes (a JSON object).
+    /// The resource's attributes (a JSON object), as its users gave them.
     pub attributes: Value,
+    /// What the backend reported about it before (a JSON object).
+    #[serde(default = "empty_object")]
+    pub status: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
 }
 
 /// One call of a backend method.
@@ -72,8 +81,8 @@ pub struct BackendReply {
     pub backend_id: Option<String>,
     /// The object's runtime state now.
     pub runtime_state: Option<String>,
-    /// Attributes to merge into the resource's attributes.
-    pub attributes: Option<Map<String, Value>>,
+    /// Keys to merge into the resource's status (never into its attributes).
+    pub status: Option<Map<String, Value>>,
     /// For check methods: whether the condition holds.
     pub done: Option<bool>,
 }
@@ -96,10 +105,10 @@ pub enum BackendError {
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// The methods this backend offers.
-    fn methods(&self) -> &'static [MethodInfo];
+    fn methods(&self) -> &[MethodInfo];
 
     /// The runtime states its objects can report, so the catalog can be checked.
-    fn runtime_states(&self) -> &'static [&'static str];
+    fn runtime_states(&self) -> Vec<&str>;
 
     /// Calls `method`. Must be idempotent given `call.idempotency_key`.
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError>;

@@ -19,7 +19,7 @@ use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo, Method
 pub const NAME: &str = "noop";
 
 static METHODS: &[MethodInfo] = &[MethodInfo {
-    name: "noop",
+    name: std::borrow::Cow::Borrowed("noop"),
     role: MethodRole::Effect,
 }];
 
@@ -31,12 +31,12 @@ pub struct Noop;
 
 #[async_trait]
 impl Backend for Noop {
-    fn methods(&self) -> &'static [MethodInfo] {
+    fn methods(&self) -> &[MethodInfo] {
         METHODS
     }
 
-    fn runtime_states(&self) -> &'static [&'static str] {
-        &[]
+    fn runtime_states(&self) -> Vec<&str> {
+        Vec::new()
     }
 
     async fn call(&self, method: &str, _call: BackendCall) -> Result<BackendReply, BackendError> {
@@ -70,6 +70,7 @@ mod tests {
                 backend_id: None,
                 runtime_state: None,
                 attributes: json!({}),
+                status: json!({}),
             },
             params: json!({}),
         }

@@ -237,7 +237,8 @@ pub struct Action {
     pub runtime_state_on_success: Option<String>,
     /// The JSON Schema of its parameters.
     pub params: Schema,
-    /// Parameters that must exceed the attribute of the same name.
+    /// Parameters that must exceed the current value of the same name: the
+    /// status the backend reported, else the attribute.
     pub increase_only: Vec<String>,
     /// The queue its chain runs on.
     pub queue: Queue,

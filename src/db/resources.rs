@@ -23,8 +23,11 @@ pub struct Resource {
     pub runtime_state: Option<String>,
     /// The backend's id for it.
     pub backend_id: Option<String>,
-    /// Its attributes (a JSON object).
+    /// Its attributes (a JSON object), as its users gave them.
     pub attributes: Value,
+    /// What its backend reports about it beyond its id and runtime state (a
+    /// JSON object), kept apart from the attributes.
+    pub status: Value,
     /// The action in flight.
     pub action: Option<String>,
     /// The parameters of the action in flight.
@@ -410,19 +413,20 @@ pub struct Reply {
     pub backend_id: Option<String>,
     /// Its runtime state, if reported.
     pub runtime_state: Option<String>,
-    /// Attributes to merge into its attributes (a JSON object).
-    pub attributes: Option<Value>,
+    /// Keys to merge into its status (a JSON object).
+    pub status: Option<Value>,
 }
 
 /// Stores what backends reported, one statement for all: each reported
-/// field replaces the stored one, attributes are merged. The resources are
+/// field replaces the stored one, status keys are merged (never into the
+/// attributes). The resources are
 /// locked in id order, as every statement that locks several does.
 pub async fn record_backend_replies(
     conn: &mut PgConnection,
     replies: Vec<Reply>,
 ) -> sqlx::Result<()> {
     let n = replies.len();
-    let (mut ids, mut backend_ids, mut runtime_states, mut attributes) = (
+    let (mut ids, mut backend_ids, mut runtime_states, mut statuses) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -432,7 +436,7 @@ pub async fn record_backend_replies(
         ids.push(reply.resource_id);
         backend_ids.push(reply.backend_id);
         runtime_states.push(reply.runtime_state);
-        attributes.push(reply.attributes);
+        statuses.push(reply.status);
     }
     sqlx::query(
         "WITH locked AS (
@@ -440,16 +444,16 @@ pub async fn record_backend_replies(
          )
          UPDATE resources r SET backend_id = coalesce(u.backend_id, r.backend_id),
                 runtime_state = coalesce(u.runtime_state, r.runtime_state),
-                attributes = r.attributes || coalesce(u.attributes, '{}'::jsonb),
+                status = r.status || coalesce(u.status, '{}'::jsonb),
                 version = r.version + 1, updated_at = now()
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
-              AS u(id, backend_id, runtime_state, attributes)
+              AS u(id, backend_id, runtime_state, status)
          WHERE r.id = u.id AND r.id = ANY(ARRAY(SELECT id FROM locked))",
     )
     .bind(ids)
     .bind(backend_ids)
     .bind(runtime_states)
-    .bind(attributes)
+    .bind(statuses)
     .execute(conn)
     .await?;
     Ok(())

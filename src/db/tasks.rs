@@ -90,7 +90,8 @@ macro_rules! target_column {
     () => {
         "(SELECT jsonb_build_object(
                      'id', r.id, 'kind', r.kind, 'name', r.name, 'backend_id', r.backend_id,
-                     'runtime_state', r.runtime_state, 'attributes', r.attributes, 'tenant', r.tenant,
+                     'runtime_state', r.runtime_state, 'attributes', r.attributes, 'status', r.status,
+                     'tenant', r.tenant,
                      'request', o.request)
           FROM operations o JOIN resources r ON r.id = o.resource_id
           WHERE o.id = c.operation_id AND c.type <> 'state_transition') AS target"

@@ -76,7 +76,12 @@ impl Executor for Action<'_> {
         if errors.is_empty() {
             for field in &action.increase_only {
                 let new = self.params.get(field).and_then(Value::as_f64);
-                let current = resource.attributes.get(field).and_then(Value::as_f64);
+                // What the backend last reported wins over what was asked for at creation.
+                let current = resource
+                    .status
+                    .get(field)
+                    .or_else(|| resource.attributes.get(field))
+                    .and_then(Value::as_f64);
                 if let (Some(new), Some(current)) = (new, current)
                     && new <= current
                 {

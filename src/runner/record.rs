@@ -332,13 +332,13 @@ async fn decide_all<'a>(
         | StepOutcome::Erred(reply, _) = &outcome
             && (reply.backend_id.is_some()
                 || reply.runtime_state.is_some()
-                || reply.attributes.is_some())
+                || reply.status.is_some())
         {
             replies.push(db::resources::Reply {
                 resource_id: step.operation.resource_id,
                 backend_id: reply.backend_id.clone(),
                 runtime_state: reply.runtime_state.clone(),
-                attributes: reply.attributes.clone().map(serde_json::Value::Object),
+                status: reply.status.clone().map(serde_json::Value::Object),
             });
         }
         let decision = decide(conn, &step.task, step.operation, outcome).await?;
@@ -483,8 +483,8 @@ fn reply_json(reply: &crate::backend::BackendReply) -> Option<serde_json::Value>
     if let Some(rs) = &reply.runtime_state {
         out.insert("runtime_state".into(), json!(rs));
     }
-    if let Some(attributes) = &reply.attributes {
-        out.insert("attributes".into(), json!(attributes));
+    if let Some(status) = &reply.status {
+        out.insert("status".into(), json!(status));
     }
     if let Some(done) = reply.done {
         out.insert("done".into(), json!(done));

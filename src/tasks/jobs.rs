@@ -99,6 +99,7 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
             backend_id: resource.backend_id.clone(),
             runtime_state: resource.runtime_state.clone(),
             attributes: resource.attributes.clone(),
+            status: resource.status.clone(),
         },
         params: json!({}),
     };

@@ -327,12 +327,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[async_trait]
 impl Backend for Sim {
-    fn methods(&self) -> &'static [MethodInfo] {
+    fn methods(&self) -> &[MethodInfo] {
         METHODS
     }
 
-    fn runtime_states(&self) -> &'static [&'static str] {
-        RUNTIME_STATES
+    fn runtime_states(&self) -> Vec<&str> {
+        RUNTIME_STATES.to_vec()
     }
 
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError> {
@@ -364,6 +364,7 @@ mod tests {
             backend_id: None,
             runtime_state: None,
             attributes,
+            status: json!({}),
         }
     }
 
@@ -419,7 +420,7 @@ mod tests {
     #[test]
     fn every_method_parses_with_its_listed_role() {
         for info in METHODS {
-            let (_, op) = Op::parse(info.name).unwrap();
+            let (_, op) = Op::parse(&info.name).unwrap();
             assert_eq!(op.role(), info.role, "{}", info.name);
         }
         let sim = Sim::new(SimConfig::default());
@@ -462,7 +463,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply.runtime_state.as_deref(), Some("extending"));
-        assert_eq!(reply.attributes.unwrap()["size_gb"], json!(20));
+        assert_eq!(reply.status.unwrap()["size_gb"], json!(20));
         assert_eq!(pull(sim, "pull_volume", &r).await, "available");
         // Volumes are not instances.
         let err = sim
@@ -667,7 +668,7 @@ mod tests {
         assert_eq!(reply.runtime_state.as_deref(), Some("RESIZE"));
         let mut expected = Map::new();
         expected.insert("flavor".to_owned(), json!("m1.large"));
-        assert_eq!(reply.attributes, Some(expected));
+        assert_eq!(reply.status, Some(expected));
         assert_eq!(pull(sim, "pull_instance", &r).await, "SHUTOFF");
         let reply = step(sim, "update_instance", &mut r, json!({"name": "web-2"}))
             .await

@@ -33,7 +33,10 @@ pub(super) static METHODS: &[MethodInfo] = &[
 ];
 
 const fn method(name: &'static str, role: MethodRole) -> MethodInfo {
-    MethodInfo { name, role }
+    MethodInfo {
+        name: std::borrow::Cow::Borrowed(name),
+        role,
+    }
 }
 
 /// Every runtime state an object can be in (the migration's CHECK lists them too).
@@ -634,7 +637,7 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
         })
     }
 
-    /// Records `name = value` on the object and in the reply, to be merged into the resource.
+    /// Records `name = value` on the object and in the reply, to be merged into the resource's status.
     fn set_attribute(&mut self, name: &str, value: &Value, reply: &mut BackendReply) {
         if let Some(stored) = self
             .object
@@ -644,7 +647,7 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
             stored.insert(name.to_owned(), value.clone());
         }
         reply
-            .attributes
+            .status
             .get_or_insert_with(Map::new)
             .insert(name.to_owned(), value.clone());
     }
@@ -696,8 +699,8 @@ pub(super) fn reply_to_json(reply: &BackendReply) -> Value {
     if let Some(state) = &reply.runtime_state {
         stored.insert("runtime_state".to_owned(), Value::from(state.as_str()));
     }
-    if let Some(attributes) = &reply.attributes {
-        stored.insert("attributes".to_owned(), Value::Object(attributes.clone()));
+    if let Some(status) = &reply.status {
+        stored.insert("status".to_owned(), Value::Object(status.clone()));
     }
     if let Some(done) = reply.done {
         stored.insert("done".to_owned(), Value::Bool(done));
@@ -711,7 +714,7 @@ pub(super) fn reply_from_json(stored: &Value) -> BackendReply {
     BackendReply {
         backend_id: text("backend_id"),
         runtime_state: text("runtime_state"),
-        attributes: stored.get("attributes").and_then(Value::as_object).cloned(),
+        status: stored.get("status").and_then(Value::as_object).cloned(),
         done: stored.get("done").and_then(Value::as_bool),
     }
 }

@@ -451,7 +451,7 @@ mod tests {
         let first = a.call("resize_instance", resize.clone()).await.unwrap();
         let again = b.call("resize_instance", resize.clone()).await.unwrap();
         assert_eq!(first, again);
-        assert_eq!(first.attributes.unwrap()["flavor"], json!("m1.large"));
+        assert_eq!(first.status.unwrap()["flavor"], json!("m1.large"));
         assert_eq!(
             b.stats()
                 .await
