@@ -238,10 +238,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(address = %args.listen, runner = !args.no_runner, "executord serving; docs at /docs");
     let mut until_stop = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = crate::server::serve(listener, app, args.server_config(), async move {
         let _ = until_stop.wait_for(|s| *s).await;
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     shutdown_signal().await;
     tracing::info!("shutting down");
     // Long polls answer now with what they have, so the server can stop.
@@ -251,8 +251,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         runner.await.ok();
     }
     match tokio::time::timeout(Duration::from_secs(70), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("requests still open after 70 s; closing"),
     }

@@ -25,4 +25,5 @@ pub mod events;
 pub mod executor;
 pub mod metrics;
 pub mod runner;
+pub mod server;
 pub mod tasks;
