@@ -127,9 +127,14 @@ impl Harness {
 
     /// `serve --no-runner` on a free port, once `/readyz` answers 200.
     pub fn api(&self, name: &str) -> Api {
+        self.api_with(name, &[])
+    }
+
+    /// [`Harness::api`] with `extra` flags.
+    pub fn api_with(&self, name: &str, extra: &[&str]) -> Api {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let proc = self.spawn(name, &["serve", "--no-runner", "--listen", &listen], &[]);
+        let proc = self.spawn(name, &["serve", "--no-runner", "--listen", &listen], extra);
         let api = Api { proc, port };
         wait_until(Duration::from_secs(60), "the API to become ready", || {
             try_http(port, "GET", "/readyz", None, Duration::from_secs(5))
