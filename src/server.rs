@@ -13,6 +13,10 @@
 //!   (one still sending its head, or idle between requests); when every
 //!   connection is busy, the loop stops accepting and new connections wait
 //!   in the kernel's backlog until one ends.
+//! - Request heads over [`MAX_URI_BYTES`], [`MAX_HEADERS`] or
+//!   [`MAX_HEAD_BYTES`] are answered 414 or 431 in problem+json here, before
+//!   the router. hyper's own limits are set above ours, so only heads far
+//!   beyond them, or ones hyper cannot parse, get hyper's bare answer.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -37,6 +41,21 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::api::error::problem;
+
+/// The longest request target (path and query) answered; longer is a 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most header fields in a request; more is a 431.
+pub const MAX_HEADERS: usize = 100;
+/// The largest request head (request line and header fields); larger is a 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// hyper's own header count limit, above [`MAX_HEADERS`] so that ours
+/// answers first. hyper allocates room for this many per parse.
+const HYPER_MAX_HEADERS: usize = 256;
+/// hyper's read buffer limit, and so its limit on a head: twice
+/// [`MAX_HEAD_BYTES`], so that ours answers first. It is also the most a
+/// client can make the server buffer while it sends its head.
+const HYPER_MAX_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
 
 /// How long the accept loop waits after an error such as running out of
 /// file descriptors, rather than spinning on it.
@@ -65,7 +84,9 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .max_headers(HYPER_MAX_HEADERS)
+        .max_buf_size(HYPER_MAX_BUF_BYTES);
     let http = Arc::new(http);
     let connections = Arc::new(Connections::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -188,9 +209,9 @@ async fn serve_connection(
     }
 }
 
-/// One request: refused if its connection was just evicted, else the
-/// router's answer. The connection counts as busy until the response body
-/// has been sent.
+/// One request: refused if its connection was just evicted or its head is
+/// over our limits, else the router's answer. The connection counts as busy
+/// until the response body has been sent.
 async fn respond(app: Router, slot: &Arc<Slot>, request: Request<Incoming>) -> Response {
     let Some(in_flight) = slot.begin() else {
         let mut response = problem(
@@ -203,9 +224,12 @@ async fn respond(app: Router, slot: &Arc<Slot>, request: Request<Incoming>) -> R
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     };
-    let response = match app.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
+    let response = match head_problem(&request) {
+        Some(response) => response,
+        None => match app.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
     };
     response.map(|body| {
         Body::new(Tracked {
@@ -213,6 +237,62 @@ async fn respond(app: Router, slot: &Arc<Slot>, request: Request<Incoming>) -> R
             _in_flight: in_flight,
         })
     })
+}
+
+/// The 414 or 431 for a head over our limits, or `None` when it is within them.
+fn head_problem<B>(request: &Request<B>) -> Option<Response> {
+    let uri = uri_len(request.uri());
+    let (status, detail) = if uri > MAX_URI_BYTES {
+        (
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        )
+    } else if request.headers().len() > MAX_HEADERS {
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} header fields; at most {MAX_HEADERS} are accepted",
+                request.headers().len()
+            ),
+        )
+    } else {
+        // The request line and the fields as they were sent, give or take whitespace.
+        let head = request.method().as_str().len()
+            + uri
+            + " HTTP/1.1\r\n".len()
+            + request
+                .headers()
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+                .sum::<usize>();
+        if head <= MAX_HEAD_BYTES {
+            return None;
+        }
+        (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request head is {head} bytes; at most {MAX_HEAD_BYTES} are accepted"),
+        )
+    };
+    crate::metrics::http_request(
+        request.method().as_str(),
+        "unmatched",
+        status.as_u16(),
+        Duration::ZERO,
+    );
+    let mut response = problem(status, Some(detail), Vec::new());
+    // The client may well send more of the same: let it start afresh.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
+}
+
+/// The length of a request target as sent: origin form, or absolute form.
+fn uri_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + "://".len());
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
 }
 
 /// The open connections, oldest first, and room for more.
@@ -394,6 +474,49 @@ impl http_body::Body for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(uri: &str, headers: &[(String, String)]) -> Request<()> {
+        let mut builder = Request::get(uri);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn heads_within_the_limits_pass() {
+        let headers: Vec<_> = (0..MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), "v".repeat(100)))
+            .collect();
+        let uri = format!("/api/v1/resources?name={}", "a".repeat(8000));
+        assert!(head_problem(&request(&uri, &headers)).is_none());
+    }
+
+    #[test]
+    fn an_over_long_uri_is_414() {
+        let uri = format!("/api/v1/resources?name={}", "a".repeat(MAX_URI_BYTES));
+        let response = head_problem(&request(&uri, &[])).unwrap();
+        assert_eq!(response.status(), StatusCode::URI_TOO_LONG);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+
+    #[test]
+    fn too_many_or_too_large_headers_are_431() {
+        let many: Vec<_> = (0..=MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), "v".into()))
+            .collect();
+        let large = vec![("x-big".to_owned(), "v".repeat(MAX_HEAD_BYTES))];
+        for headers in [many, large] {
+            let response = head_problem(&request("/", &headers)).unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            );
+        }
+    }
 
     #[test]
     fn an_idle_connection_is_evicted_and_then_refuses_requests() {

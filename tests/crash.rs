@@ -20,7 +20,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{GRACE_SECS, Harness, LEASE_SECS, Proc, exchange, secs, try_http, wait_until};
+use support::{
+    GRACE_SECS, Harness, LEASE_SECS, Proc, exchange, secs, try_http, try_raw, wait_until,
+};
 use uuid::Uuid;
 
 /// What a worker held when it was killed.
@@ -1041,5 +1043,85 @@ fn a_slow_loris_flood_cannot_starve_normal_requests_and_stalled_clients_are_cut_
         secs(served_by),
         timed_out,
         secs(last),
+    );
+}
+
+#[test]
+fn over_long_uris_and_over_large_heads_get_414_and_431_problem_json() {
+    let h = Harness::new("heads");
+    let api = h.api("api");
+    let port = api.port;
+    let get = |target: &str, fields: &str| {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{fields}\r\n"
+        );
+        try_raw(port, request.as_bytes(), Duration::from_secs(10))
+    };
+    let fields = |n: usize, size: usize| -> String {
+        (0..n)
+            .map(|i| format!("X-H{i}: {}\r\n", "v".repeat(size)))
+            .collect()
+    };
+
+    // Just within the limits: an 8000-byte target and 90 fields, 63 KB in all.
+    let within = get(
+        &format!("/readyz?pad={}", "a".repeat(8000)),
+        &fields(90, 600),
+    )
+    .unwrap();
+    assert_eq!(within.status, 200, "{}", within.head);
+
+    let cases = [
+        (
+            "a 9 KiB target",
+            get(&format!("/readyz?pad={}", "a".repeat(9 * 1024)), ""),
+            414,
+        ),
+        ("120 header fields", get("/readyz", &fields(120, 8)), 431),
+        (
+            "a 70 KiB header field",
+            get("/readyz", &fields(1, 70 * 1024)),
+            431,
+        ),
+    ];
+    for (what, reply, status) in cases {
+        let reply = reply.unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        assert_eq!(reply.status, status, "{what}: {}", reply.head);
+        assert!(
+            reply
+                .head
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{what}: {}",
+            reply.head
+        );
+        assert_eq!(reply.body["status"], status, "{what}: {}", reply.body);
+        assert!(reply.body["detail"].is_string(), "{what}: {}", reply.body);
+    }
+
+    // Beyond hyper's own limits, or unparseable: hyper answers, with no body.
+    let bare = [
+        (
+            "a malformed request line",
+            try_raw(port, b"GET /a b HTTP/1.1\r\n\r\n", Duration::from_secs(10)),
+        ),
+        ("300 header fields", get("/readyz", &fields(300, 8))),
+        (
+            "a 200 KiB header field",
+            get("/readyz", &fields(1, 200 * 1024)),
+        ),
+    ];
+    let bare: Vec<String> = bare
+        .into_iter()
+        .map(|(what, reply)| match reply {
+            Ok(reply) => format!("{what}: {} with {}", reply.status, reply.body),
+            Err(e) => format!("{what}: {e}"),
+        })
+        .collect();
+    assert!(api.call("GET", "/readyz", None).status == 200);
+    eprintln!(
+        "crash: request heads: a 9 KiB target 414, 120 fields 431, a 70 KiB field 431, each \
+         problem+json; hyper's own answers: {}",
+        bare.join("; ")
     );
 }

@@ -623,6 +623,23 @@ pub fn exchange(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{payload}",
         payload.len()
     )?;
+    read_reply(stream, started)
+}
+
+/// Sends `request` as it is on a new connection and reads the answer until
+/// the server closes the connection (see [`try_http`]).
+pub fn try_raw(port: u16, request: &[u8], timeout: Duration) -> std::io::Result<Reply> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    // A server that refuses the head may answer and close before reading it all.
+    let _ = stream.write_all(request);
+    read_reply(stream, started)
+}
+
+/// Reads an answer until the server closes the connection.
+fn read_reply(mut stream: TcpStream, started: Instant) -> std::io::Result<Reply> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw);
