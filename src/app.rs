@@ -233,8 +233,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              create a token with `executord tokens create` to require authentication)"
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = crate::server::bind(args.listen)
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(address = %args.listen, runner = !args.no_runner, "executord serving; docs at /docs");
     let mut until_stop = stopping.clone();

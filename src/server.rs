@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,7 +37,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
@@ -57,6 +58,11 @@ const HYPER_MAX_HEADERS: usize = 256;
 /// client can make the server buffer while it sends its head.
 const HYPER_MAX_BUF_BYTES: usize = 2 * MAX_HEAD_BYTES;
 
+/// Connections the kernel holds until the loop accepts them. A burst larger
+/// than this has its SYNs dropped, and clients retry only a second later;
+/// tokio's default is 128. Linux caps it at `net.core.somaxconn`.
+pub const BACKLOG: u32 = 1024;
+
 /// How long the accept loop waits after an error such as running out of
 /// file descriptors, rather than spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -69,6 +75,18 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// The most open connections.
     pub max_connections: usize,
+}
+
+/// Listens on `address`, with room for [`BACKLOG`] connections not yet accepted.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops

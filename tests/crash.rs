@@ -1032,13 +1032,13 @@ fn a_slow_loris_flood_cannot_starve_normal_requests_and_stalled_clients_are_cut_
     eprintln!(
         "crash: slow loris (cap {CAP}, header timeout {}): an idle kept-alive connection closed after {}, \
          a client dripping a byte per 200 ms cut off after {} ({drip_bytes} bytes); {STALLED} stalled connections \
-         opened in {}, 15 normal requests meanwhile, slowest {:.0} ms, all served {} into the flood with \
+         opened in {:.0} ms, 15 normal requests meanwhile, slowest {:.0} ms, all served {} into the flood with \
          {still_stalled} stalled still open; {} stalled closed by the timeout, the rest evicted; the last closed {} in; \
          the server counted {evicted} evictions and {timeouts} header timeouts",
         secs(TIMEOUT),
         secs(idle_closed_after),
         secs(drip_closed_after),
-        secs(opened_in),
+        opened_in.as_secs_f64() * 1000.0,
         slowest.as_secs_f64() * 1000.0,
         secs(served_by),
         timed_out,
