@@ -236,8 +236,7 @@ pub async fn close_database(
 /// `executord serve`: the API, and the runner unless disabled, until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The address first: a taken one fails before anything has started.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = crate::server::bind(args.listen)
         .with_context(|| format!("listening on {}", args.listen))?;
     let node = Node::start(&args.database, &args.catalog).await?;
     // Every way out, an error included, leaves the database as it found it.
@@ -277,10 +276,10 @@ async fn serve_on(
     let app = router(state);
     tracing::info!(address = %args.listen, runner = !args.no_runner, "executord serving; docs at /docs");
     let mut until_stop = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = crate::server::serve(listener, app, args.server_config(), async move {
         let _ = until_stop.wait_for(|s| *s).await;
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     shutdown_signal().await;
     tracing::info!("shutting down");
     // Long polls answer now with what they have, so the server can stop.
@@ -290,8 +289,7 @@ async fn serve_on(
         runner.await.ok();
     }
     match tokio::time::timeout(Duration::from_secs(70), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("requests still open after 70 s; closing"),
     }

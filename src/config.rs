@@ -10,6 +10,7 @@ use crate::backend::sim::SimConfig;
 use crate::domain::{Queue, Role};
 use crate::runner::RunnerConfig;
 use crate::runner::scheduler::ScheduleConfig;
+use crate::server::ServerConfig;
 
 /// Durable executors over a REST API.
 #[derive(Debug, Parser)]
@@ -62,6 +63,20 @@ pub struct ServeArgs {
     /// Serve without tokens on a non-loopback address (anyone who can reach it may do anything).
     #[arg(long, env = "EXECUTORD_ALLOW_OPEN")]
     pub allow_open: bool,
+    /// Seconds a client has to send a request's head, on a new connection and
+    /// between requests on a kept-alive one; then the connection is closed.
+    /// At most 30: a stalled client holds a connection this long.
+    #[arg(long, env = "EXECUTORD_HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub header_read_timeout_secs: u64,
+    /// Most open client connections. At the cap a new connection closes the
+    /// oldest idle one; when all are busy, new ones wait in the kernel's
+    /// backlog. The default, 512, stays well under the common soft limit of
+    /// 1024 open files, leaving room for the database pool, logs and the
+    /// listener; raise it together with `ulimit -n`.
+    #[arg(long, env = "EXECUTORD_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
     /// Database settings.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -71,6 +86,16 @@ pub struct ServeArgs {
     /// Catalog and backend settings.
     #[command(flatten)]
     pub catalog: CatalogArgs,
+}
+
+impl ServeArgs {
+    /// The HTTP server's limits.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// `executord worker`.

@@ -28,4 +28,5 @@ pub mod executor;
 pub mod lifecycle;
 pub mod metrics;
 pub mod runner;
+pub mod server;
 pub mod tasks;

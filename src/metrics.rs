@@ -99,6 +99,18 @@ pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Dur
     histogram!("executord_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
 }
 
+/// The HTTP connections open now.
+pub fn http_connections_open(open: usize) {
+    gauge!("executord_http_connections_open").set(open as f64);
+}
+
+/// The server closed a connection: its client did not send a request's head
+/// in time (`header_timeout`), or it had no request in flight when a new
+/// connection needed its place or the server stopped (`evicted`).
+pub fn http_connection_closed(reason: &'static str) {
+    counter!("executord_http_connections_closed_total", "reason" => reason).increment(1);
+}
+
 /// The Prometheus text: queue gauges read now, then everything recorded.
 pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
     let handle = install();

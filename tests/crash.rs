@@ -2,8 +2,8 @@
 //! on a private PostgreSQL cluster per test, a simulated cloud whose calls
 //! take 300 ms, 3 s leases. Workers are killed with SIGKILL and stopped with
 //! SIGTERM mid-run, the database is restarted mid-load, 200 conflicting
-//! requests race for one resource, and the API is stopped with a long poll
-//! open. Each test ends by reading the database:
+//! requests race for one resource, the API is stopped with a long poll
+//! open, and slow clients flood it. Each test ends by reading the database:
 //! every operation succeeded, no task is left behind, no backend effect was
 //! applied twice, and every resource's state history is one unbroken chain.
 //!
@@ -13,13 +13,16 @@
 
 mod support;
 
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{GRACE_SECS, Harness, LEASE_SECS, Proc, exchange, secs, try_http, wait_until};
+use support::{
+    GRACE_SECS, Harness, LEASE_SECS, Proc, exchange, secs, try_http, try_raw, wait_until,
+};
 use uuid::Uuid;
 
 /// What a worker held when it was killed.
@@ -787,5 +790,338 @@ fn sigterm_of_the_api_answers_open_long_polls_and_exits_within_the_grace_period(
     assert!(
         exited_in <= Duration::from_secs(GRACE_SECS + 5),
         "the API took {exited_in:?} to exit after SIGTERM (grace {GRACE_SECS} s): an open long poll held it"
+    );
+}
+
+/// Whether the server has closed `stream` (end of file or reset), without
+/// waiting. A stalled client must never get an answer: any byte fails the test.
+fn is_closed(mut stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    let closed = match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => panic!(
+            "a stalled client got an answer: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// Reads one answer of `Content-Length` size from a kept-alive connection; returns its status.
+fn read_one_answer(stream: &mut TcpStream) -> u16 {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed mid-answer");
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                return head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+        }
+    }
+}
+
+/// One request that must be answered `status` within `bound`; returns how long it took.
+fn timed_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    status: u16,
+    bound: Duration,
+) -> Duration {
+    let reply = try_http(port, method, path, body, bound)
+        .unwrap_or_else(|e| panic!("{method} {path} was not answered within {bound:?}: {e}"));
+    assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+    reply.elapsed
+}
+
+/// A counter's value in the Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_slow_loris_flood_cannot_starve_normal_requests_and_stalled_clients_are_cut_off() {
+    const CAP: usize = 64;
+    const STALLED: usize = 300;
+    const TIMEOUT: Duration = Duration::from_secs(4);
+    /// What a normal request may take while the flood hangs: well under `TIMEOUT`,
+    /// so it was not served by waiting for stalled clients to time out.
+    const BOUND: Duration = Duration::from_secs(2);
+    let h = Harness::new("slowloris");
+    let api = h.api_with(
+        "api",
+        &[
+            "--max-connections",
+            &CAP.to_string(),
+            "--header-read-timeout-secs",
+            &TIMEOUT.as_secs().to_string(),
+        ],
+    );
+    let port = api.port;
+
+    // A client that drips its head, a byte every 200 ms: progress does not
+    // extend its time.
+    let drip = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let head = b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+        let started = Instant::now();
+        let mut buf = [0u8; 512];
+        for sent in 0.. {
+            if started.elapsed() > TIMEOUT + Duration::from_secs(5) {
+                return None;
+            }
+            let byte = head.get(sent).copied().unwrap_or(b'a');
+            if stream.write_all(&[byte]).is_err() {
+                return Some((started.elapsed(), sent));
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return Some((started.elapsed(), sent + 1)),
+                Ok(n) => panic!(
+                    "the dripping client got an answer: {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return Some((started.elapsed(), sent + 1)),
+            }
+        }
+        None
+    });
+    // A kept-alive client that goes quiet after one request.
+    let mut kept = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    kept.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one_answer(&mut kept), 200);
+    let quiet = Instant::now();
+    kept.set_read_timeout(Some(TIMEOUT + Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let kept_end = kept.read(&mut buf);
+    let idle_closed_after = quiet.elapsed();
+    assert!(
+        matches!(kept_end, Ok(0))
+            || kept_end
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+        "an idle kept-alive connection is closed, not answered or left open: {kept_end:?} after {idle_closed_after:?}"
+    );
+    let (drip_closed_after, drip_bytes) = drip
+        .join()
+        .unwrap()
+        .expect("the dripping client is cut off");
+    for (what, after) in [
+        ("the idle kept-alive connection", idle_closed_after),
+        ("the dripping client", drip_closed_after),
+    ] {
+        assert!(
+            after >= TIMEOUT - Duration::from_millis(500)
+                && after <= TIMEOUT + Duration::from_secs(2),
+            "{what} was closed after {after:?}, not after the {TIMEOUT:?} header timeout"
+        );
+    }
+
+    // The flood: many connections that send part of a head, then nothing.
+    let flood = Instant::now();
+    let stalled: Vec<TcpStream> = (0..STALLED)
+        .map(|i| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(
+                stream,
+                "GET /api/v1/kinds HTTP/1.1\r\nHost: localhost\r\nX-Stalled: {i}"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    let opened_in = flood.elapsed();
+
+    // Normal requests while it hangs: each within BOUND.
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        slowest = slowest
+            .max(timed_call(port, "GET", "/readyz", None, 200, BOUND))
+            .max(timed_call(port, "GET", "/api/v1/kinds", None, 200, BOUND))
+            .max(timed_call(
+                port,
+                "POST",
+                "/api/v1/resources",
+                Some(&json!({"kind": "instance", "name": format!("during-flood-{i}"), "attributes": {"tenant": "acme", "flavor": "small"}})),
+                201,
+                BOUND,
+            ));
+    }
+    let served_by = flood.elapsed();
+    let still_stalled = stalled.iter().filter(|s| !is_closed(s)).count();
+    assert!(
+        still_stalled > 0 && served_by < TIMEOUT,
+        "the normal requests were served while stalled clients held connections \
+         ({still_stalled} still open {served_by:?} after the flood began)"
+    );
+
+    // Every stalled connection is closed by the server: the oldest to make
+    // room, the rest at the header timeout.
+    let mut closed_at: Vec<Option<Duration>> = vec![None; STALLED];
+    while closed_at.iter().any(Option::is_none)
+        && flood.elapsed() < TIMEOUT + opened_in + Duration::from_secs(3)
+    {
+        for (stream, at) in stalled.iter().zip(closed_at.iter_mut()) {
+            if at.is_none() && is_closed(stream) {
+                *at = Some(flood.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = closed_at.iter().filter(|c| c.is_none()).count();
+    assert_eq!(
+        open,
+        0,
+        "{open} stalled connections still open {:?} after the flood began",
+        flood.elapsed()
+    );
+    let closed_at: Vec<Duration> = closed_at.into_iter().flatten().collect();
+    let timed_out = closed_at
+        .iter()
+        .filter(|at| **at >= TIMEOUT - Duration::from_millis(500))
+        .count();
+    let last = closed_at.iter().max().copied().unwrap_or_default();
+    assert!(
+        timed_out > 0,
+        "some stalled connections lasted until the header timeout"
+    );
+
+    timed_call(port, "GET", "/readyz", None, 200, BOUND);
+    let mut scrape = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    scrape.set_read_timeout(Some(BOUND)).unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    scrape.read_to_string(&mut text).unwrap();
+    let evicted = metric(
+        &text,
+        "executord_http_connections_closed_total{reason=\"evicted\"}",
+    );
+    let timeouts = metric(
+        &text,
+        "executord_http_connections_closed_total{reason=\"header_timeout\"}",
+    );
+    assert!(
+        evicted >= 1.0 && timeouts >= 3.0 && evicted + timeouts >= (STALLED + 2) as f64,
+        "the server counts each connection it closed: {evicted} evicted, {timeouts} timed out"
+    );
+    eprintln!(
+        "crash: slow loris (cap {CAP}, header timeout {}): an idle kept-alive connection closed after {}, \
+         a client dripping a byte per 200 ms cut off after {} ({drip_bytes} bytes); {STALLED} stalled connections \
+         opened in {:.0} ms, 15 normal requests meanwhile, slowest {:.0} ms, all served {} into the flood with \
+         {still_stalled} stalled still open; {} stalled closed by the timeout, the rest evicted; the last closed {} in; \
+         the server counted {evicted} evictions and {timeouts} header timeouts",
+        secs(TIMEOUT),
+        secs(idle_closed_after),
+        secs(drip_closed_after),
+        opened_in.as_secs_f64() * 1000.0,
+        slowest.as_secs_f64() * 1000.0,
+        secs(served_by),
+        timed_out,
+        secs(last),
+    );
+}
+
+#[test]
+fn over_long_uris_and_over_large_heads_get_414_and_431_problem_json() {
+    let h = Harness::new("heads");
+    let api = h.api("api");
+    let port = api.port;
+    let get = |target: &str, fields: &str| {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{fields}\r\n"
+        );
+        try_raw(port, request.as_bytes(), Duration::from_secs(10))
+    };
+    let fields = |n: usize, size: usize| -> String {
+        (0..n)
+            .map(|i| format!("X-H{i}: {}\r\n", "v".repeat(size)))
+            .collect()
+    };
+
+    // Just within the limits: an 8000-byte target and 90 fields, 63 KB in all.
+    let within = get(
+        &format!("/readyz?pad={}", "a".repeat(8000)),
+        &fields(90, 600),
+    )
+    .unwrap();
+    assert_eq!(within.status, 200, "{}", within.head);
+
+    let cases = [
+        (
+            "a 9 KiB target",
+            get(&format!("/readyz?pad={}", "a".repeat(9 * 1024)), ""),
+            414,
+        ),
+        ("120 header fields", get("/readyz", &fields(120, 8)), 431),
+        (
+            "a 70 KiB header field",
+            get("/readyz", &fields(1, 70 * 1024)),
+            431,
+        ),
+    ];
+    for (what, reply, status) in cases {
+        let reply = reply.unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        assert_eq!(reply.status, status, "{what}: {}", reply.head);
+        assert!(
+            reply
+                .head
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{what}: {}",
+            reply.head
+        );
+        assert_eq!(reply.body["status"], status, "{what}: {}", reply.body);
+        assert!(reply.body["detail"].is_string(), "{what}: {}", reply.body);
+    }
+
+    // Beyond hyper's own limits, or unparseable: hyper answers, with no body.
+    let bare = [
+        (
+            "a malformed request line",
+            try_raw(port, b"GET /a b HTTP/1.1\r\n\r\n", Duration::from_secs(10)),
+        ),
+        ("300 header fields", get("/readyz", &fields(300, 8))),
+        (
+            "a 200 KiB header field",
+            get("/readyz", &fields(1, 200 * 1024)),
+        ),
+    ];
+    let bare: Vec<String> = bare
+        .into_iter()
+        .map(|(what, reply)| match reply {
+            Ok(reply) => format!("{what}: {} with {}", reply.status, reply.body),
+            Err(e) => format!("{what}: {e}"),
+        })
+        .collect();
+    assert!(api.call("GET", "/readyz", None).status == 200);
+    eprintln!(
+        "crash: request heads: a 9 KiB target 414, 120 fields 431, a 70 KiB field 431, each \
+         problem+json; hyper's own answers: {}",
+        bare.join("; ")
     );
 }

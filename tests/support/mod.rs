@@ -127,9 +127,14 @@ impl Harness {
 
     /// `serve --no-runner` on a free port, once `/readyz` answers 200.
     pub fn api(&self, name: &str) -> Api {
+        self.api_with(name, &[])
+    }
+
+    /// [`Harness::api`] with `extra` flags.
+    pub fn api_with(&self, name: &str, extra: &[&str]) -> Api {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let proc = self.spawn(name, &["serve", "--no-runner", "--listen", &listen], &[]);
+        let proc = self.spawn(name, &["serve", "--no-runner", "--listen", &listen], extra);
         let api = Api { proc, port };
         wait_until(Duration::from_secs(60), "the API to become ready", || {
             try_http(port, "GET", "/readyz", None, Duration::from_secs(5))
@@ -618,6 +623,23 @@ pub fn exchange(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{payload}",
         payload.len()
     )?;
+    read_reply(stream, started)
+}
+
+/// Sends `request` as it is on a new connection and reads the answer until
+/// the server closes the connection (see [`try_http`]).
+pub fn try_raw(port: u16, request: &[u8], timeout: Duration) -> std::io::Result<Reply> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    // A server that refuses the head may answer and close before reading it all.
+    let _ = stream.write_all(request);
+    read_reply(stream, started)
+}
+
+/// Reads an answer until the server closes the connection.
+fn read_reply(mut stream: TcpStream, started: Instant) -> std::io::Result<Reply> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw);
