@@ -292,7 +292,7 @@ fn head_problem<B>(request: &Request<B>) -> Option<Response> {
         )
     };
     crate::metrics::http_request(
-        request.method().as_str(),
+        crate::api::metrics::method_label(request.method()),
         "unmatched",
         status.as_u16(),
         Duration::ZERO,

@@ -53,7 +53,7 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// The method as a label: one of HTTP's own methods, else `other`.
-fn method_label(method: &Method) -> &'static str {
+pub fn method_label(method: &Method) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
     ];
