@@ -9,7 +9,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
-use crate::domain::{OperationKind, OperationState, Queue};
+use crate::domain::{OperationKind, OperationState};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -114,29 +114,11 @@ pub fn http_connection_closed(reason: &'static str) {
 /// The Prometheus text: queue gauges read now, then everything recorded.
 pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
     let handle = install();
-    let ready: Vec<(Queue, i64, f64)> = sqlx::query_as(
-        "SELECT queue, count(*),
-                coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8, 0)
-         FROM tasks WHERE state = 'ready' GROUP BY queue",
-    )
-    .fetch_all(pool)
-    .await?;
-    let running: Vec<(Queue, i64)> =
-        sqlx::query_as("SELECT queue, count(*) FROM tasks WHERE state = 'running' GROUP BY queue")
-            .fetch_all(pool)
-            .await?;
-    for queue in Queue::ALL {
-        let (count, age) = ready
-            .iter()
-            .find(|(q, _, _)| *q == queue)
-            .map_or((0, 0.0), |(_, n, age)| (*n, *age));
-        let busy = running
-            .iter()
-            .find(|(q, _)| *q == queue)
-            .map_or(0, |(_, n)| *n);
-        gauge!("executord_tasks_ready", "queue" => queue.as_str()).set(count as f64);
-        gauge!("executord_oldest_ready_task_age_seconds", "queue" => queue.as_str()).set(age);
-        gauge!("executord_tasks_running", "queue" => queue.as_str()).set(busy as f64);
+    for (queue, depth) in crate::db::tasks::queue_depths(pool).await? {
+        let labels = [("queue", queue.as_str())];
+        gauge!("executord_tasks_ready", &labels).set(depth.ready as f64);
+        gauge!("executord_oldest_ready_task_age_seconds", &labels).set(depth.oldest_ready_s);
+        gauge!("executord_tasks_running", &labels).set(depth.running as f64);
     }
     Ok(handle.render())
 }

@@ -149,3 +149,13 @@ pub async fn prune(
         .await?;
     Ok(done.rows_affected())
 }
+
+/// Tries to take the scheduler's leadership: a session advisory lock on
+/// `key`, held by this connection until it closes. Whether it leads, and the
+/// connection's backend pid.
+pub async fn try_lead(conn: &mut PgConnection, key: i64) -> sqlx::Result<(bool, i32)> {
+    sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}

@@ -530,3 +530,41 @@ pub async fn count_live(pool: &PgPool) -> sqlx::Result<i64> {
         .fetch_one(pool)
         .await
 }
+
+/// How deep a queue is now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueDepth {
+    /// Tasks ready (due or not).
+    pub ready: i64,
+    /// Seconds the oldest due ready task has waited; 0 when none is due.
+    pub oldest_ready_s: f64,
+    /// Tasks running.
+    pub running: i64,
+}
+
+/// Every queue's depth, each queue once (zeros for an empty one).
+pub async fn queue_depths(pool: &PgPool) -> sqlx::Result<Vec<(Queue, QueueDepth)>> {
+    let rows: Vec<(Queue, i64, f64, i64)> = sqlx::query_as(
+        "SELECT queue, count(*) FILTER (WHERE state = 'ready'),
+                coalesce(extract(epoch FROM now() - min(run_at)
+                         FILTER (WHERE state = 'ready' AND run_at <= now()))::float8, 0),
+                count(*) FILTER (WHERE state = 'running')
+         FROM tasks WHERE state IN ('ready', 'running') GROUP BY queue",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Queue::ALL
+        .into_iter()
+        .map(|queue| {
+            let depth = rows.iter().find(|row| row.0 == queue).map_or_else(
+                QueueDepth::default,
+                |&(_, ready, oldest_ready_s, running)| QueueDepth {
+                    ready,
+                    oldest_ready_s,
+                    running,
+                },
+            );
+            (queue, depth)
+        })
+        .collect())
+}

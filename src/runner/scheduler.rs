@@ -86,11 +86,7 @@ impl Scheduler {
     async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
         // A connection of its own, outside the pool: the lock lives and dies with it.
         let mut conn = self.pool.acquire().await?.detach();
-        let (leads, pid): (bool, i32) =
-            sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut conn)
-                .await?;
+        let (leads, pid) = db::jobs::try_lead(&mut conn, LEADER_LOCK).await?;
         if !leads {
             conn.close().await.ok();
             return Ok(());
