@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
 use crate::app::AppState;
 
 /// Metrics in the Prometheus text format: queue depth and age, running tasks,
@@ -17,7 +17,6 @@ use crate::app::AppState;
 #[utoipa::path(get, path = "/metrics", tag = "health", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = crate::metrics::render(&state.pool).await.map_err(|e| {

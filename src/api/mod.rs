@@ -79,7 +79,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .merge(metrics::router())
         .split_for_parts();
-    document_auth_errors(&mut openapi);
+    document_shared_errors(&mut openapi);
     document_optional_bodies(&mut openapi);
     (router, openapi)
 }
@@ -98,13 +98,15 @@ fn document_optional_bodies(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// Every protected operation can answer 400 (two `Authorization` headers)
-/// and 401, and every write 403.
-fn document_auth_errors(openapi: &mut utoipa::openapi::OpenApi) {
+/// The error answers many operations share, declared here once rather than
+/// on each handler: a handler declares only what is its own (a 404's or a
+/// 409's meaning, a 422's). Every `/api` operation can answer 400 (for the
+/// reasons its path, query and body allow), 401, and 503; every write 403;
+/// every operation with a body 413 and 415.
+fn document_shared_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
     for (path, item) in &mut openapi.paths.paths {
-        if !path.starts_with("/api/") {
-            continue;
-        }
+        let api = path.starts_with("/api/");
         let operations = [
             (&mut item.get, false),
             (&mut item.post, true),
@@ -115,20 +117,48 @@ fn document_auth_errors(openapi: &mut utoipa::openapi::OpenApi) {
             let Some(operation) = operation.as_mut() else {
                 continue;
             };
-            let mut statuses = vec![("401", "No valid token")];
-            if writes {
-                statuses.push(("403", "The token's role may not write"));
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let has = |place: ParameterIn| {
+                parameters
+                    .iter()
+                    .any(|p| matches!(p, utoipa::openapi::RefOr::T(p) if p.parameter_in == place))
+            };
+            let (by_path, by_query) = (has(ParameterIn::Path), has(ParameterIn::Query));
+            let body = operation.request_body.is_some();
+            let mut shared: Vec<(&str, String)> = Vec::new();
+            if api {
+                let reasons: Vec<&str> = [
+                    (body, "malformed JSON"),
+                    (by_path, "a bad id in the path"),
+                    (by_query, "a bad query string"),
+                    (true, "two `Authorization` headers"),
+                ]
+                .into_iter()
+                .filter_map(|(applies, reason)| applies.then_some(reason))
+                .collect();
+                let mut why = reasons.join(", ");
+                if let Some(first) = why.get_mut(..1) {
+                    first.make_ascii_uppercase();
+                }
+                shared.push(("400", why));
+                shared.push(("401", "No valid token".to_owned()));
+                if writes {
+                    shared.push(("403", "The token's role may not write".to_owned()));
+                }
             }
-            operation
-                .responses
-                .responses
-                .entry("400".to_owned())
-                .or_insert_with(|| problem_response("Two `Authorization` headers").into());
-            for (status, description) in statuses {
+            if body {
+                shared.push(("413", "Body over 1 MiB".to_owned()));
+                shared.push(("415", "Body not sent as JSON in UTF-8".to_owned()));
+            }
+            if api || path == "/metrics" {
+                shared.push(("503", "The database is unavailable".to_owned()));
+            }
+            for (status, description) in shared {
                 operation
                     .responses
                     .responses
-                    .insert(status.to_owned(), problem_response(description).into());
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem_response(&description).into());
             }
         }
     }

@@ -249,10 +249,8 @@ pub(super) async fn until_finished(
     params(("id" = Uuid, Path, description = "The operation's id"), WaitQuery),
     responses(
         (status = 200, description = "The operation, with its tasks in order", body = OperationResponse),
-        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` over 60", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_operation(
     State(state): State<AppState>,
@@ -285,10 +283,8 @@ async fn get_operation(
     params(("id" = Uuid, Path, description = "The operation's id")),
     responses(
         (status = 200, description = "Cancelled: pending tasks cancelled, a running one stopped and fenced", body = OperationResponse),
-        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The operation has already ended", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cancel_operation(
     State(state): State<AppState>,
@@ -309,10 +305,8 @@ async fn cancel_operation(
     params(("id" = Uuid, Path, description = "The operation's id")),
     responses(
         (status = 202, description = "Running again from its failed step", body = OperationResponse),
-        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not failed, or the resource changed since", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn retry_operation(
     State(state): State<AppState>,
@@ -334,9 +328,7 @@ async fn retry_operation(
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
         (status = 200, description = "The task", body = TaskResponse),
-        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_task(
     State(state): State<AppState>,

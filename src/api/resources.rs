@@ -191,11 +191,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     responses(
         (status = 201, description = "Created; its create operation is `current_operation_id`", body = ResourceResponse,
             headers(("Location" = String, description = "The resource's URL"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind, invalid name or attributes", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body not sent as JSON in UTF-8", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn create_resource(
     State(state): State<AppState>,
@@ -241,9 +237,7 @@ async fn claim(
 #[utoipa::path(get, path = "/api/v1/resources", tag = "resources", params(ListResourcesQuery),
     responses(
         (status = 200, description = "A page of resources", body = ResourceList),
-        (status = 400, description = "Bad query string", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_resources(
     State(state): State<AppState>,
@@ -285,10 +279,8 @@ async fn list_resources(
     responses(
         (status = 200, description = "The resource", body = ResourceResponse,
             headers(("ETag" = String, description = "The resource's version, for If-Match"))),
-        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`wait` over 60", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_resource(
     State(state): State<AppState>,
@@ -331,14 +323,10 @@ async fn get_resource(
     responses(
         (status = 202, description = "Accepted: the update operation", body = OperationResponse,
             headers(("Location" = String, description = "The operation's URL"))),
-        (status = 400, description = "Malformed JSON or bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Wrong state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or non-updatable fields", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body not sent as JSON in UTF-8", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn update_resource(
     State(state): State<AppState>,
@@ -368,12 +356,10 @@ async fn update_resource(
     responses(
         (status = 202, description = "Accepted: the delete operation", body = OperationResponse,
             headers(("Location" = String, description = "The operation's URL"))),
-        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Wrong state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key already used for a different request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_resource(
     State(state): State<AppState>,
@@ -404,14 +390,10 @@ async fn delete_resource(
     responses(
         (status = 202, description = "Accepted: the action's operation", body = OperationResponse,
             headers(("Location" = String, description = "The operation's URL"))),
-        (status = 400, description = "Malformed JSON or bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource or action", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Wrong state or runtime state, or an operation in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body or Content-Type not JSON in UTF-8", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn run_action(
     State(state): State<AppState>,
@@ -476,10 +458,8 @@ async fn run<E: Executor + Sync + Send>(
     params(("id" = Uuid, Path, description = "The resource's id"), PageQuery),
     responses(
         (status = 200, description = "A page of operations, each with its tasks", body = OperationList),
-        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource, now or before", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_resource_operations(
     State(state): State<AppState>,
@@ -555,10 +535,8 @@ pub struct EventsQuery {
     params(("id" = Uuid, Path, description = "The resource's id"), EventsQuery),
     responses(
         (status = 200, description = "A page of events", body = EventList),
-        (status = 400, description = "Bad id or query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such resource, now or before", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`limit` out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_resource_events(
     State(state): State<AppState>,
