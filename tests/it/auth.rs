@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers may unwrap
 
-mod common;
-
-use common::{Reply, TestApp};
+use crate::support::app::{Reply, TestApp};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -442,16 +440,9 @@ async fn revoking_the_last_token_never_opens_a_running_service(pool: PgPool) {
 
 /// The status of one anonymous HTTP/1.1 GET on the local `port`.
 fn anonymous_get(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    raw.split_whitespace().nth(1)?.parse().ok()
+    crate::support::process::try_http(port, "GET", path, None, std::time::Duration::from_secs(30))
+        .ok()
+        .map(|reply| reply.status)
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]

@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Engine, TestApp, fast_runner_config};
+use crate::support::app::{Engine, TestApp, fast_runner_config};
 use executord::backend::sim::SimConfig;
 use executord::domain::{OperationState, Queue, ResourceState};
 use executord::runner::RunnerConfig;

@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Engine, fast_runner_config};
+use crate::support::app::{Engine, fast_runner_config};
 use executord::backend::sim::{Sim, SimConfig};
 use executord::backend::{Backend, BackendCall, Backends, ResourceView};
 use executord::catalog::Catalog;

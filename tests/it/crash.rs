@@ -11,18 +11,16 @@
 //! (run with `--nocapture` to see the `crash:` summary lines).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use support::{
+use crate::support::process::{
     GRACE_SECS, Harness, LEASE_SECS, Proc, exchange, secs, try_http, try_raw, wait_until,
 };
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// What a worker held when it was killed.
@@ -202,7 +200,7 @@ fn kill_9_of_a_worker_mid_run_loses_no_operation_and_repeats_no_effect() {
 /// Every answer the background load got, with when it was sent.
 struct Sent {
     at: Instant,
-    result: std::io::Result<support::Reply>,
+    result: std::io::Result<crate::support::process::Reply>,
 }
 
 #[test]

@@ -4,13 +4,14 @@
 //! embedded server's supervision; a taken address.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use crate::support::process::{free_port, try_http_with};
 
 struct Service {
     child: Child,
@@ -54,15 +55,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns status, headers and JSON body.
+/// One HTTP/1.1 request; returns status, headers and JSON body.
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, String, Value) {
     http_with(port, method, path, body, "")
 }
@@ -75,52 +68,9 @@ fn http_with(
     body: Option<&Value>,
     headers: &str,
 ) -> (u16, String, Value) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(90)))
-        .unwrap();
-    let payload = body.map(Value::to_string).unwrap_or_default();
-    let content_type = if body.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}{content_type}Content-Length: {}\r\n\r\n{payload}",
-        payload.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (
-        status,
-        head.to_owned(),
-        serde_json::from_str(&body).unwrap_or(Value::Null),
-    )
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
+    let reply = try_http_with(port, method, path, body, headers, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (reply.status, reply.head, reply.body)
 }
 
 fn start() -> Service {

@@ -2,9 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers may unwrap
 
-mod common;
-
-use common::TestApp;
+use crate::support::app::TestApp;
 use serde_json::json;
 use sqlx::PgPool;
 

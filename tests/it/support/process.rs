@@ -593,9 +593,21 @@ pub fn try_http(
     body: Option<&Value>,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
+    try_http_with(port, method, path, body, "", timeout)
+}
+
+/// [`try_http`] with extra header lines (each ending in `\r\n`).
+pub fn try_http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &str,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
     let started = Instant::now();
     let stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)?;
-    exchange(stream, method, path, body, timeout).map(|mut reply| {
+    exchange_with(stream, method, path, body, headers, timeout).map(|mut reply| {
         reply.elapsed = started.elapsed();
         reply
     })
@@ -603,10 +615,22 @@ pub fn try_http(
 
 /// Sends one request on an open connection and reads the answer (see [`try_http`]).
 pub fn exchange(
+    stream: TcpStream,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
+    exchange_with(stream, method, path, body, "", timeout)
+}
+
+/// [`exchange`] with extra header lines (each ending in `\r\n`).
+pub fn exchange_with(
     mut stream: TcpStream,
     method: &str,
     path: &str,
     body: Option<&Value>,
+    headers: &str,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
     let started = Instant::now();
@@ -620,7 +644,7 @@ pub fn exchange(
     };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{payload}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}{content_type}Content-Length: {}\r\n\r\n{payload}",
         payload.len()
     )?;
     read_reply(stream, started)

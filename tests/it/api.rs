@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Reply, TestApp};
+use crate::support::app::{Reply, TestApp};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -686,7 +684,7 @@ fn the_checked_in_openapi_document_is_current() {
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --test api the_checked_in_openapi_document_is_current`"
+        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --test it api::the_checked_in_openapi_document_is_current`"
     );
 }
 

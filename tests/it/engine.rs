@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // test helpers may unwrap
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Engine, fast_runner_config};
+use crate::support::app::{Engine, fast_runner_config};
 use executord::backend::sim::SimConfig;
 use executord::db;
 use executord::domain::{OperationState, Queue, ResourceState, TaskState};

@@ -1,0 +1,23 @@
+//! executord's integration tests, in one binary (one build, one link):
+//! every test that touches data runs on real PostgreSQL, HTTP tests go
+//! through the real router, and crash tests run the real binary.
+//!
+//! - `engine`, `controls`, `jobs`: the runner, chains, operator controls and
+//!   periodic jobs;
+//! - `api`, `auth`, `metrics`: the HTTP API through the real router;
+//! - `e2e`: the binary on its embedded database, the README's tour, CLI
+//!   commands beside a live service;
+//! - `crash`: kill -9, database restarts, SIGTERM, racing and slow clients
+//!   (docs/RELIABILITY.md); they run one at a time (`.config/nextest.toml`).
+#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)] // tests may unwrap
+
+mod support;
+
+mod api;
+mod auth;
+mod controls;
+mod crash;
+mod e2e;
+mod engine;
+mod jobs;
+mod metrics;
