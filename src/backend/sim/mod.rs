@@ -449,12 +449,41 @@ mod tests {
         assert_eq!(sim.calls("pull_instance"), 2);
     }
 
+    /// A rule of the sim, run on a given store.
+    pub(super) type Scenario = for<'a> fn(&'a Sim) -> futures::future::BoxFuture<'a, ()>;
+
+    /// The rules every store must keep alike, each run on the in-memory
+    /// store here and on the database store in `shared`.
+    pub(super) const SCENARIOS: &[(&str, Scenario)] = &[
+        ("instant_config_shows_the_move_on_the_next_call", |sim| {
+            Box::pin(instant_config_shows_the_move_on_the_next_call_on(sim))
+        }),
+        ("runtime_error_ends_the_build_in_error", |sim| {
+            Box::pin(runtime_error_ends_the_build_in_error_on(sim))
+        }),
+        ("fail_on_fails_permanently_with_the_message", |sim| {
+            Box::pin(fail_on_fails_permanently_with_the_message_on(sim))
+        }),
+        ("stop_requires_active_and_start_requires_shutoff", |sim| {
+            Box::pin(stop_requires_active_and_start_requires_shutoff_on(sim))
+        }),
+        ("resize_returns_the_flavor", |sim| {
+            Box::pin(resize_returns_the_flavor_on(sim))
+        }),
+        ("deletes_succeed_even_for_unknown_objects", |sim| {
+            Box::pin(deletes_succeed_even_for_unknown_objects_on(sim))
+        }),
+    ];
+
     #[tokio::test]
-    async fn instant_config_shows_the_move_on_the_next_call() {
-        instant_config_shows_the_move_on_the_next_call_on(&Sim::new(SimConfig::instant())).await;
+    async fn every_rule_holds_in_memory() {
+        for (name, scenario) in SCENARIOS {
+            eprintln!("scenario {name}");
+            scenario(&Sim::new(SimConfig::instant())).await;
+        }
     }
 
-    /// The scenario of `instant_config_shows_the_move_on_the_next_call`, on any store.
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
     pub(super) async fn instant_config_shows_the_move_on_the_next_call_on(sim: &Sim) {
         let mut r = resource(json!({}));
         step(sim, "create_volume", &mut r, json!({})).await.unwrap();
@@ -473,12 +502,7 @@ mod tests {
         assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn runtime_error_ends_the_build_in_error() {
-        runtime_error_ends_the_build_in_error_on(&Sim::new(SimConfig::instant())).await;
-    }
-
-    /// The scenario of `runtime_error_ends_the_build_in_error`, on any store.
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
     pub(super) async fn runtime_error_ends_the_build_in_error_on(sim: &Sim) {
         let mut r = resource(json!({"sim": {"runtime_error": true}}));
         step(sim, "create_instance", &mut r, json!({}))
@@ -490,12 +514,7 @@ mod tests {
         assert_eq!(pull(sim, "pull_volume", &v).await, "error");
     }
 
-    #[tokio::test]
-    async fn fail_on_fails_permanently_with_the_message() {
-        fail_on_fails_permanently_with_the_message_on(&Sim::new(SimConfig::instant())).await;
-    }
-
-    /// The scenario of `fail_on_fails_permanently_with_the_message`, on any store.
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
     pub(super) async fn fail_on_fails_permanently_with_the_message_on(sim: &Sim) {
         let mut r = resource(json!({
             "sim": {"fail_on": "create_instance", "message": "No valid host was found"}
@@ -588,12 +607,7 @@ mod tests {
         assert_eq!(err, BackendError::Permanent(expected.to_owned()));
     }
 
-    #[tokio::test]
-    async fn stop_requires_active_and_start_requires_shutoff() {
-        stop_requires_active_and_start_requires_shutoff_on(&Sim::new(SimConfig::instant())).await;
-    }
-
-    /// The scenario of `stop_requires_active_and_start_requires_shutoff`, on any store.
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
     pub(super) async fn stop_requires_active_and_start_requires_shutoff_on(sim: &Sim) {
         let mut r = active_instance(sim, json!({})).await;
         let err = step(sim, "start_instance", &mut r, json!({}))
@@ -638,12 +652,7 @@ mod tests {
         assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn resize_returns_the_flavor() {
-        resize_returns_the_flavor_on(&Sim::new(SimConfig::instant())).await;
-    }
-
-    /// The scenario of `resize_returns_the_flavor`, on any store.
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
     pub(super) async fn resize_returns_the_flavor_on(sim: &Sim) {
         let mut r = active_instance(sim, json!({"flavor": "m1.small"})).await;
         let err = step(
@@ -676,12 +685,7 @@ mod tests {
         assert_eq!(reply, BackendReply::default());
     }
 
-    #[tokio::test]
-    async fn deletes_succeed_even_for_unknown_objects() {
-        deletes_succeed_even_for_unknown_objects_on(&Sim::new(SimConfig::instant())).await;
-    }
-
-    /// The scenario of `deletes_succeed_even_for_unknown_objects`, on any store.
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
     pub(super) async fn deletes_succeed_even_for_unknown_objects_on(sim: &Sim) {
         let mut ghost = resource(json!({}));
         ghost.backend_id = Some("sim-unknown".to_owned());
