@@ -4,12 +4,14 @@
 pub mod auth;
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod kinds;
 pub mod metrics;
 pub mod operations;
+pub mod paging;
 pub mod request_id;
 pub mod resources;
 
@@ -74,6 +76,7 @@ struct ApiDoc;
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(resources::router())
+        .merge(events::router())
         .merge(operations::router())
         .merge(kinds::router())
         .merge(health::router())
