@@ -381,11 +381,13 @@ fn the_service_restarts_its_embedded_database_and_reports_one_it_cannot_bring_ba
             && http(port, "GET", "/api/v1/resources", None).0 == 200
     });
     assert_eq!(http(port, "GET", "/healthz", None).0, 200);
-    let log = std::fs::read_to_string(&service.log).unwrap();
-    assert!(
-        log.contains("restarted the embedded PostgreSQL server"),
-        "{log}"
-    );
+    // The supervisor says so once its restart is through (the API may
+    // answer a moment before).
+    wait(Duration::from_secs(30), "the restart in the log", || {
+        std::fs::read_to_string(&service.log)
+            .unwrap()
+            .contains("restarted the embedded PostgreSQL server")
+    });
 
     // A cluster that cannot start: liveness says so, and heals with it.
     let version = service.data_dir.join("pg/PG_VERSION");
