@@ -329,7 +329,10 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
     assert_eq!(ra.backend_id.as_deref(), Some("vm-a"));
     assert_eq!(ra.runtime_state, None);
     assert_eq!(ra.status["ip"], "10.0.0.7", "merged into the status");
-    assert_eq!(ra.attributes, a.resource.attributes, "the attributes are the user's");
+    assert_eq!(
+        ra.attributes, a.resource.attributes,
+        "the attributes are the user's"
+    );
     assert_eq!(ra.version, a.resource.version + 1);
     let rb = engine.resource(b.resource.id).await.unwrap();
     assert_eq!(rb.runtime_state.as_deref(), Some("BUILD"));

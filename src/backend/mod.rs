@@ -6,6 +6,9 @@
 //! an idempotency key: a task may run more than once (a lease expired, a
 //! process died), and a repeated call must not repeat its effect.
 
+pub mod declared;
+pub mod exec;
+pub mod http;
 pub mod noop;
 pub mod sim;
 
@@ -128,6 +131,14 @@ impl Backends {
     pub fn with(mut self, name: &str, backend: Arc<dyn Backend>) -> Self {
         self.0.insert(name.to_owned(), backend);
         self
+    }
+
+    /// These backends and `others` (an `others`' backend wins a shared name).
+    pub fn and(&self, others: &Backends) -> Self {
+        let mut all = self.clone();
+        all.0
+            .extend(others.0.iter().map(|(name, b)| (name.clone(), b.clone())));
+        all
     }
 
     /// The backend called `name`.
