@@ -15,6 +15,7 @@ pub mod sim;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -113,7 +114,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The runtime states its objects can report, so the catalog can be checked.
     fn runtime_states(&self) -> Vec<&str>;
 
+    /// How long one call may take when its step does not say; `None`: the
+    /// runner's default (`--backend-timeout-secs`).
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Calls `method`. Must be idempotent given `call.idempotency_key`.
+    /// The caller drops the future when the call's time is up or its
+    /// operation is cancelled: a backend must then leave nothing running.
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError>;
 }
 
