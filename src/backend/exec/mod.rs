@@ -10,22 +10,24 @@
 //! future is dropped (its time is up, its operation was cancelled, the
 //! process shuts down), so no orphan survives.
 
+mod process;
+mod reply;
+
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 
+use self::process::{
+    Group, check_variable, last_line, read_reply, read_tail, resolve, spawn_error,
+};
+use self::reply::{parse_reply, request_body};
 use super::declared::{ExecDecl, MethodDecl, NotFound, Secret, expand, method_infos};
 use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
 
@@ -38,8 +40,6 @@ pub const EXIT_NOT_FOUND: i32 = 79;
 /// The variable that names the method, besides the last argument.
 pub const METHOD_VARIABLE: &str = "EXECUTORD_METHOD";
 
-/// How much of stderr is kept (its end) to find the last line in.
-const STDERR_TAIL: usize = 64 * 1024;
 /// The longest error message taken from stderr, in bytes.
 const MAX_MESSAGE: usize = 1000;
 /// `PATH` for the command when executord itself has none.
@@ -146,16 +146,25 @@ impl ExecBackend {
         })
     }
 
-    /// `text` with every expanded value of the environment replaced by
-    /// `<redacted>`: a command that prints its own secret cannot put it in
-    /// a stored message.
-    fn mask(&self, text: &str) -> String {
+    /// A message to store: `text` with every expanded value of the
+    /// environment replaced by `<redacted>` (a command that prints its own
+    /// secret cannot put it in an error), then cut to [`MAX_MESSAGE`] bytes.
+    fn message(&self, text: &str) -> String {
         let mut text = text.to_owned();
         for secret in &self.masked {
             if text.contains(secret.expose()) {
                 text = text.replace(secret.expose(), "<redacted>");
             }
         }
+        if text.len() <= MAX_MESSAGE {
+            return text;
+        }
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
         text
     }
 
@@ -211,10 +220,10 @@ impl ExecBackend {
                 return Ran::failed(e);
             }
         };
-        let message = last_line(&err).map(|line| self.mask(&line));
+        let message = last_line(&err).map(|line| self.message(&line));
         let result = match status.code() {
             Some(0) => parse_reply(&out, method, &self.runtime_states, &self.name)
-                .map_err(|e| BackendError::Permanent(self.mask(&e))),
+                .map_err(|e| BackendError::Permanent(self.message(&e))),
             Some(EXIT_TRANSIENT) => Err(BackendError::Transient(message.unwrap_or_else(|| {
                 format!("{method}: temporary failure (exit status {EXIT_TRANSIENT})")
             }))),
@@ -345,257 +354,10 @@ impl Drop for Watch<'_> {
     }
 }
 
-/// A call's process group, killed (SIGKILL) when this drops.
-struct Group(Option<Pid>);
-
-impl Group {
-    fn of(pid: Option<u32>) -> Self {
-        Self(
-            pid.and_then(|p| i32::try_from(p).ok())
-                .filter(|p| *p > 1)
-                .map(Pid::from_raw),
-        )
-    }
-
-    fn kill(&self) {
-        if let Some(group) = self.0 {
-            // ESRCH: the group is empty already.
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn error_class(error: &BackendError) -> &'static str {
     match error {
         BackendError::Transient(_) => "transient",
         BackendError::Permanent(_) => "permanent",
         BackendError::NotFound(_) => "not_found",
-    }
-}
-
-/// The request on stdin: the same JSON as the HTTP driver's generic contract.
-fn request_body(method: &str, call: &BackendCall) -> Vec<u8> {
-    let r = &call.resource;
-    let body = json!({
-        "method": method,
-        "idempotency_key": call.idempotency_key,
-        "resource": {
-            "id": r.id,
-            "kind": r.kind,
-            "name": r.name,
-            "backend_id": r.backend_id,
-            "runtime_state": r.runtime_state,
-            "attributes": r.attributes,
-            "status": r.status,
-        },
-        "params": call.params,
-    });
-    let mut bytes = body.to_string().into_bytes();
-    bytes.push(b'\n');
-    bytes
-}
-
-/// Reads stdout to its end, failing as soon as it passes [`MAX_REPLY`].
-async fn read_reply(
-    stdout: Option<impl AsyncRead + Unpin>,
-    method: &str,
-) -> Result<Vec<u8>, BackendError> {
-    let mut out = Vec::new();
-    if let Some(stdout) = stdout {
-        stdout
-            .take(MAX_REPLY as u64 + 1)
-            .read_to_end(&mut out)
-            .await
-            .map_err(|e| BackendError::Transient(format!("reading the reply: {e}")))?;
-    }
-    if out.len() > MAX_REPLY {
-        return Err(BackendError::Permanent(format!(
-            "the reply of `{method}` is larger than 1 MiB; nothing from it is stored"
-        )));
-    }
-    Ok(out)
-}
-
-/// Reads stderr to its end, keeping the last [`STDERR_TAIL`] bytes.
-async fn read_tail(stderr: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
-    let mut tail = Vec::new();
-    let Some(mut stderr) = stderr else {
-        return tail;
-    };
-    let mut chunk = [0u8; 8192];
-    while let Ok(n @ 1..) = stderr.read(&mut chunk).await {
-        tail.extend_from_slice(&chunk[..n]);
-        if tail.len() > 2 * STDERR_TAIL {
-            tail.drain(..tail.len() - STDERR_TAIL);
-        }
-    }
-    tail
-}
-
-/// The last line of `stderr` with more than blanks, at most [`MAX_MESSAGE`] bytes.
-fn last_line(stderr: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(stderr);
-    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-    if line.len() <= MAX_MESSAGE {
-        return Some(line.to_owned());
-    }
-    let mut end = MAX_MESSAGE;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(format!("{}…", &line[..end]))
-}
-
-/// The reply's fields; other keys are ignored.
-#[derive(Deserialize)]
-struct WireReply {
-    #[serde(default)]
-    backend_id: Option<String>,
-    #[serde(default)]
-    runtime_state: Option<String>,
-    #[serde(default)]
-    status: Option<Map<String, Value>>,
-    #[serde(default)]
-    done: Option<bool>,
-}
-
-/// Reads a reply from stdout; the error says exactly what is wrong with it.
-fn parse_reply(
-    out: &[u8],
-    method: &str,
-    runtime_states: &[String],
-    backend: &str,
-) -> Result<BackendReply, String> {
-    if out.iter().all(u8::is_ascii_whitespace) {
-        return Ok(BackendReply::default());
-    }
-    let nothing = "nothing from it is stored";
-    let value: Value = serde_json::from_slice(out)
-        .map_err(|e| format!("the reply of `{method}` is not valid JSON ({e}); {nothing}"))?;
-    if !value.is_object() {
-        return Err(format!(
-            "the reply of `{method}` is not a JSON object; {nothing}"
-        ));
-    }
-    let reply: WireReply = serde_json::from_value(value)
-        .map_err(|e| format!("the reply of `{method}` is not a valid reply ({e}); {nothing}"))?;
-    if let Some(state) = &reply.runtime_state
-        && !runtime_states.contains(state)
-    {
-        let mut shown: String = state.chars().take(100).collect();
-        if shown.len() < state.len() {
-            shown.push('…');
-        }
-        return Err(format!(
-            "the reply of `{method}` names runtime state `{}`, which backend `{backend}` does not declare (declared: {}); {nothing}",
-            shown.escape_debug(),
-            if runtime_states.is_empty() {
-                "none".to_owned()
-            } else {
-                runtime_states.join(", ")
-            }
-        ));
-    }
-    Ok(BackendReply {
-        backend_id: reply.backend_id,
-        runtime_state: reply.runtime_state,
-        status: reply.status,
-        done: reply.done,
-    })
-}
-
-/// The program to run, absolute: a path with a `/` is relative to `dir`,
-/// a bare name is looked up in `path`. It must be an executable file.
-fn resolve(program: &str, dir: &Path, path: &str) -> Result<PathBuf, String> {
-    if program.contains('/') {
-        let file = dir.join(program);
-        return match std::fs::metadata(&file) {
-            Ok(meta) if !meta.is_file() => Err(format!("`{}` is not a file", file.display())),
-            Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
-                Err(format!("`{}` is not executable", file.display()))
-            }
-            Ok(_) => Ok(file),
-            Err(e) => Err(format!("cannot run `{}`: {e}", file.display())),
-        };
-    }
-    std::env::split_paths(path)
-        .map(|d| d.join(program))
-        .find(|f| {
-            std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| format!("no executable `{program}` in PATH"))
-}
-
-/// An environment variable's name must be plain, and not one executord sets.
-fn check_variable(key: &str) -> Result<(), String> {
-    let mut chars = key.chars();
-    let plain = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !plain {
-        return Err(format!(
-            "env: `{}` is not a valid variable name (letters, digits and `_`, not starting with a digit)",
-            key.escape_debug()
-        ));
-    }
-    if key == METHOD_VARIABLE {
-        return Err(format!("env: `{METHOD_VARIABLE}` is set by executord"));
-    }
-    Ok(())
-}
-
-fn spawn_error(program: &Path, e: &std::io::Error) -> BackendError {
-    let message = format!("cannot run `{}`: {e}", program.display());
-    match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-            BackendError::Permanent(message)
-        }
-        _ => BackendError::Transient(message),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{last_line, parse_reply};
-    use crate::backend::BackendReply;
-
-    #[test]
-    fn a_reply_is_read_or_refused_with_its_reason() {
-        let states = vec!["online".to_owned()];
-        let parse = |text: &str| parse_reply(text.as_bytes(), "m", &states, "b");
-        assert_eq!(parse(" \n"), Ok(BackendReply::default()));
-        let reply = parse(r#"{"backend_id": "x", "runtime_state": "online", "status": {"a": 1}, "done": true, "extra": 1}"#).unwrap();
-        assert_eq!(reply.backend_id.as_deref(), Some("x"));
-        assert_eq!(reply.done, Some(true));
-        assert!(parse("{").unwrap_err().contains("is not valid JSON"));
-        assert!(parse("[]").unwrap_err().contains("is not a JSON object"));
-        assert!(
-            parse(r#"{"done": "yes"}"#)
-                .unwrap_err()
-                .contains("is not a valid reply")
-        );
-        let message = parse(r#"{"runtime_state": "gone"}"#).unwrap_err();
-        assert!(
-            message.contains(
-                "names runtime state `gone`, which backend `b` does not declare (declared: online)"
-            ),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn the_message_is_the_last_line_with_text() {
-        assert_eq!(last_line(b"first\nsecond\n  \n\n"), Some("second".into()));
-        assert_eq!(last_line(b" \n"), None);
-        let long = "é".repeat(800);
-        let line = last_line(long.as_bytes()).unwrap();
-        assert!(line.len() <= 1000 + '…'.len_utf8() && line.ends_with('…'));
     }
 }
