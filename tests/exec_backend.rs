@@ -1023,6 +1023,16 @@ async fn the_postgres_example_manages_real_databases_and_roles(pool: PgPool) {
     );
     answers.push(operations.body.to_string());
 
+    // Metrics per backend and method, named from the catalog.
+    let text = get_text(service.port, "/metrics");
+    for series in [
+        "executord_backend_calls_total{backend=\"postgres\",method=\"create_database\"} 1",
+        "executord_backend_call_errors_total{backend=\"postgres\",method=\"pull_database\",class=\"not_found\"}",
+        "executord_backend_call_duration_seconds_count{backend=\"postgres\",method=\"create_role\"} 1",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+
     // The secret reached the scripts (they ran), and nothing else.
     let log = service.log_text();
     assert!(log.contains("exec backend call"), "debug logs were on");
@@ -1176,4 +1186,24 @@ async fn first_database_oid(pool: &PgPool, name: &str) -> String {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// The body of a GET answered with a length (`/metrics` is text, not JSON).
+fn get_text(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    body.to_owned()
 }
