@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -13,22 +14,23 @@ use crate::backend::BackendError;
 /// How much of stderr is kept (its end) to find the last line in.
 const STDERR_TAIL: usize = 64 * 1024;
 
-/// A call's process group, killed (SIGKILL) when this drops.
-pub(super) struct Group(Option<Pid>);
+/// A call's process group, killed (SIGKILL) once: when the command exits,
+/// or when this drops (the call's future was dropped mid-run). Once is
+/// enough: a process being killed cannot fork any more, and the group's
+/// number is not killed again after it may have become free for reuse.
+pub(super) struct Group(AtomicI32);
 
 impl Group {
     pub(super) fn of(pid: Option<u32>) -> Self {
-        Self(
-            pid.and_then(|p| i32::try_from(p).ok())
-                .filter(|p| *p > 1)
-                .map(Pid::from_raw),
-        )
+        let pgid = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
+        Self(AtomicI32::new(pgid.unwrap_or(0)))
     }
 
     pub(super) fn kill(&self) {
-        if let Some(group) = self.0 {
+        let pgid = self.0.swap(0, Ordering::SeqCst);
+        if pgid > 1 {
             // ESRCH: the group is empty already.
-            let _ = killpg(group, Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
     }
 }
