@@ -151,10 +151,12 @@ impl Node {
             None => watch::channel(None).1,
         };
         // The simulated cloud lives in the database, so every process sees the same one.
-        let backends = Backends::new().with(
-            "sim",
-            Arc::new(Sim::shared(catalog.sim_config(), pool.clone())),
-        );
+        let backends = Backends::new()
+            .with(
+                "sim",
+                Arc::new(Sim::shared(catalog.sim_config(), pool.clone())),
+            )
+            .and(parsed.declared_backends());
         let events = Events::new();
         tokio::spawn(events.clone().listen(pool.clone()));
         Ok(Self {
@@ -306,6 +308,36 @@ pub async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     stop.send(true).ok();
     running.await.ok();
     node.stop().await
+}
+
+/// `executord catalog check`: checks a catalog file (or the built-in one)
+/// and the backends it declares, without a database. A line that says what
+/// it holds, or every error found.
+pub fn check_catalog(
+    path: Option<&std::path::Path>,
+) -> Result<String, Vec<crate::catalog::CatalogError>> {
+    let builtin = Backends::new().with(
+        "sim",
+        Arc::new(Sim::new(crate::backend::sim::SimConfig::default())),
+    );
+    let (catalog, name) = match path {
+        Some(path) => (
+            Catalog::check_file(path, &builtin)?,
+            path.display().to_string(),
+        ),
+        None => (
+            Catalog::default_catalog(&builtin).map_err(|e| vec![e])?,
+            "the built-in catalog".to_owned(),
+        ),
+    };
+    Ok(format!(
+        "{name}: ok ({} kinds; declared backends: {})",
+        catalog.kinds().count(),
+        match catalog.declared_backends().names() {
+            names if names.is_empty() => "none".to_owned(),
+            names => names.join(", "),
+        }
+    ))
 }
 
 /// `executord migrate`.

@@ -46,6 +46,9 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Work with catalog files.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
 }
 
 /// `executord serve`.
@@ -251,6 +254,18 @@ impl RunnerArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         }
     }
+}
+
+/// `executord catalog …`.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Check a catalog and the backends it declares, without a database:
+    /// exit 0, or print every error, each naming its place, and exit 1.
+    Check {
+        /// The catalog file; without it, the built-in catalog.
+        #[arg(long, env = "EXECUTORD_CATALOG")]
+        catalog: Option<PathBuf>,
+    },
 }
 
 /// The catalog and the built-in backend.

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 
 use clap::Parser;
-use executord::config::{Cli, Command, LogFormat};
+use executord::config::{CatalogCommand, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -25,6 +25,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker(args) => executord::app::work(args).await,
         Command::Migrate(args) => executord::app::migrate(args).await,
         Command::Tokens(args) => executord::app::tokens(args).await,
+        Command::Catalog(CatalogCommand::Check { catalog }) => {
+            let found = executord::app::check_catalog(catalog.as_deref());
+            let mut out = std::io::stdout().lock();
+            match found {
+                Ok(summary) => {
+                    writeln!(out, "{summary}")?;
+                    Ok(())
+                }
+                Err(errors) => {
+                    for error in &errors {
+                        writeln!(out, "{error}")?;
+                    }
+                    drop(out);
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Openapi => {
             let document = executord::api::openapi().to_pretty_json()?;
             writeln!(std::io::stdout().lock(), "{document}")?;

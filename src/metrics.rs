@@ -111,6 +111,29 @@ pub fn http_connection_closed(reason: &'static str) {
     counter!("executord_http_connections_closed_total", "reason" => reason).increment(1);
 }
 
+/// A call of a declared backend's method ended after `elapsed`; `error` is
+/// its class when it failed (`transient`, `permanent`, `not_found`, or
+/// `dropped` when the caller gave up on it: its time was up, its operation
+/// was cancelled, the process shut down). Both names come from the catalog,
+/// never from a request or a reply.
+pub fn backend_call(backend: &str, method: &str, error: Option<&'static str>, elapsed: Duration) {
+    let labels = [
+        ("backend", backend.to_owned()),
+        ("method", method.to_owned()),
+    ];
+    counter!("executord_backend_calls_total", &labels).increment(1);
+    histogram!("executord_backend_call_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    if let Some(class) = error {
+        counter!(
+            "executord_backend_call_errors_total",
+            "backend" => backend.to_owned(),
+            "method" => method.to_owned(),
+            "class" => class
+        )
+        .increment(1);
+    }
+}
+
 /// The Prometheus text: queue gauges read now, then everything recorded.
 pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
     let handle = install();

@@ -6,12 +6,16 @@
 //! an idempotency key: a task may run more than once (a lease expired, a
 //! process died), and a repeated call must not repeat its effect.
 
+pub mod declared;
+pub mod exec;
+pub mod http;
 pub mod noop;
 pub mod sim;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -110,7 +114,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The runtime states its objects can report, so the catalog can be checked.
     fn runtime_states(&self) -> Vec<&str>;
 
+    /// How long one call may take when its step does not say; `None`: the
+    /// runner's default (`--backend-timeout-secs`).
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Calls `method`. Must be idempotent given `call.idempotency_key`.
+    /// The caller drops the future when the call's time is up or its
+    /// operation is cancelled: a backend must then leave nothing running.
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError>;
 }
 
@@ -128,6 +140,14 @@ impl Backends {
     pub fn with(mut self, name: &str, backend: Arc<dyn Backend>) -> Self {
         self.0.insert(name.to_owned(), backend);
         self
+    }
+
+    /// These backends and `others` (an `others`' backend wins a shared name).
+    pub fn and(&self, others: &Backends) -> Self {
+        let mut all = self.clone();
+        all.0
+            .extend(others.0.iter().map(|(name, b)| (name.clone(), b.clone())));
+        all
     }
 
     /// The backend called `name`.

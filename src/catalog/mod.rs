@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::backend::declared::{self, BackendDecl};
 use crate::backend::{Backends, MethodRole};
 use crate::domain::{FieldError, Queue, ResourceState};
 
@@ -81,6 +82,8 @@ fn check_name(place: &str, what: &str, name: &str) -> Result<(), CatalogError> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCatalog {
+    #[serde(default)]
+    backends: BTreeMap<String, toml::Value>,
     kinds: BTreeMap<String, RawKind>,
 }
 
@@ -246,10 +249,11 @@ pub struct Action {
     pub chain: Vec<Step>,
 }
 
-/// Every kind this process knows.
+/// Every kind this process knows, and the backends the catalog declares.
 #[derive(Debug)]
 pub struct Catalog {
     kinds: BTreeMap<String, Kind>,
+    declared: Backends,
 }
 
 impl Catalog {
@@ -258,30 +262,83 @@ impl Catalog {
         Self::parse(DEFAULT_CATALOG, backends)
     }
 
-    /// Reads and checks a catalog file; its errors name the file.
+    /// Reads and checks a catalog file; its errors name the file. Relative
+    /// paths in it (an `exec` backend's command) are relative to the file.
     pub fn load(path: &Path, backends: &Backends) -> Result<Self, CatalogError> {
+        Self::check_file(path, backends).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Reads and checks a catalog file as [`Catalog::check`] does: every
+    /// error it finds, each naming the file.
+    pub fn check_file(path: &Path, backends: &Backends) -> Result<Self, Vec<CatalogError>> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::read_to_string(path)
-            .map_err(|e| error("", format!("cannot read: {e}")))
-            .and_then(|text| Self::parse(&text, backends))
-            .map_err(|e| CatalogError {
-                file: Some(path.to_owned()),
-                ..e
+            .map_err(|e| vec![error("", format!("cannot read: {e}"))])
+            .and_then(|text| Self::check(&text, backends, dir))
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|e| CatalogError {
+                        file: Some(path.to_owned()),
+                        ..e
+                    })
+                    .collect()
             })
     }
 
-    /// Parses and checks catalog text.
+    /// Parses and checks catalog text, its relative paths relative to the
+    /// working directory.
     pub fn parse(text: &str, backends: &Backends) -> Result<Self, CatalogError> {
-        let raw: RawCatalog = toml::from_str(text).map_err(|e| error("", e.to_string()))?;
+        Self::parse_in(text, backends, Path::new("."))
+    }
+
+    /// Parses and checks catalog text whose relative paths are relative to
+    /// `dir`. Its kinds may use `backends` (the built-in ones) and the
+    /// backends it declares itself. The error is the first of [`Catalog::check`]'s.
+    pub fn parse_in(text: &str, backends: &Backends, dir: &Path) -> Result<Self, CatalogError> {
+        Self::check(text, backends, dir).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Parses and checks catalog text, finding every error it can: one per
+    /// broken backend or kind (a kind that names a broken backend is not
+    /// checked further). Never an empty list.
+    pub fn check(text: &str, backends: &Backends, dir: &Path) -> Result<Self, Vec<CatalogError>> {
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| vec![error("", e.to_string())])?;
+        let mut errors = Vec::new();
+        let mut declared = Backends::new();
+        for (name, table) in raw.backends {
+            match declare(&name, table, backends, dir) {
+                Ok(backend) => declared = declared.with(&name, backend),
+                Err(e) => errors.push(e),
+            }
+        }
+        let all = backends.and(&declared);
         let mut kinds = BTreeMap::new();
         for (name, raw_kind) in raw.kinds {
-            check_name("kinds", "kind", &name)?;
-            let kind = check_kind(&name, raw_kind, backends)?;
-            kinds.insert(name, kind);
+            match check_name("kinds", "kind", &name)
+                .and_then(|()| check_kind(&name, raw_kind, &all))
+            {
+                Ok(kind) => {
+                    kinds.insert(name, kind);
+                }
+                Err(e) => errors.push(e),
+            }
         }
-        if kinds.is_empty() {
-            return Err(error("kinds", "the catalog defines no kind"));
+        if kinds.is_empty() && errors.is_empty() {
+            errors.push(error("kinds", "the catalog defines no kind"));
         }
-        Ok(Self { kinds })
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self { kinds, declared })
+    }
+
+    /// The backends the catalog declares (`[backends.NAME]`), by name.
+    pub fn declared_backends(&self) -> &Backends {
+        &self.declared
     }
 
     /// The kind called `name`.
@@ -293,6 +350,27 @@ impl Catalog {
     pub fn kinds(&self) -> impl Iterator<Item = &Kind> {
         self.kinds.values()
     }
+}
+
+/// Builds the backend a `[backends.NAME]` table declares.
+fn declare(
+    name: &str,
+    table: toml::Value,
+    builtin: &Backends,
+    dir: &Path,
+) -> Result<std::sync::Arc<dyn crate::backend::Backend>, CatalogError> {
+    let place = format!("backends.{name}");
+    check_name("backends", "backend", name)?;
+    if builtin.get(name).is_some() {
+        return Err(error(
+            place,
+            format!("`{name}` is a built-in backend's name"),
+        ));
+    }
+    let decl: BackendDecl = table
+        .try_into()
+        .map_err(|e: toml::de::Error| error(&place, e.message().to_owned()))?;
+    declared::build(name, decl, dir).map_err(|e| error(&place, e))
 }
 
 fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, CatalogError> {

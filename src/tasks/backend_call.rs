@@ -18,7 +18,7 @@ pub(super) async fn run(
     target: Option<Target>,
     step: &Step,
 ) -> StepOutcome {
-    let (method, timeout) = match step {
+    let (method, step_timeout) = match step {
         Step::BackendMethod {
             method, timeout_s, ..
         }
@@ -31,15 +31,12 @@ pub(super) async fn run(
             method,
             call_timeout_s: timeout_s,
             ..
-        } => (
-            method,
-            timeout_s.map_or(ctx.backend_timeout, Duration::from_secs),
-        ),
+        } => (method, timeout_s.map(Duration::from_secs)),
         Step::StateTransition { .. } | Step::Throttle { .. } => {
             return StepOutcome::Fail("not a backend step".into());
         }
     };
-    let reply = match call(ctx, task, target, method, timeout).await {
+    let reply = match call(ctx, task, target, method, step_timeout).await {
         Ok(reply) => reply,
         Err(BackendError::Transient(error)) if task.attempts < task.max_attempts => {
             return StepOutcome::Retry {
@@ -121,7 +118,7 @@ async fn call(
     task: &Task,
     target: Option<Target>,
     method: &str,
-    timeout: Duration,
+    step_timeout: Option<Duration>,
 ) -> Result<BackendReply, BackendError> {
     let Target {
         resource, request, ..
@@ -143,6 +140,10 @@ async fn call(
         resource,
         params: request,
     };
+    // The step's own time limit, else the backend's, else the runner's.
+    let timeout = step_timeout
+        .or_else(|| backend.timeout())
+        .unwrap_or(ctx.backend_timeout);
     match tokio::time::timeout(timeout, backend.call(method, call)).await {
         Ok(result) => result,
         Err(_) => Err(BackendError::Transient(format!(

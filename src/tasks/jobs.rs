@@ -103,7 +103,8 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
         },
         params: json!({}),
     };
-    let reply = tokio::time::timeout(ctx.backend_timeout, backend.call(method, call)).await;
+    let timeout = backend.timeout().unwrap_or(ctx.backend_timeout);
+    let reply = tokio::time::timeout(timeout, backend.call(method, call)).await;
     let (problem, healthy, runtime_state) = match reply {
         Err(_) => anyhow::bail!("{method} timed out"),
         Ok(Err(BackendError::NotFound(message))) => (

@@ -5,6 +5,7 @@
 //! - `engine`, `controls`, `jobs`: the runner, chains, operator controls and
 //!   periodic jobs;
 //! - `api`, `auth`, `metrics`: the HTTP API through the real router;
+//! - `exec_backend`: the exec driver and the PostgreSQL example;
 //! - `e2e`: the binary on its embedded database, the README's tour, CLI
 //!   commands beside a live service;
 //! - `crash`: kill -9, database restarts, SIGTERM, racing and slow clients
@@ -19,5 +20,6 @@ mod controls;
 mod crash;
 mod e2e;
 mod engine;
+mod exec_backend;
 mod jobs;
 mod metrics;

@@ -53,7 +53,7 @@ impl Engine {
         let ctx = TaskContext {
             pool: pool.clone(),
             catalog: catalog.clone(),
-            backends,
+            backends: backends.and(catalog.declared_backends()),
             backend_timeout: Duration::from_secs(5),
             retry_base: Duration::from_millis(10),
         };
