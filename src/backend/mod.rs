@@ -103,6 +103,31 @@ pub enum BackendError {
     /// The backend has no such object.
     #[error("{0}")]
     NotFound(String),
+    /// Worth retrying, but not before `retry_after` (the backend said so,
+    /// e.g. in HTTP's `Retry-After`): the retry waits for the longer of this
+    /// and the step's backoff.
+    #[error("{message}")]
+    TransientAfter {
+        /// What went wrong.
+        message: String,
+        /// How long the backend asked callers to wait.
+        retry_after: Duration,
+    },
+}
+
+impl BackendError {
+    /// Whether retrying may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::TransientAfter { .. })
+    }
+
+    /// How long the backend asked to wait before a retry, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TransientAfter { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 /// A system that executors act on.
