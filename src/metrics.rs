@@ -99,6 +99,28 @@ pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Dur
     histogram!("executord_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
 }
 
+/// A call of a declared backend ended with `outcome` (`ok`, `transient`,
+/// `permanent`, `not_found`, `bad_reply`, or `abandoned` when its time ran
+/// out or its operation was cancelled). The backend and method names come
+/// from the catalog, a closed set.
+pub fn backend_call(backend: &str, method: &str, outcome: &'static str, elapsed: Duration) {
+    let labels = [
+        ("backend", backend.to_owned()),
+        ("method", method.to_owned()),
+    ];
+    counter!("executord_backend_calls_total", &labels).increment(1);
+    histogram!("executord_backend_call_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    if outcome != "ok" {
+        counter!(
+            "executord_backend_call_errors_total",
+            "backend" => backend.to_owned(),
+            "method" => method.to_owned(),
+            "class" => outcome
+        )
+        .increment(1);
+    }
+}
+
 /// The Prometheus text: queue gauges read now, then everything recorded.
 pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
     let handle = install();

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod http;
 pub mod noop;
 pub mod sim;
+pub mod wire;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -42,8 +43,8 @@ pub struct MethodInfo {
     pub role: MethodRole,
 }
 
-/// The resource as a backend sees it.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// The resource as a backend sees it (and as the wire contract sends it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ResourceView {
     /// executord's id of the resource.
     pub id: Uuid,
