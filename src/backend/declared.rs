@@ -166,7 +166,7 @@ impl TryFrom<Value> for ReplySource {
                     (None, None) => Err(EXPECTED.to_owned()),
                 }
             }
-            _ => Err(EXPECTED.to_owned()),
+            other => Err(format!("{EXPECTED}, not `{other}`")),
         }
     }
 }
