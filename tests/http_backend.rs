@@ -1133,3 +1133,63 @@ async fn the_fake_clouds_replies_follow_the_reply_schema() {
         .unwrap();
     assert_eq!(missing.status(), 400);
 }
+
+#[test]
+fn the_python_adapter_of_the_docs_serves_records_through_the_real_service() {
+    let mut h = support::Harness::new("http-python");
+    let port = support::free_port();
+    let adapter = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/adapters/records.py");
+    let _python = Killed(
+        std::process::Command::new("python3")
+            .args([adapter, &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_until(Duration::from_secs(30), "the adapter to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    h.set_env("RECORDS_URL", &format!("http://127.0.0.1:{port}"));
+    let catalog = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/catalogs/python-records.toml"
+    );
+    let api = h.api_with("api", &["--catalog", catalog]);
+    let _worker = h.worker("worker", &["--catalog", catalog]);
+    let (id, op) = create(&api, "record", "www", &json!({"address": "192.0.2.7"}));
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let path = format!("/api/v1/resources/{id}");
+    let record = api.call("GET", &path, None).body;
+    assert_eq!(record["runtime_state"], "active", "{record}");
+    assert_eq!(record["status"], json!({"fqdn": "www.example."}));
+    let deleted = act(&api, "DELETE", &path, None);
+    assert_eq!(deleted["state"], "succeeded", "{deleted}");
+}
+
+/// A child process, killed when dropped (also when the test panics).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_docs_show_the_checked_in_schemas_and_adapter() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root}/docs/BACKENDS.md")).unwrap();
+    for file in [
+        "docs/backend-request.schema.json",
+        "docs/backend-reply.schema.json",
+        "examples/adapters/records.py",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        assert!(
+            docs.contains(text.trim_end()),
+            "docs/BACKENDS.md shows {file} as it is"
+        );
+    }
+}
