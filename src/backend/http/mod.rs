@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
@@ -38,7 +38,7 @@ pub struct HttpBackend {
     /// Without a trailing `/`; may hold a secret, so never shown.
     base_url: String,
     /// Declared headers, expanded and marked sensitive.
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: HeaderMap,
     timeout: Option<Duration>,
     slots: Option<Semaphore>,
     client: reqwest::Client,
@@ -94,7 +94,7 @@ impl HttpBackend {
             return Err("base_url may not have a query or a fragment".to_owned());
         }
         let base_url = base_url.expose().trim_end_matches('/').to_owned();
-        let mut headers = Vec::new();
+        let mut headers = HeaderMap::new();
         for (header, value) in &decl.headers {
             let place = format!("headers.{header}");
             let header_name = HeaderName::from_bytes(header.as_bytes())
@@ -106,7 +106,7 @@ impl HttpBackend {
             let mut value = HeaderValue::from_str(value.expose())
                 .map_err(|_| format!("{place}: the value is not a valid header value"))?;
             value.set_sensitive(true);
-            headers.push((header_name, value));
+            headers.append(header_name, value);
         }
         if decl.timeout_s == Some(0) {
             return Err("timeout_s must be at least 1".to_owned());
@@ -198,12 +198,11 @@ impl HttpBackend {
                 (builder, Some(call))
             }
         };
-        let mut builder = builder
+        // Declared headers replace the driver's own (an `Accept` of the API's).
+        let builder = builder
             .header("idempotency-key", key)
-            .header(ACCEPT, "application/json, application/problem+json");
-        for (name, value) in &self.headers {
-            builder = builder.header(name.clone(), value.clone());
-        }
+            .header(ACCEPT, "application/json, application/problem+json")
+            .headers(self.headers.clone());
         Ok((builder, kept))
     }
 
@@ -219,14 +218,15 @@ impl HttpBackend {
             .request(method, route, call)
             .map_err(|e| Failure::Permanent(format!("cannot call `{method}`: {e}")))?;
         let response = request.send().await.map_err(|e| {
-            Failure::Transient(
-                format!(
-                    "cannot reach backend `{}` for `{method}`: {}",
-                    self.name,
-                    chain(&e)
-                ),
-                None,
-            )
+            if e.is_builder() {
+                return Failure::Permanent(format!("cannot call `{method}`: {}", chain(&e)));
+            }
+            let message = format!(
+                "cannot reach backend `{}` for `{method}`: {}",
+                self.name,
+                chain(&e)
+            );
+            Failure::Transient(message, None)
         })?;
         let status = response.status();
         meter.status = Some(status.as_u16());
@@ -432,6 +432,8 @@ fn chain(error: &reqwest::Error) -> String {
         "timed out".to_owned()
     } else if error.is_connect() {
         "cannot connect".to_owned()
+    } else if error.is_builder() {
+        "the URL or a header is not valid".to_owned()
     } else {
         "the request failed".to_owned()
     };
