@@ -1193,3 +1193,61 @@ fn the_docs_show_the_checked_in_schemas_and_adapter() {
         );
     }
 }
+
+/// This process's CPU time so far (user and system, all threads).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The driver's cost per call in executord's CPU: `pull_instance` through
+/// `driver = "http"` against `executord fake-cloud` in another process,
+/// beside the same call on the in-process sim. Run it on a release build:
+/// `cargo test --release --test http_backend -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_the_http_drivers_cpu_per_call() {
+    use executord::backend::sim::Sim;
+    const N: u32 = 20_000;
+    let port = support::free_port();
+    let _cloud = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_executord"))
+            .args(["fake-cloud", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--sim-transition-ms", "0"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_until(Duration::from_secs(30), "the fake cloud", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let catalog = std::fs::read_to_string(FAKE_CLOUD_CATALOG)
+        .unwrap()
+        .replace("${env:FAKE_CLOUD_URL}", &format!("http://127.0.0.1:{port}"));
+    let sim: Arc<dyn Backend> = Arc::new(Sim::new(SimConfig::instant()));
+    let builtin = Backends::new().with("sim", sim.clone());
+    let catalog = Catalog::parse(&catalog, &builtin).unwrap();
+    let http = catalog.declared_backends().get("cloud").unwrap().clone();
+    for (name, backend) in [("in-process sim", sim), ("http driver", http)] {
+        let mut call = call_on("vm", None, json!({"tenant": "t"}), json!({}));
+        call.resource.kind = "instance".to_owned();
+        let created = backend.call("create_instance", call.clone()).await.unwrap();
+        call.resource.backend_id = created.backend_id;
+        for _ in 0..200 {
+            backend.call("pull_instance", call.clone()).await.unwrap();
+        }
+        let (cpu, wall) = (cpu_time(), Instant::now());
+        for _ in 0..N {
+            backend.call("pull_instance", call.clone()).await.unwrap();
+        }
+        let (cpu, wall) = (cpu_time() - cpu, wall.elapsed());
+        eprintln!(
+            "{name}: {:.1} µs of this process's CPU and {:.1} µs of wall time per call ({N} calls)",
+            cpu.as_secs_f64() * 1e6 / f64::from(N),
+            wall.as_secs_f64() * 1e6 / f64::from(N),
+        );
+    }
+}
