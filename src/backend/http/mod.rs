@@ -8,6 +8,7 @@
 //! values (which may hold secrets) are never logged, nor is the base URL.
 
 mod reply;
+mod route;
 mod template;
 
 use std::collections::HashMap;
@@ -15,17 +16,15 @@ use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
-use super::declared::{
-    HttpDecl, MethodDecl, NotFound, RequestDecl, StatusClass, expand, method_infos,
-};
+use super::declared::{HttpDecl, NotFound, StatusClass, expand, method_infos};
 use super::wire::WireRequest;
-use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
-use reply::{Body, ERROR_BODY_LIMIT, REPLY_LIMIT, ReplyTemplate};
-use template::{BodyTemplate, Template};
+use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo};
+use reply::{Body, ERROR_BODY_LIMIT, REPLY_LIMIT};
+use route::{Calling, Route, Templated, default_class};
 
 /// How long connecting may take; the call as a whole is bounded by its step's timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,32 +51,6 @@ impl fmt::Debug for HttpBackend {
             .field("methods", &self.routes.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
-}
-
-/// How one method is called and its answers read.
-#[derive(Debug)]
-struct Route {
-    not_found: NotFound,
-    statuses: HashMap<u16, StatusClass>,
-    calling: Calling,
-}
-
-#[derive(Debug)]
-enum Calling {
-    /// The generic contract, at this path under the base URL.
-    Generic { path: String },
-    /// A request template and where the reply's fields come from.
-    Templated(Box<Templated>),
-}
-
-/// A method's `request` and `reply`, parsed.
-#[derive(Debug)]
-struct Templated {
-    method: Method,
-    path: Template,
-    query: Vec<(String, Template)>,
-    body: Option<BodyTemplate>,
-    reply: ReplyTemplate,
 }
 
 impl HttpBackend {
@@ -322,103 +295,6 @@ impl HttpBackend {
             )));
         }
         Ok(reply)
-    }
-}
-
-impl Route {
-    fn new(method: &str, decl: &MethodDecl) -> Result<Self, String> {
-        if !method
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
-            return Err("a method name is letters, digits, `_`, `-` and `.`".to_owned());
-        }
-        let mut statuses = HashMap::new();
-        for (code, class) in &decl.statuses {
-            let parsed = code
-                .parse::<u16>()
-                .ok()
-                .filter(|c| (100..=599).contains(c))
-                .ok_or_else(|| format!("statuses: `{code}` is not an HTTP status code"))?;
-            if matches!(class, StatusClass::Done | StatusClass::NotDone)
-                && decl.role != MethodRole::Check
-            {
-                return Err(format!(
-                    "statuses.{code}: `done` and `not_done` are for methods with role `check`"
-                ));
-            }
-            statuses.insert(parsed, *class);
-        }
-        let calling = match (&decl.request, &decl.path) {
-            (Some(_), Some(_)) => {
-                return Err(
-                    "`path` is for the generic contract; a `request` has its own".to_owned(),
-                );
-            }
-            (Some(request), None) => templated(request, decl)?,
-            (None, path) => {
-                if decl.reply.is_some() {
-                    return Err("`reply` needs a `request`".to_owned());
-                }
-                let path = path.clone().unwrap_or_else(|| format!("/{method}"));
-                if !path.starts_with('/') {
-                    return Err(format!("path `{path}` must start with `/`"));
-                }
-                Calling::Generic { path }
-            }
-        };
-        Ok(Self {
-            not_found: decl.not_found,
-            statuses,
-            calling,
-        })
-    }
-}
-
-fn templated(request: &RequestDecl, decl: &MethodDecl) -> Result<Calling, String> {
-    let method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("request.method: `{}` is not an HTTP method", request.method))?;
-    if !request.path.starts_with('/') {
-        return Err(format!(
-            "request.path `{}` must start with `/`",
-            request.path
-        ));
-    }
-    let path = Template::parse(&request.path).map_err(|e| format!("request.path: {e}"))?;
-    let query = request
-        .query
-        .iter()
-        .map(|(name, value)| {
-            Template::parse(value)
-                .map(|t| (name.clone(), t))
-                .map_err(|e| format!("request.query.{name}: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let body = request
-        .body
-        .as_ref()
-        .map(|b| BodyTemplate::parse(b).map_err(|e| format!("request.body{e}")))
-        .transpose()?;
-    let reply = match &decl.reply {
-        Some(reply) => ReplyTemplate::compile(reply)?,
-        None => ReplyTemplate::default(),
-    };
-    Ok(Calling::Templated(Box::new(Templated {
-        method,
-        path,
-        query,
-        body,
-        reply,
-    })))
-}
-
-/// What an answer with `status` means when the method does not say.
-fn default_class(status: StatusCode) -> StatusClass {
-    match status.as_u16() {
-        200..=299 => StatusClass::Success,
-        404 => StatusClass::NotFound,
-        408 | 425 | 429 | 500..=599 => StatusClass::Transient,
-        _ => StatusClass::Permanent,
     }
 }
 
