@@ -49,6 +49,31 @@ pub enum Command {
     /// Work with catalog files.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Serve the simulated cloud over the `http` driver's wire contract
+    /// (for trying and testing `driver = "http"`).
+    FakeCloud(FakeCloudArgs),
+}
+
+/// `executord fake-cloud`.
+#[derive(Debug, Args)]
+pub struct FakeCloudArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "EXECUTORD_FAKE_CLOUD_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub listen: SocketAddr,
+    /// Keep the cloud in this PostgreSQL database (the `sim_*` tables, shared
+    /// with every sim on it); without it, in this process's memory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Latency added to every call, in milliseconds.
+    #[arg(long, env = "EXECUTORD_SIM_LATENCY_MS", default_value_t = 0)]
+    pub sim_latency_ms: u64,
+    /// How long objects take to change runtime state, in milliseconds.
+    #[arg(long, env = "EXECUTORD_SIM_TRANSITION_MS", default_value_t = 1000)]
+    pub sim_transition_ms: u64,
 }
 
 /// `executord serve`.

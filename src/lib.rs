@@ -25,6 +25,7 @@ pub mod domain;
 pub mod embedded;
 pub mod events;
 pub mod executor;
+pub mod fakecloud;
 pub mod lifecycle;
 pub mod metrics;
 pub mod runner;

@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker(args) => executord::app::work(args).await,
         Command::Migrate(args) => executord::app::migrate(args).await,
         Command::Tokens(args) => executord::app::tokens(args).await,
+        Command::FakeCloud(args) => executord::fakecloud::run(args).await,
         Command::Catalog(CatalogCommand::Check { catalog }) => {
             let found = executord::app::check_catalog(catalog.as_deref());
             let mut out = std::io::stdout().lock();

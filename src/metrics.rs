@@ -111,24 +111,23 @@ pub fn http_connection_closed(reason: &'static str) {
     counter!("executord_http_connections_closed_total", "reason" => reason).increment(1);
 }
 
-/// A call of a declared backend's method ended after `elapsed`; `error` is
-/// its class when it failed (`transient`, `permanent`, `not_found`, or
-/// `dropped` when the caller gave up on it: its time was up, its operation
-/// was cancelled, the process shut down). Both names come from the catalog,
-/// never from a request or a reply.
-pub fn backend_call(backend: &str, method: &str, error: Option<&'static str>, elapsed: Duration) {
+/// A call of a declared backend ended with `outcome` (`ok`, `transient`,
+/// `permanent`, `not_found`, `bad_reply`, or `abandoned` when its time ran
+/// out or its operation was cancelled). The backend and method names come
+/// from the catalog, a closed set.
+pub fn backend_call(backend: &str, method: &str, outcome: &'static str, elapsed: Duration) {
     let labels = [
         ("backend", backend.to_owned()),
         ("method", method.to_owned()),
     ];
     counter!("executord_backend_calls_total", &labels).increment(1);
     histogram!("executord_backend_call_duration_seconds", &labels).record(elapsed.as_secs_f64());
-    if let Some(class) = error {
+    if outcome != "ok" {
         counter!(
             "executord_backend_call_errors_total",
             "backend" => backend.to_owned(),
             "method" => method.to_owned(),
-            "class" => class
+            "class" => outcome
         )
         .increment(1);
     }

@@ -92,13 +92,101 @@ pub struct MethodDecl {
     pub not_found: NotFound,
     /// HTTP: how to call an API that does not speak the generic contract.
     #[serde(default)]
-    pub request: Option<Value>,
+    pub request: Option<RequestDecl>,
     /// HTTP with `request`: where the reply's fields come from.
     #[serde(default)]
-    pub reply: Option<Value>,
-    /// HTTP: status code → what it means, overriding the default classes.
+    pub reply: Option<ReplyDecl>,
+    /// HTTP: status code (`"404"`) → what it means, overriding the default classes.
     #[serde(default)]
-    pub statuses: BTreeMap<String, String>,
+    pub statuses: BTreeMap<String, StatusClass>,
+}
+
+/// How an `http` method calls an API that does not speak the generic
+/// contract. Its strings are templates: `{resource.name}`, `{params.x.y}`,
+/// ... (see `docs/BACKENDS.md`), checked when the backend is built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestDecl {
+    /// The HTTP method, e.g. `PUT`.
+    pub method: String,
+    /// The path under `base_url`; placeholders in it are URL-encoded.
+    pub path: String,
+    /// Query parameters, name → template; values are URL-encoded.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// The JSON body: its strings are templates, and a string that is one
+    /// placeholder alone takes the value's JSON type.
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+/// Where the fields of a templated method's reply come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyDecl {
+    /// The backend's id of the object.
+    #[serde(default)]
+    pub backend_id: Option<ReplySource>,
+    /// The object's runtime state (one the backend declares).
+    #[serde(default)]
+    pub runtime_state: Option<ReplySource>,
+    /// For check methods: whether the condition holds (a boolean).
+    #[serde(default)]
+    pub done: Option<ReplySource>,
+    /// Keys merged into the resource's status.
+    #[serde(default)]
+    pub status: BTreeMap<String, ReplySource>,
+}
+
+/// Where one field of a reply comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "Value")]
+pub enum ReplySource {
+    /// A template string over the call (`"{resource.name}"`).
+    Template(String),
+    /// `{ pointer = "/json/pointer" }`: an RFC 6901 pointer into the response body.
+    Pointer(String),
+    /// `{ value = … }`: a constant.
+    Value(Value),
+}
+
+impl TryFrom<Value> for ReplySource {
+    type Error = String;
+
+    fn try_from(value: Value) -> Result<Self, String> {
+        const EXPECTED: &str =
+            "expected a template string, `{ pointer = \"/json/pointer\" }` or `{ value = … }`";
+        match value {
+            Value::String(text) => Ok(Self::Template(text)),
+            Value::Object(mut table) if table.len() == 1 => {
+                match (table.remove("pointer"), table.remove("value")) {
+                    (Some(Value::String(pointer)), _) => Ok(Self::Pointer(pointer)),
+                    (Some(_), _) => Err("`pointer` must be a string".to_owned()),
+                    (None, Some(value)) => Ok(Self::Value(value)),
+                    (None, None) => Err(EXPECTED.to_owned()),
+                }
+            }
+            other => Err(format!("{EXPECTED}, not `{other}`")),
+        }
+    }
+}
+
+/// What an HTTP status means for a method (`statuses = { 404 = "success" }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusClass {
+    /// The call succeeded.
+    Success,
+    /// A check method: the condition holds.
+    Done,
+    /// A check method: not yet.
+    NotDone,
+    /// The object is gone (the method's `not_found` still applies).
+    NotFound,
+    /// Worth retrying (honouring `Retry-After`).
+    Transient,
+    /// Retrying cannot help: the step fails.
+    Permanent,
 }
 
 /// What a "not found" answer means for a method.

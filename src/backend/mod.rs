@@ -11,6 +11,7 @@ pub mod exec;
 pub mod http;
 pub mod noop;
 pub mod sim;
+pub mod wire;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -42,8 +43,8 @@ pub struct MethodInfo {
     pub role: MethodRole,
 }
 
-/// The resource as a backend sees it.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// The resource as a backend sees it (and as the wire contract sends it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ResourceView {
     /// executord's id of the resource.
     pub id: Uuid,
@@ -103,6 +104,31 @@ pub enum BackendError {
     /// The backend has no such object.
     #[error("{0}")]
     NotFound(String),
+    /// Worth retrying, but not before `retry_after` (the backend said so,
+    /// e.g. in HTTP's `Retry-After`): the retry waits for the longer of this
+    /// and the step's backoff.
+    #[error("{message}")]
+    TransientAfter {
+        /// What went wrong.
+        message: String,
+        /// How long the backend asked callers to wait.
+        retry_after: Duration,
+    },
+}
+
+impl BackendError {
+    /// Whether retrying may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::TransientAfter { .. })
+    }
+
+    /// How long the backend asked to wait before a retry, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TransientAfter { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 /// A system that executors act on.

@@ -38,10 +38,13 @@ pub(super) async fn run(
     };
     let reply = match call(ctx, task, target, method, step_timeout).await {
         Ok(reply) => reply,
-        Err(BackendError::Transient(error)) if task.attempts < task.max_attempts => {
+        Err(e) if e.is_transient() && task.attempts < task.max_attempts => {
+            // The backend's own `Retry-After` is a floor under the backoff.
+            let delay =
+                backoff(ctx.retry_base, task.attempts).max(e.retry_after().unwrap_or_default());
             return StepOutcome::Retry {
-                error,
-                delay: backoff(ctx.retry_base, task.attempts),
+                error: e.to_string(),
+                delay,
             };
         }
         Err(e) => return StepOutcome::Fail(e.to_string()),

@@ -5,7 +5,8 @@
 //! - `engine`, `controls`, `jobs`: the runner, chains, operator controls and
 //!   periodic jobs;
 //! - `api`, `auth`, `metrics`: the HTTP API through the real router;
-//! - `exec_backend`: the exec driver and the PostgreSQL example;
+//! - `exec_backend`, `http_backend`: the drivers of catalog-declared
+//!   backends, the PostgreSQL example and the fake cloud;
 //! - `e2e`: the binary on its embedded database, the README's tour, CLI
 //!   commands beside a live service;
 //! - `crash`: kill -9, database restarts, SIGTERM, racing and slow clients
@@ -21,5 +22,6 @@ mod crash;
 mod e2e;
 mod engine;
 mod exec_backend;
+mod http_backend;
 mod jobs;
 mod metrics;

@@ -287,14 +287,14 @@ impl Backend for ExecBackend {
         };
         let ran = self.run(method, decl, &call).await;
         watch.done = true;
-        let class = ran.result.as_ref().err().map(error_class);
+        let outcome = ran.result.as_ref().map_or_else(error_class, |_| "ok");
         let elapsed = watch.started.elapsed();
-        crate::metrics::backend_call(&self.name, method, class, elapsed);
+        crate::metrics::backend_call(&self.name, method, outcome, elapsed);
         tracing::debug!(
             backend = %self.name,
             method = %method,
             exit = %ran.exit(),
-            error = class.unwrap_or("none"),
+            outcome,
             elapsed_ms = elapsed.as_millis() as u64,
             "exec backend call"
         );
@@ -343,7 +343,7 @@ impl Drop for Watch<'_> {
     fn drop(&mut self) {
         if !self.done {
             let elapsed = self.started.elapsed();
-            crate::metrics::backend_call(self.backend, self.method, Some("dropped"), elapsed);
+            crate::metrics::backend_call(self.backend, self.method, "abandoned", elapsed);
             tracing::debug!(
                 backend = %self.backend,
                 method = %self.method,
@@ -356,7 +356,7 @@ impl Drop for Watch<'_> {
 
 fn error_class(error: &BackendError) -> &'static str {
     match error {
-        BackendError::Transient(_) => "transient",
+        BackendError::Transient(_) | BackendError::TransientAfter { .. } => "transient",
         BackendError::Permanent(_) => "permanent",
         BackendError::NotFound(_) => "not_found",
     }

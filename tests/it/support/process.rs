@@ -64,6 +64,8 @@ pub struct Harness {
     pub pool: PgPool,
     rt: Runtime,
     cluster: Option<EmbeddedPostgres>,
+    /// Environment given to every process started after it is set.
+    env: Vec<(String, String)>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -97,6 +99,7 @@ impl Harness {
             pool,
             rt,
             cluster: Some(cluster),
+            env: Vec::new(),
             _serial: serial,
         }
     }
@@ -123,6 +126,12 @@ impl Harness {
             .unwrap();
         assert_eq!(cluster.database_url(), self.url);
         self.cluster = Some(cluster);
+    }
+
+    /// Sets `key` in the environment of every process started from now on
+    /// (after the harness's own, so `RUST_LOG` may be changed too).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// `serve --no-runner` on a free port, once `/readyz` answers 200.
@@ -155,14 +164,24 @@ impl Harness {
     }
 
     fn spawn(&self, name: &str, command: &[&str], extra: &[&str]) -> Proc {
+        let args: Vec<&str> = command
+            .iter()
+            .chain(COMMON_FLAGS)
+            .chain(extra)
+            .copied()
+            .collect();
+        self.spawn_plain(name, &args)
+    }
+
+    /// `executord` with exactly `args` (no common flags), its log under `logs/`.
+    pub fn spawn_plain(&self, name: &str, args: &[&str]) -> Proc {
         let log = self.dir.join("logs").join(format!("{name}.log"));
         let stderr = File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_executord"))
-            .args(command)
-            .args(COMMON_FLAGS)
-            .args(extra)
+            .args(args)
             .env("DATABASE_URL", &self.url)
             .env("RUST_LOG", RUST_LOG)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
