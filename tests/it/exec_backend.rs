@@ -24,10 +24,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A temp directory for one test's scripts, removed when it drops.
-struct Dir(PathBuf);
+pub(crate) struct Dir(pub(crate) PathBuf);
 
 impl Dir {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "executord-exec-{}-{name}-{}",
             std::process::id(),
@@ -618,14 +618,14 @@ async fn a_secret_from_the_environment_never_reaches_a_log_or_an_error() {
 
 /// `executord serve` on the database of `pool`, its log in `dir`; killed
 /// when dropped.
-struct Service {
+pub(crate) struct Service {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
 }
 
 impl Service {
-    fn start(pool: &PgPool, dir: &Dir, catalog: &Path, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(pool: &PgPool, dir: &Dir, catalog: &Path, env: &[(&str, &str)]) -> Self {
         let port = crate::support::process::free_port();
         let log = dir.0.join("executord.log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_executord"))
@@ -681,11 +681,11 @@ impl Service {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -805,7 +805,7 @@ impl Drop for Leftovers {
 }
 
 /// Waits for an operation to end (the API's long poll, at most 60 s).
-fn finished(service: &Service, operation: &Value) -> Value {
+pub(crate) fn finished(service: &Service, operation: &Value) -> Value {
     let id = operation.as_str().unwrap();
     let started = Instant::now();
     loop {

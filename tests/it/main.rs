@@ -7,6 +7,8 @@
 //! - `api`, `auth`, `metrics`: the HTTP API through the real router;
 //! - `exec_backend`, `http_backend`: the drivers of catalog-declared
 //!   backends, the PostgreSQL example and the fake cloud;
+//! - `rabbitmq`: the RabbitMQ example's request templates against a real
+//!   RabbitMQ (started by scripts/test);
 //! - `e2e`: the binary on its embedded database, the README's tour, CLI
 //!   commands beside a live service;
 //! - `crash`: kill -9, database restarts, SIGTERM, racing and slow clients
@@ -25,3 +27,4 @@ mod exec_backend;
 mod http_backend;
 mod jobs;
 mod metrics;
+mod rabbitmq;
