@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::process::{free_port, try_http_with};
+use crate::support::process::{free_port, stop_immediately, try_http_with};
 
 struct Service {
     child: Child,
@@ -40,15 +40,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let pg = self.data_dir.join("pg");
         if pg.join("postmaster.pid").exists() {
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "pg_ctl=$(ls /usr/lib/postgresql/*/bin/pg_ctl | tail -n1); \
-                     if [ \"$(id -u)\" = 0 ]; then runuser -u postgres -- $pg_ctl stop -D '{0}' -m immediate; \
-                     else $pg_ctl stop -D '{0}' -m immediate; fi",
-                    pg.display()
-                ))
-                .status();
+            stop_immediately(&pg);
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_file(&self.log);

@@ -447,7 +447,7 @@ pub struct Settled {
 }
 
 /// `pg_ctl stop -m immediate`, as the `postgres` user when root.
-fn stop_immediately(cluster: &Path) {
+pub fn stop_immediately(cluster: &Path) {
     let _ = Command::new("sh")
         .arg("-c")
         .arg(format!(
