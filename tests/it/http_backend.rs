@@ -1222,7 +1222,7 @@ fn cpu_time() -> Duration {
 /// The driver's cost per call in executord's CPU: `pull_instance` through
 /// `driver = "http"` against `executord fake-cloud` in another process,
 /// beside the same call on the in-process sim. Run it on a release build:
-/// `cargo test --release --test http_backend -- --ignored --nocapture`.
+/// `cargo test --release --test it -- --ignored --nocapture http_backend::measure`.
 #[tokio::test]
 #[ignore = "a measurement, not a check"]
 async fn measure_the_http_drivers_cpu_per_call() {
