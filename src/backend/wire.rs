@@ -67,6 +67,61 @@ impl From<BackendReply> for WireReply {
     }
 }
 
+/// Why a reply cannot be used; each driver words it in its own messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadReply {
+    /// It is not JSON.
+    NotJson(String),
+    /// It is JSON but not an object.
+    NotObject,
+    /// A key of the contract holds the wrong type: where, and what is wrong.
+    NotContract {
+        /// The key, as a path.
+        path: String,
+        /// What is wrong with it.
+        error: String,
+    },
+}
+
+/// A body as JSON; `None` when it is empty (or only white space).
+pub fn body_json(body: &[u8]) -> Result<Option<Value>, serde_json::Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some)
+}
+
+/// A reply under the generic contract: a JSON object of optional keys
+/// (unknown ones ignored), or an empty body for an empty reply.
+pub fn parse_reply(body: &[u8]) -> Result<BackendReply, BadReply> {
+    let Some(value) = body_json(body).map_err(|e| BadReply::NotJson(e.to_string()))? else {
+        return Ok(BackendReply::default());
+    };
+    if !value.is_object() {
+        return Err(BadReply::NotObject);
+    }
+    let reply: WireReply = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        BadReply::NotContract {
+            path,
+            error: e.into_inner().to_string(),
+        }
+    })?;
+    Ok(reply.into())
+}
+
+/// The runtime state `reply` names, when `declared` does not hold it: such a
+/// reply fails its step, and nothing from it is stored.
+pub fn undeclared_runtime_state<'a>(
+    reply: &'a BackendReply,
+    declared: &[String],
+) -> Option<&'a str> {
+    reply
+        .runtime_state
+        .as_deref()
+        .filter(|state| !declared.iter().any(|d| d == state))
+}
+
 impl From<WireReply> for BackendReply {
     fn from(reply: WireReply) -> Self {
         Self {

@@ -170,7 +170,10 @@ impl ExecBackend {
 
     /// Runs the command once and reads what it says.
     async fn run(&self, method: &str, decl: &MethodDecl, call: &BackendCall) -> Ran {
-        let request = request_body(method, call);
+        let request = match request_body(method, call) {
+            Ok(request) => request,
+            Err(e) => return Ran::failed(BackendError::Permanent(e)),
+        };
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)

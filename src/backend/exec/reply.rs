@@ -1,43 +1,15 @@
-//! The wire contract's two messages: the request on stdin, the reply on stdout.
+//! The wire contract's two messages as the exec driver passes them: the
+//! request on stdin, the reply on stdout (`crate::backend::wire`).
 
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-
+use crate::backend::wire::{self, BadReply, WireRequest};
 use crate::backend::{BackendCall, BackendReply};
 
-/// The request on stdin: the same JSON as the HTTP driver's generic contract.
-pub(super) fn request_body(method: &str, call: &BackendCall) -> Vec<u8> {
-    let r = &call.resource;
-    let body = json!({
-        "method": method,
-        "idempotency_key": call.idempotency_key,
-        "resource": {
-            "id": r.id,
-            "kind": r.kind,
-            "name": r.name,
-            "backend_id": r.backend_id,
-            "runtime_state": r.runtime_state,
-            "attributes": r.attributes,
-            "status": r.status,
-        },
-        "params": call.params,
-    });
-    let mut bytes = body.to_string().into_bytes();
+/// The request on stdin: the generic contract's JSON, then a newline.
+pub(super) fn request_body(method: &str, call: &BackendCall) -> Result<Vec<u8>, String> {
+    let mut bytes = serde_json::to_vec(&WireRequest::new(method, call.clone()))
+        .map_err(|e| format!("cannot encode the call: {e}"))?;
     bytes.push(b'\n');
-    bytes
-}
-
-/// The reply's fields; other keys are ignored.
-#[derive(Deserialize)]
-struct WireReply {
-    #[serde(default)]
-    backend_id: Option<String>,
-    #[serde(default)]
-    runtime_state: Option<String>,
-    #[serde(default)]
-    status: Option<Map<String, Value>>,
-    #[serde(default)]
-    done: Option<bool>,
+    Ok(bytes)
 }
 
 /// Reads a reply from stdout; the error says exactly what is wrong with it.
@@ -47,22 +19,17 @@ pub(super) fn parse_reply(
     runtime_states: &[String],
     backend: &str,
 ) -> Result<BackendReply, String> {
-    if out.iter().all(u8::is_ascii_whitespace) {
-        return Ok(BackendReply::default());
-    }
     let nothing = "nothing from it is stored";
-    let value: Value = serde_json::from_slice(out)
-        .map_err(|e| format!("the reply of `{method}` is not valid JSON ({e}); {nothing}"))?;
-    if !value.is_object() {
-        return Err(format!(
-            "the reply of `{method}` is not a JSON object; {nothing}"
-        ));
-    }
-    let reply: WireReply = serde_json::from_value(value)
-        .map_err(|e| format!("the reply of `{method}` is not a valid reply ({e}); {nothing}"))?;
-    if let Some(state) = &reply.runtime_state
-        && !runtime_states.contains(state)
-    {
+    let reply = wire::parse_reply(out).map_err(|bad| match bad {
+        BadReply::NotJson(e) => {
+            format!("the reply of `{method}` is not valid JSON ({e}); {nothing}")
+        }
+        BadReply::NotObject => format!("the reply of `{method}` is not a JSON object; {nothing}"),
+        BadReply::NotContract { path, error } => {
+            format!("the reply of `{method}` is not a valid reply (`{path}`: {error}); {nothing}")
+        }
+    })?;
+    if let Some(state) = wire::undeclared_runtime_state(&reply, runtime_states) {
         return Err(format!(
             "the reply of `{method}` names runtime state `{}`, which backend `{backend}` does not declare (declared: {}); {nothing}",
             state.escape_debug(),
@@ -73,12 +40,7 @@ pub(super) fn parse_reply(
             }
         ));
     }
-    Ok(BackendReply {
-        backend_id: reply.backend_id,
-        runtime_state: reply.runtime_state,
-        status: reply.status,
-        done: reply.done,
-    })
+    Ok(reply)
 }
 
 #[cfg(test)]

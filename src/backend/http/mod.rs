@@ -21,7 +21,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 
 use super::declared::{HttpDecl, NotFound, StatusClass, expand, method_infos};
-use super::wire::WireRequest;
+use super::wire::{self, WireRequest};
 use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo};
 use reply::{Body, ERROR_BODY_LIMIT, REPLY_LIMIT};
 use route::{Calling, Route, Templated, default_class};
@@ -285,9 +285,7 @@ impl HttpBackend {
             }
             _ => reply::generic(&body).map_err(bad)?,
         };
-        if let Some(state) = &reply.runtime_state
-            && !self.runtime_states.contains(state)
-        {
+        if let Some(state) = wire::undeclared_runtime_state(&reply, &self.runtime_states) {
             return Err(bad(format!(
                 "runtime state `{state}` is not one backend `{}` declares ({})",
                 self.name,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::template::Template;
 use crate::backend::declared::{ReplyDecl, ReplySource};
-use crate::backend::wire::WireReply;
+use crate::backend::wire::{self, BadReply};
 use crate::backend::{BackendCall, BackendReply};
 
 /// The largest reply read; a longer one fails the step.
@@ -65,27 +65,20 @@ pub(super) async fn read_prefix(mut response: reqwest::Response, limit: usize) -
 
 /// The body as JSON; an empty body is `null`.
 pub(super) fn json(body: &[u8]) -> Result<Value, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(body).map_err(|e| format!("not valid JSON ({e})"))
+    wire::body_json(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| format!("not valid JSON ({e})"))
 }
 
-/// A reply under the generic contract: a JSON object of optional keys, or
-/// an empty body.
+/// A reply under the generic contract, or why it is bad.
 pub(super) fn generic(body: &[u8]) -> Result<BackendReply, String> {
-    let value = json(body)?;
-    if value.is_null() {
-        return Ok(BackendReply::default());
-    }
-    if !value.is_object() {
-        return Err("not a JSON object".to_owned());
-    }
-    let reply: WireReply = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        format!("does not follow the contract: `{path}`: {}", e.into_inner())
-    })?;
-    Ok(reply.into())
+    wire::parse_reply(body).map_err(|bad| match bad {
+        BadReply::NotJson(e) => format!("not valid JSON ({e})"),
+        BadReply::NotObject => "not a JSON object".to_owned(),
+        BadReply::NotContract { path, error } => {
+            format!("does not follow the contract: `{path}`: {error}")
+        }
+    })
 }
 
 /// The message of an error answer: RFC 9457's `detail`, else `message`,
