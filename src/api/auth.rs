@@ -75,9 +75,7 @@ impl Auth {
                 "an API token exists: every /api request now needs one, until the process stops"
             );
         }
-        if self.latch.tokens_gone.load(Ordering::Relaxed) {
-            self.latch.tokens_gone.store(false, Ordering::Relaxed);
-        }
+        self.latch.tokens_gone.store(false, Ordering::Relaxed);
     }
 
     /// Looks at the tokens table, at most every [`LOOK_EVERY`].

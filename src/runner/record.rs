@@ -52,15 +52,19 @@ pub struct Recording {
     pub results: Vec<(Recorded, Option<Claimed>)>,
     /// Queues that got ready tasks.
     pub ready: BTreeSet<Queue>,
-    /// Operations that ended.
-    pub finished: Vec<Uuid>,
-    /// For the log and the metrics, once committed: how the operations ended.
+    /// How the operations that ended did, for the log and the metrics once
+    /// committed.
     ended: Finished,
     /// For the metrics, once committed: steps that wait for a throttle slot.
     throttle_waits: usize,
 }
 
 impl Recording {
+    /// The operations that ended.
+    pub fn finished(&self) -> &[Uuid] {
+        &self.ended.operations
+    }
+
     /// Logs and counts what the committed transaction did.
     fn count(&self) {
         self.ended.committed();
@@ -108,7 +112,7 @@ pub async fn record(
     };
     let recording = record_batch(pool, catalog, std::slice::from_ref(&item), None).await?;
     let ready: Vec<Queue> = recording.ready.iter().copied().collect();
-    db::announce(pool, "-", &ready, &recording.finished).await?;
+    db::announce(pool, "-", &ready, recording.finished()).await?;
     Ok(recording.results.first().map_or(Recorded::Fenced, |r| r.0))
 }
 
@@ -166,9 +170,9 @@ pub async fn record_all(
 
 impl Settled {
     fn add(&mut self, recording: Recording) {
+        self.finished.extend_from_slice(recording.finished());
         self.results.extend(recording.results.into_iter().map(Some));
         self.ready.extend(recording.ready);
-        self.finished.extend(recording.finished);
     }
 }
 
@@ -301,7 +305,6 @@ pub async fn record_batch(
     if !endings.is_empty() {
         let finished = lifecycle::finish(&mut tx, catalog, &endings).await?;
         rec.ready.extend(finished.ready.iter().copied());
-        rec.finished.extend(&finished.operations);
         rec.ended.extend(finished);
     }
     tx.commit().await.context("committing the outcomes")?;

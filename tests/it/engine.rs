@@ -449,7 +449,7 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
         refused.error.as_deref(),
         Some("set_ok is not allowed: the resource is creation_scheduled")
     );
-    let mut finished = recording.finished.clone();
+    let mut finished = recording.finished().to_vec();
     finished.sort();
     let mut expected = vec![applied[2].operation.id, applied[4].operation.id];
     expected.sort();

@@ -1055,20 +1055,7 @@ async fn the_postgres_example_manages_real_databases_and_roles(pool: PgPool) {
 
 /// The example's helper, as a user runs it: the password on stdin.
 fn scram_verifier(password: &str) -> String {
-    use std::io::Write;
-    let helper = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/catalogs/postgres/scram-verifier.py"
-    );
-    let mut child = std::process::Command::new(helper)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    crate::support::process::run_example_helper("postgres/scram-verifier.py", password)
 }
 
 /// Runs the example's script once, as executord would, on the shared server.

@@ -109,20 +109,7 @@ impl Drop for Leftovers<'_> {
 
 /// The example's helper, as a user runs it: the password on stdin.
 fn password_hash(password: &str) -> String {
-    use std::io::Write;
-    let helper = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/catalogs/rabbitmq/password-hash.py"
-    );
-    let mut child = std::process::Command::new(helper)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    crate::support::process::run_example_helper("rabbitmq/password-hash.py", password)
 }
 
 /// Base64 of `text`, for a Basic authorization (RFC 4648, with padding).

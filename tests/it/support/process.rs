@@ -742,3 +742,20 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -
 pub fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
+
+/// Runs a helper script of `examples/catalogs/` as a user would, with `input`
+/// on its stdin, and returns what it printed (trimmed).
+pub fn run_example_helper(script: &str, input: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/catalogs")
+        .join(script);
+    let mut child = Command::new(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script}: {}", out.status);
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
