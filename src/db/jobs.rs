@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{OperationState, ResourceState};
+use crate::domain::ResourceState;
 
 /// Enqueues `job` if its interval has passed since it was last enqueued and
 /// no task of it is pending or running. Returns whether it was enqueued.
@@ -47,8 +47,6 @@ pub struct Stranded {
     pub state: ResourceState,
     /// The operation it names, if any.
     pub operation_id: Option<Uuid>,
-    /// That operation's state, if it exists.
-    pub operation_state: Option<OperationState>,
 }
 
 const STRANDED: &str = "
@@ -62,7 +60,7 @@ const STRANDED: &str = "
 /// Up to `limit` stranded resources.
 pub async fn stranded(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Stranded>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT r.id, r.version, r.state, r.current_operation_id AS operation_id, o.state AS operation_state
+        "SELECT r.id, r.version, r.state, r.current_operation_id AS operation_id
          {STRANDED} ORDER BY r.id LIMIT $1"
     )))
     .bind(limit)

@@ -189,6 +189,8 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
             "Left {} with {why}; marked erred by the sweeper",
             resource.state
         );
+        // `still_stranded` locked the row at the version seen, under the
+        // operation it names: the `set_erred` below cannot miss.
         let finished = match &operation {
             // The operation ends failed (if it has not ended) and its
             // resource errs, as any failed operation's does.
@@ -202,7 +204,7 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
                 finished.notify(&mut tx).await?;
                 Some(finished)
             }
-            // No operation to end: only the resource errs, if unchanged.
+            // No operation to end: only the resource errs.
             None => {
                 let ending = db::resources::Ending {
                     error_message: Some(&message),
@@ -221,17 +223,12 @@ async fn sweep(ctx: &TaskContext) -> anyhow::Result<Value> {
                 None
             }
         };
-        let erred = db::resources::get(&mut tx, resource.id)
-            .await?
-            .is_some_and(|r| r.state == ResourceState::Erred);
         tx.commit().await?;
         if let Some(finished) = finished {
             finished.committed();
         }
-        if erred {
-            swept += 1;
-            tracing::warn!(resource_id = %resource.id, %message, "swept a stranded resource");
-        }
+        swept += 1;
+        tracing::warn!(resource_id = %resource.id, %message, "swept a stranded resource");
     }
     Ok(json!({"swept": swept}))
 }
