@@ -155,6 +155,7 @@ async fn call_method(
     let call = BackendCall {
         idempotency_key: request.idempotency_key,
         resource: request.resource,
+        parent: request.parent,
         params: request.params,
     };
     let reply = match cloud.sim.call(&method, call).await {

@@ -74,6 +74,9 @@ pub struct BackendCall {
     pub idempotency_key: Uuid,
     /// The resource acted on.
     pub resource: ResourceView,
+    /// Its parent, when it is a child of a composite resource (a volume of a
+    /// server): what a method such as `attach_volume` needs of the other side.
+    pub parent: Option<ResourceView>,
     /// The operation's parameters (an action's parameters, an update's changes), or `{}`.
     pub params: Value,
 }

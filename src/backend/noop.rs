@@ -72,6 +72,7 @@ mod tests {
                 attributes: json!({}),
                 status: json!({}),
             },
+            parent: None,
             params: json!({}),
         }
     }

@@ -22,6 +22,9 @@ pub struct WireRequest {
     pub idempotency_key: Uuid,
     /// The resource acted on.
     pub resource: ResourceView,
+    /// Its parent, when it is a child of a composite resource; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ResourceView>,
     /// The operation's parameters, or `{}`.
     pub params: Value,
 }
@@ -33,6 +36,7 @@ impl WireRequest {
             method: method.to_owned(),
             idempotency_key: call.idempotency_key,
             resource: call.resource,
+            parent: call.parent,
             params: call.params,
         }
     }

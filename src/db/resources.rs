@@ -108,6 +108,9 @@ pub struct Target {
     pub tenant: String,
     /// The operation's request.
     pub request: Value,
+    /// The resource's parent, when it is a child of a composite resource.
+    #[serde(default)]
+    pub parent: Option<ResourceView>,
 }
 
 /// The resource `id` if `scope` (a tenant; `None` for all) may see it.

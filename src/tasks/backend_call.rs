@@ -124,7 +124,10 @@ async fn call(
     step_timeout: Option<Duration>,
 ) -> Result<BackendReply, BackendError> {
     let Target {
-        resource, request, ..
+        resource,
+        request,
+        parent,
+        ..
     } = target
         .ok_or_else(|| BackendError::Permanent("the operation or its resource is gone".into()))?;
     let backend = ctx
@@ -141,6 +144,7 @@ async fn call(
     let call = BackendCall {
         idempotency_key: task.id,
         resource,
+        parent,
         params: request,
     };
     // The step's own time limit, else the backend's, else the runner's.

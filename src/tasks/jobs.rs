@@ -101,6 +101,7 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
             attributes: resource.attributes.clone(),
             status: resource.status.clone(),
         },
+        parent: None,
         params: json!({}),
     };
     let timeout = backend.timeout().unwrap_or(ctx.backend_timeout);

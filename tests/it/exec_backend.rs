@@ -85,6 +85,7 @@ fn a_call() -> BackendCall {
             attributes: json!({"size": 3}),
             status: json!({"seen": 1}),
         },
+        parent: None,
         params: json!({"limit": 5}),
     }
 }

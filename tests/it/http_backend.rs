@@ -237,6 +237,7 @@ fn call_on(name: &str, backend_id: Option<&str>, attributes: Value, params: Valu
             attributes,
             status: json!({}),
         },
+        parent: None,
         params,
     }
 }
@@ -1109,6 +1110,7 @@ async fn the_fake_clouds_replies_follow_the_reply_schema() {
             method: method.to_owned(),
             idempotency_key: Uuid::now_v7(),
             resource: resource.clone(),
+            parent: None,
             params,
         };
         let body = serde_json::to_value(&request).unwrap();

@@ -139,6 +139,7 @@ async fn pull_errs_a_vanished_resource_and_recovers_a_healthy_one(pool: PgPool) 
     let call = BackendCall {
         idempotency_key: uuid::Uuid::new_v4(),
         resource: view,
+        parent: None,
         params: json!({}),
     };
     engine.sim.call("delete_instance", call).await.unwrap();

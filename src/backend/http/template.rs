@@ -310,6 +310,7 @@ mod tests {
                 attributes: json!({"size": 3, "tags": ["x", "y"], "deep": {"er": true}}),
                 status: json!({"flavor": "large"}),
             },
+            parent: None,
             params: json!({"limit": 10, "note": null}),
         }
     }

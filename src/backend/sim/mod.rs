@@ -372,6 +372,7 @@ mod tests {
         BackendCall {
             idempotency_key: Uuid::now_v7(),
             resource: resource.clone(),
+            parent: None,
             params,
         }
     }
