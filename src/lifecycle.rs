@@ -10,6 +10,15 @@
 //! once the caller has committed, what to log and count
 //! ([`Finished::committed`]): an ending in a transaction that rolls back is
 //! never counted.
+//!
+//! An operation whose tasks form a graph (a composite resource's, or one
+//! with parallel branches) does not end at its first failure or at a cancel:
+//! it winds down. It turns `compensating`, its pending steps are cancelled,
+//! and its running steps are left to finish, so that what they make is
+//! recorded, not lost. When none is left, its kind's compensation (for a
+//! create) is appended and runs; when that is done too, it ends `failed` or
+//! `cancelled`. Its children are then settled: undone or never made ones are
+//! removed, the others erred or let go.
 
 use std::collections::BTreeSet;
 
@@ -20,7 +29,8 @@ use crate::catalog::Catalog;
 use crate::db;
 use crate::db::operations::Operation;
 use crate::db::resources::{Guard, Owned};
-use crate::domain::{OperationKind, OperationState, Queue, Transition};
+use crate::domain::{OperationKind, OperationState, Queue, ResourceState, Transition};
+use crate::executor::plan::{Children, Planner};
 
 /// How an operation ends.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +56,15 @@ pub enum Ending<'a> {
         task_id: Option<Uuid>,
     },
     /// It was cancelled by request: a running step is fenced (its runner is
-    /// told to stop), pending ones are cancelled, and the resource errs.
+    /// told to stop), pending ones are cancelled, and the resource errs. A
+    /// graph winds down instead.
     Cancelled {
+        /// The operation.
+        operation: &'a Operation,
+    },
+    /// A step of a `compensating` operation ended: once none is left to
+    /// run, its compensation is appended, or it ends as it was to.
+    Progressed {
         /// The operation.
         operation: &'a Operation,
     },
@@ -159,8 +176,23 @@ pub async fn finish(
                 operation,
                 error,
                 task_id,
-            } => fail(conn, operation, error, task_id, &mut finished).await?,
-            Ending::Cancelled { operation } => cancel(conn, operation, &mut finished).await?,
+            } if !operation.graph => fail(conn, operation, error, task_id, &mut finished).await?,
+            Ending::Failed {
+                operation, error, ..
+            } => {
+                let ends_as = OperationState::Failed;
+                wind_down(conn, catalog, operation, ends_as, error, &mut finished).await?;
+            }
+            Ending::Cancelled { operation } if !operation.graph => {
+                cancel(conn, operation, &mut finished).await?;
+            }
+            Ending::Cancelled { operation } => {
+                let ends_as = OperationState::Cancelled;
+                wind_down(conn, catalog, operation, ends_as, CANCELLED, &mut finished).await?;
+            }
+            Ending::Progressed { operation } => {
+                progress(conn, catalog, operation.id, &mut finished).await?;
+            }
         }
     }
     Ok(finished)
@@ -186,6 +218,9 @@ async fn succeed(
         return Ok(());
     }
     let ids: Vec<Uuid> = succeeded.iter().map(|o| o.id).collect();
+    for operation in succeeded.iter().filter(|o| o.graph) {
+        settle_children(conn, operation, None).await?;
+    }
     db::operations::succeed_many(conn, &ids).await?;
     finished.ready.extend(release(conn, &ids).await?);
     for operation in succeeded {
@@ -261,7 +296,7 @@ async fn cancel(
     operation: &Operation,
     finished: &mut Finished,
 ) -> sqlx::Result<()> {
-    const WHY: &str = "cancelled by request";
+    const WHY: &str = CANCELLED;
     let stopped = db::tasks::fence_running(conn, operation.id, "cancelled while running").await?;
     db::tasks::cancel_pending(conn, operation.id).await?;
     let message = format!("Operation {} was cancelled", operation.id);
@@ -272,6 +307,146 @@ async fn cancel(
         finished.ended(operation, OperationState::Cancelled, Some(WHY));
     }
     Ok(())
+}
+
+/// Why a cancelled operation ended.
+const CANCELLED: &str = "cancelled by request";
+
+/// A graph's failure or cancel: pending steps cancelled, the operation
+/// `compensating` (the first reason kept), then [`progress`].
+async fn wind_down(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    operation: &Operation,
+    ends_as: OperationState,
+    error: &str,
+    finished: &mut Finished,
+) -> sqlx::Result<()> {
+    db::tasks::cancel_pending(conn, operation.id).await?;
+    db::operations::wind_down(conn, operation.id, ends_as, error).await?;
+    progress(conn, catalog, operation.id, finished).await
+}
+
+/// A `compensating` operation with nothing left to run: its compensation
+/// is appended (a failed or cancelled create whose kind declares one, once),
+/// or it ends.
+async fn progress(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    id: Uuid,
+    finished: &mut Finished,
+) -> sqlx::Result<()> {
+    let Some(operation) = db::operations::get(conn, id).await? else {
+        return Ok(());
+    };
+    if operation.state != OperationState::Compensating
+        || !db::tasks::count_pending(conn, &[id]).await?.is_empty()
+    {
+        return Ok(());
+    }
+    if operation.compensation_at.is_none() && operation.kind == OperationKind::Create {
+        let tasks = plan_compensation(conn, catalog, &operation).await?;
+        if !tasks.is_empty() {
+            let queues: Vec<Queue> = tasks
+                .iter()
+                .filter(|t| t.blocked_by == 0)
+                .map(|t| t.queue)
+                .collect();
+            db::operations::add_compensation(conn, &operation, tasks).await?;
+            finished.ready.extend(queues);
+            tracing::info!(operation_id = %id, "operation compensating: undoing what it made");
+            return Ok(());
+        }
+    }
+    let ends_as = operation.ends_as.unwrap_or(OperationState::Failed);
+    let error = operation
+        .error
+        .clone()
+        .unwrap_or_else(|| "failed".to_owned());
+    let message = if ends_as == OperationState::Cancelled {
+        format!("Operation {id} was cancelled")
+    } else {
+        error.clone()
+    };
+    set_erred(conn, &operation, &message, None).await?;
+    settle_children(conn, &operation, Some(&message)).await?;
+    if db::operations::finish(conn, id, ends_as, Some(&error)).await? {
+        finished.ready.extend(release(conn, &[id]).await?);
+        finished.ended(&operation, ends_as, Some(&error));
+    }
+    Ok(())
+}
+
+/// The kind's compensation for `operation`'s resource and the children it
+/// holds, as tasks numbered after its own; none if the kind declares none.
+async fn plan_compensation(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    operation: &Operation,
+) -> sqlx::Result<Vec<db::tasks::NewTask>> {
+    let Some(kind) = catalog.kind(&operation.resource_kind) else {
+        return Ok(Vec::new());
+    };
+    if kind.compensate.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut children = Children::new();
+    for child in db::resources::lock_held_children(conn, operation.id).await? {
+        children
+            .entry(child.role.unwrap_or_default())
+            .or_default()
+            .push(child.id);
+    }
+    let existing = usize::try_from(operation.step_count).unwrap_or(0);
+    let mut planner = Planner::compensation(catalog, &children, kind.queue, existing);
+    match planner.chain(operation.resource_id, kind, None, &kind.compensate) {
+        Ok(()) => Ok(planner.finish()),
+        Err(e) => {
+            tracing::error!(operation_id = %operation.id, error = %e, "the compensation cannot be planned");
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Settles the children an ended composite operation holds, then lets them
+/// go. On success (`failure` is `None`), a delete's children are removed and
+/// the others left as their chains made them. On failure, once compensation
+/// ran, the undone ones are removed and those whose undo failed stay
+/// `erred`; without compensation those in flight err (and a retry takes
+/// them up again).
+async fn settle_children(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    failure: Option<&str>,
+) -> sqlx::Result<()> {
+    let id = operation.id;
+    for child in db::resources::lock_held_children(conn, id).await? {
+        match failure {
+            None if operation.kind == OperationKind::Delete => {
+                db::resources::remove_child(conn, child.id, id, "deleted with its parent").await?;
+            }
+            None => {}
+            // Its undo failed: it stays `erred`, with the undo's message.
+            Some(_)
+                if operation.compensation_at.is_some() && child.state == ResourceState::Erred => {}
+            Some(message) if operation.compensation_at.is_some() => {
+                let reason = format!("undone: {message}");
+                db::resources::remove_child(conn, child.id, id, &reason).await?;
+            }
+            Some(message) if child.state.is_transitional() => {
+                let why = format!("operation {id} of its parent failed: {message}");
+                let ending = db::resources::Ending {
+                    error_message: Some(&why),
+                    ..db::resources::Ending::default()
+                };
+                let guard = Guard::Operation(id);
+                db::resources::transition(conn, child.id, guard, Transition::SetErred, &ending)
+                    .await?;
+            }
+            Some(_) => {}
+        }
+    }
+    db::resources::release_held(conn, id).await
 }
 
 /// The failure hook: `set_erred` with the message (the backend's own, when

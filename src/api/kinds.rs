@@ -2,6 +2,8 @@
 //! attribute schemas, actions and chains.
 
 use axum::extract::State;
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -9,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::catalog::{Action, Kind, Step};
+use crate::catalog::{Action, Form, Kind};
 use crate::domain::{Queue, ResourceState};
 
 /// A named action of a kind.
@@ -62,8 +64,29 @@ pub struct KindResponse {
     pub update: Vec<Value>,
     /// The delete chain, after `begin_deleting`.
     pub delete: Vec<Value>,
+    /// What undoes a failed or cancelled create of a composite kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compensate: Vec<Value>,
+    /// A composite kind's children by role: `{kind, each?, when?, inherit}`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<String, ChildResponse>,
     /// Its named actions.
     pub actions: Vec<ActionResponse>,
+}
+
+/// A role of a composite kind's children.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChildResponse {
+    /// The children's kind.
+    pub kind: String,
+    /// One child per element of this array attribute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub each: Option<String>,
+    /// One child when this boolean attribute is true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Attributes copied from the parent.
+    pub inherit: Vec<String>,
 }
 
 /// The catalog.
@@ -73,7 +96,7 @@ pub struct KindList {
     pub items: Vec<KindResponse>,
 }
 
-fn chain(steps: &[Step]) -> Vec<Value> {
+fn chain(steps: &[Form]) -> Vec<Value> {
     steps
         .iter()
         .filter_map(|s| serde_json::to_value(s).ok())
@@ -108,6 +131,20 @@ impl From<&Kind> for KindResponse {
             create: chain(&k.create),
             update: chain(&k.update),
             delete: chain(&k.delete),
+            compensate: chain(&k.compensate),
+            children: k
+                .children
+                .iter()
+                .map(|(role, c)| {
+                    let child = ChildResponse {
+                        kind: c.kind.clone(),
+                        each: c.each.clone(),
+                        when: c.when.clone(),
+                        inherit: c.inherit.clone(),
+                    };
+                    (role.clone(), child)
+                })
+                .collect(),
             actions: k.actions.values().map(ActionResponse::from).collect(),
         }
     }

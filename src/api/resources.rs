@@ -18,7 +18,7 @@ use super::operations::{OperationList, OperationResponse, Page, WaitQuery, until
 use super::paging::{PageQuery, page_limit};
 use crate::app::AppState;
 use crate::db;
-use crate::db::resources::Resource;
+use crate::db::resources::{ChildSummary, Resource};
 use crate::domain::{Caller, ResourceState};
 use crate::executor::{Action, Create, Delete, Executor, Update};
 
@@ -63,6 +63,28 @@ pub struct ResourceResponse {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The composite resource it is part of, if any (a server, for its volume).
+    pub parent_id: Option<Uuid>,
+    /// Its role in its parent (`volumes`, `port`, …).
+    pub role: Option<String>,
+    /// A composite resource's children, oldest first; `[]` for others.
+    pub children: Vec<ChildSummary>,
+}
+
+impl ResourceResponse {
+    /// Reads the children of `items` and puts each with its parent.
+    async fn with_children(
+        conn: &mut sqlx::PgConnection,
+        items: &mut [ResourceResponse],
+    ) -> sqlx::Result<()> {
+        let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
+        for child in db::resources::children_of(conn, &ids).await? {
+            if let Some(parent) = items.iter_mut().find(|r| Some(r.id) == child.parent_id) {
+                parent.children.push(child);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl From<Resource> for ResourceResponse {
@@ -83,6 +105,9 @@ impl From<Resource> for ResourceResponse {
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            parent_id: r.parent_id,
+            role: r.role,
+            children: Vec::new(),
         }
     }
 }
@@ -137,6 +162,8 @@ pub struct ListResourcesQuery {
     pub state: Option<ResourceState>,
     /// Only this exact name.
     pub name: Option<String>,
+    /// Only the children of this resource.
+    pub parent_id: Option<Uuid>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -198,7 +225,9 @@ async fn create_resource(
     }
     let applied = create.apply(&mut tx).await?;
     let location = format!("/api/v1/resources/{}", applied.resource.id);
-    let body = ResourceResponse::from(applied.resource);
+    let mut body = [ResourceResponse::from(applied.resource)];
+    ResourceResponse::with_children(&mut tx, &mut body).await?;
+    let [body] = body;
     idempotency::commit(tx, key.as_ref(), StatusCode::CREATED, &body, &location).await
 }
 
@@ -240,16 +269,16 @@ async fn list_resources(
         name: query.name.as_deref(),
         before: query.cursor,
         tenant: caller.scope(),
+        parent_id: query.parent_id,
     };
     let mut conn = state.pool.acquire().await?;
     let rows = db::resources::list(&mut conn, &filter, limit).await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
-    Ok(axum::Json(ResourceList {
-        items: rows.into_iter().map(ResourceResponse::from).collect(),
-        next_cursor,
-    }))
+    let mut items: Vec<ResourceResponse> = rows.into_iter().map(ResourceResponse::from).collect();
+    ResourceResponse::with_children(&mut conn, &mut items).await?;
+    Ok(axum::Json(ResourceList { items, next_cursor }))
 }
 
 /// Get a resource; ?wait=N long-polls until the operation in flight on it ends.
@@ -286,7 +315,12 @@ async fn get_resource(
         }
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", resource.version)).ok();
-    let mut response = axum::Json(ResourceResponse::from(resource)).into_response();
+    let mut body = [ResourceResponse::from(resource)];
+    let mut conn = state.pool.acquire().await?;
+    ResourceResponse::with_children(&mut conn, &mut body).await?;
+    drop(conn);
+    let [body] = body;
+    let mut response = axum::Json(body).into_response();
     if let Some(etag) = etag {
         response.headers_mut().insert(header::ETAG, etag);
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Action, CatalogError, Kind, Schema, Step, TENANT_SCOPE, error};
+use super::{Action, CatalogError, ChildDecl, Form, Kind, Schema, Step, TENANT_SCOPE, error};
 use crate::backend::declared::{self, BackendDecl};
 use crate::backend::{Backends, MethodRole};
 use crate::domain::{Queue, ResourceState};
@@ -30,9 +30,22 @@ pub(super) fn check(
         }
     }
     let all = backends.and(&declared);
+    let others: BTreeMap<String, Other> = raw
+        .kinds
+        .iter()
+        .map(|(name, k)| {
+            let other = Other {
+                backend: k.backend.clone(),
+                composite: !k.children.is_empty(),
+            };
+            (name.clone(), other)
+        })
+        .collect();
     let mut kinds = BTreeMap::new();
     for (name, raw_kind) in raw.kinds {
-        match check_name("kinds", "kind", &name).and_then(|()| check_kind(&name, raw_kind, &all)) {
+        let checked = check_name("kinds", "kind", &name)
+            .and_then(|()| check_kind(&name, raw_kind, &all, &others));
+        match checked {
             Ok(kind) => {
                 kinds.insert(name, kind);
             }
@@ -95,13 +108,35 @@ struct RawKind {
     #[serde(default)]
     queue: Option<Queue>,
     #[serde(default)]
-    create: Vec<Step>,
+    children: BTreeMap<String, RawChild>,
     #[serde(default)]
-    update: Vec<Step>,
+    create: Vec<Form>,
     #[serde(default)]
-    delete: Vec<Step>,
+    update: Vec<Form>,
+    #[serde(default)]
+    delete: Vec<Form>,
+    #[serde(default)]
+    compensate: Vec<Form>,
     #[serde(default)]
     actions: BTreeMap<String, RawAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChild {
+    kind: String,
+    #[serde(default)]
+    each: Option<String>,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    inherit: Vec<String>,
+}
+
+/// What checking one kind needs to know of the others.
+struct Other {
+    backend: String,
+    composite: bool,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +156,7 @@ struct RawAction {
     increase_only: Vec<String>,
     #[serde(default)]
     queue: Option<Queue>,
-    chain: Vec<Step>,
+    chain: Vec<Form>,
 }
 
 fn default_action_states() -> Vec<ResourceState> {
@@ -153,7 +188,12 @@ fn declare(
     declared::build(name, decl, dir).map_err(|e| error(&place, e))
 }
 
-fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, CatalogError> {
+fn check_kind(
+    name: &str,
+    raw: RawKind,
+    backends: &Backends,
+    others: &BTreeMap<String, Other>,
+) -> Result<Kind, CatalogError> {
     let place = format!("kinds.{name}");
     let backend = backends.get(&raw.backend).ok_or_else(|| {
         error(
@@ -165,11 +205,15 @@ fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, Cat
             ),
         )
     })?;
+    let schema = Schema::compile(&format!("{place}.schema"), raw.schema)?;
+    let children = check_children(&place, raw.children, &schema, others)?;
     let checker = StepChecker {
         backend_name: &raw.backend,
         backend: backend.as_ref(),
+        children: &children,
+        backends,
+        others,
     };
-    let schema = Schema::compile(&format!("{place}.schema"), raw.schema)?;
     for field in &raw.updatable {
         if field != "name" && !schema.has_property(field) {
             return Err(error(
@@ -185,8 +229,15 @@ fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, Cat
         ("create", &raw.create),
         ("update", &raw.update),
         ("delete", &raw.delete),
+        ("compensate", &raw.compensate),
     ] {
         checker.chain(&format!("{place}.{chain_name}"), chain, &schema)?;
+    }
+    if !raw.compensate.is_empty() && children.is_empty() {
+        return Err(error(
+            format!("{place}.compensate"),
+            "only a kind with children has something to compensate",
+        ));
     }
     let queue = raw.queue.unwrap_or(Queue::Regular);
     let mut actions = BTreeMap::new();
@@ -241,7 +292,7 @@ fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, Cat
     let chains = [&raw.create, &raw.update, &raw.delete]
         .into_iter()
         .chain(actions.values().map(|a: &Action| &a.chain));
-    for step in chains.flatten() {
+    for step in chains.flatten().flat_map(Form::own_steps) {
         if let Step::PollRuntimeState {
             success,
             erred: bad,
@@ -271,22 +322,146 @@ fn check_kind(name: &str, raw: RawKind, backends: &Backends) -> Result<Kind, Cat
         updatable: raw.updatable,
         pull_method: raw.pull_method,
         queue,
+        children,
         create: raw.create,
         update: raw.update,
         delete: raw.delete,
+        compensate: raw.compensate,
         actions,
     })
+}
+
+/// Checks a kind's children: each role names another kind that has no
+/// children itself, and the attributes it reads are the parent's.
+fn check_children(
+    place: &str,
+    raw: BTreeMap<String, RawChild>,
+    schema: &Schema,
+    others: &BTreeMap<String, Other>,
+) -> Result<BTreeMap<String, ChildDecl>, CatalogError> {
+    let mut children = BTreeMap::new();
+    for (role, child) in raw {
+        check_name(&format!("{place}.children"), "role", &role)?;
+        let place = format!("{place}.children.{role}");
+        match others.get(&child.kind) {
+            None => {
+                return Err(error(
+                    format!("{place}.kind"),
+                    format!("unknown kind `{}`", child.kind),
+                ));
+            }
+            Some(other) if other.composite => {
+                return Err(error(
+                    format!("{place}.kind"),
+                    format!(
+                        "`{}` has children of its own; children do not nest",
+                        child.kind
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if child.each.is_some() && child.when.is_some() {
+            return Err(error(place, "a role takes `each` or `when`, not both"));
+        }
+        for (field, attribute) in [("each", &child.each), ("when", &child.when)] {
+            if let Some(attribute) = attribute
+                && !schema.has_property(attribute)
+            {
+                return Err(error(
+                    format!("{place}.{field}"),
+                    format!("`{attribute}` is not an attribute of the schema"),
+                ));
+            }
+        }
+        if let Some(attribute) = child.inherit.iter().find(|a| !schema.has_property(a)) {
+            return Err(error(
+                format!("{place}.inherit"),
+                format!("`{attribute}` is not an attribute of the schema"),
+            ));
+        }
+        children.insert(
+            role,
+            ChildDecl {
+                kind: child.kind,
+                each: child.each,
+                when: child.when,
+                inherit: child.inherit,
+            },
+        );
+    }
+    Ok(children)
 }
 
 struct StepChecker<'a> {
     backend_name: &'a str,
     backend: &'a dyn crate::backend::Backend,
+    children: &'a BTreeMap<String, ChildDecl>,
+    backends: &'a Backends,
+    others: &'a BTreeMap<String, Other>,
 }
 
 impl StepChecker<'_> {
-    fn chain(&self, place: &str, chain: &[Step], attributes: &Schema) -> Result<(), CatalogError> {
-        for (i, step) in chain.iter().enumerate() {
+    fn chain(&self, place: &str, chain: &[Form], attributes: &Schema) -> Result<(), CatalogError> {
+        for (i, form) in chain.iter().enumerate() {
             let place = format!("{place}[{i}]");
+            match form {
+                Form::Step { step, on: None } => self.step(&place, step, attributes)?,
+                Form::Step {
+                    step,
+                    on: Some(role),
+                } => {
+                    let child = self.role(&place, role)?;
+                    if matches!(step, Step::Throttle { .. } | Step::StateTransition { .. }) {
+                        return Err(error(
+                            place,
+                            "a throttle or state transition acts on the resource itself, not `on` its children",
+                        ));
+                    }
+                    let other = &self.others[&child.kind];
+                    let backend = self.backends.get(&other.backend).ok_or_else(|| {
+                        error(&place, format!("unknown backend `{}`", other.backend))
+                    })?;
+                    let checker = StepChecker {
+                        backend_name: &other.backend,
+                        backend: backend.as_ref(),
+                        ..*self
+                    };
+                    checker.step(&place, step, attributes)?;
+                }
+                Form::Children { role, .. } => {
+                    self.role(&place, role)?;
+                }
+                Form::Parallel(branches) => {
+                    for (b, branch) in branches.iter().enumerate() {
+                        self.chain(&format!("{place}.parallel[{b}]"), branch, attributes)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn role(&self, place: &str, role: &str) -> Result<&ChildDecl, CatalogError> {
+        self.children.get(role).ok_or_else(|| {
+            let known: Vec<&str> = self.children.keys().map(String::as_str).collect();
+            error(
+                place,
+                format!(
+                    "the kind has no children `{role}` (its roles: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+
+    fn step(&self, place: &str, step: &Step, attributes: &Schema) -> Result<(), CatalogError> {
+        {
+            let place = place.to_owned();
             match step {
                 Step::StateTransition { .. } => {}
                 Step::BackendMethod {

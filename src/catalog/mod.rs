@@ -4,6 +4,7 @@
 //! start-up with an error that names the place.
 
 mod check;
+mod form;
 mod step;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use crate::backend::Backends;
 use crate::domain::{FieldError, Queue, ResourceState};
 
+pub use form::{ChildChain, Form};
 pub use step::{Job, JobArgs, Step, TENANT_SCOPE};
 
 /// The catalog used when none is configured.
@@ -125,12 +127,19 @@ pub struct Kind {
     pub pull_method: Option<String>,
     /// The queue its create, update and delete chains run on.
     pub queue: Queue,
+    /// Its children, by role: a composite kind (a server with its volumes)
+    /// creates them with itself and deletes them with itself.
+    pub children: BTreeMap<String, ChildDecl>,
     /// The create chain (after `begin_creating`).
-    pub create: Vec<Step>,
+    pub create: Vec<Form>,
     /// The update chain (after `begin_updating`).
-    pub update: Vec<Step>,
+    pub update: Vec<Form>,
     /// The delete chain (after `begin_deleting`).
-    pub delete: Vec<Step>,
+    pub delete: Vec<Form>,
+    /// What undoes a failed or cancelled create: run after its running steps
+    /// have ended, each step skipped for a child that the backend never made,
+    /// a failed step leaving its child `erred` without stopping the rest.
+    pub compensate: Vec<Form>,
     /// Named actions, by name.
     pub actions: BTreeMap<String, Action>,
     /// Runtime states its chains wait for as success (and actions end in):
@@ -161,7 +170,22 @@ pub struct Action {
     /// The queue its chain runs on.
     pub queue: Queue,
     /// The chain (after `begin_updating`).
-    pub chain: Vec<Step>,
+    pub chain: Vec<Form>,
+}
+
+/// A role of a composite kind's children (`[kinds.server.children.volumes]`).
+#[derive(Debug, Clone)]
+pub struct ChildDecl {
+    /// The children's kind.
+    pub kind: String,
+    /// An array attribute of the parent: one child per element, whose
+    /// attributes are the element (an object).
+    pub each: Option<String>,
+    /// A boolean attribute of the parent: one child when it is `true`.
+    /// Without `each` or `when` there is always one child.
+    pub when: Option<String>,
+    /// Attributes of the parent copied into each child's.
+    pub inherit: Vec<String>,
 }
 
 /// Every kind this process knows, and the backends the catalog declares.

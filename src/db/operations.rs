@@ -39,6 +39,16 @@ pub struct Operation {
     pub finished_at: Option<DateTime<Utc>>,
     /// The tenant of its resource.
     pub tenant: String,
+    /// While `compensating`: how it will end (`failed` or `cancelled`).
+    #[serde(default)]
+    pub ends_as: Option<OperationState>,
+    /// The position of its first compensation task, once its compensation was planned.
+    #[serde(default)]
+    pub compensation_at: Option<i32>,
+    /// Whether its tasks are a graph rather than a line (see the migration
+    /// `composite`): its recordings lock its row.
+    #[serde(default)]
+    pub graph: bool,
 }
 
 /// An operation to insert, in `scheduled`.
@@ -58,11 +68,13 @@ pub struct NewOperation<'a> {
     pub action: Option<&'a str>,
     /// The validated input.
     pub request: &'a Value,
+    /// Whether it holds children of its resource (a composite kind's).
+    pub composite: bool,
 }
 
-/// Inserts an operation in `scheduled` with its chain (the first step
-/// `ready`, the rest `waiting`), and wakes `queue`'s runners at commit: one
-/// statement.
+/// Inserts an operation in `scheduled` with its task graph (the tasks that
+/// wait for none `ready`, the rest `waiting`), and wakes `queue`'s runners
+/// at commit: one statement.
 pub async fn insert(
     conn: &mut PgConnection,
     new: &NewOperation<'_>,
@@ -70,14 +82,19 @@ pub async fn insert(
     queue: Queue,
 ) -> sqlx::Result<Operation> {
     let n = chain.len();
-    let (mut ids, mut positions, mut types, mut args, mut queues, mut attempts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let graph = new.composite
+        || chain
+            .iter()
+            .any(|t| t.resource_id != new.resource_id || t.next.len() > 1 || t.blocked_by > 1);
+    let mut ids = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut resources = Vec::with_capacity(n);
+    let mut nexts = Vec::with_capacity(n);
+    let mut blocked = Vec::with_capacity(n);
     for (position, task) in chain.into_iter().enumerate() {
         ids.push(Uuid::now_v7());
         positions.push(i32::try_from(position).unwrap_or(i32::MAX));
@@ -85,17 +102,24 @@ pub async fn insert(
         args.push(task.args);
         queues.push(task.queue.as_str());
         attempts.push(task.max_attempts);
+        resources.push(task.resource_id);
+        // A list of lists must be rectangular in PostgreSQL: each `next` goes as text.
+        nexts.push(next_literal(&task.next));
+        blocked.push(task.blocked_by);
     }
     sqlx::query_as(
         "WITH op AS (
-             INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count, tenant)
-             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8) RETURNING *
+             INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count, tenant, graph)
+             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $20) RETURNING *
          ), chain AS (
-             INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state)
+             INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state,
+                                resource_id, next, blocked_by)
              SELECT t.id, $1, t.position, t.type, t.args, t.queue, t.max_attempts,
-                    CASE WHEN t.position = 0 THEN 'ready' ELSE 'waiting' END
-             FROM UNNEST($9::uuid[], $10::int4[], $11::text[], $12::jsonb[], $13::text[], $14::int4[])
-                  AS t(id, position, type, args, queue, max_attempts)
+                    CASE WHEN t.blocked_by = 0 THEN 'ready' ELSE 'waiting' END,
+                    t.resource_id, t.next::integer[], t.blocked_by
+             FROM UNNEST($9::uuid[], $10::int4[], $11::text[], $12::jsonb[], $13::text[], $14::int4[],
+                         $17::uuid[], $18::text[], $19::int4[])
+                  AS t(id, position, type, args, queue, max_attempts, resource_id, next, blocked_by)
          ), wake AS (
              SELECT pg_notify($15, $16)
          )
@@ -117,6 +141,10 @@ pub async fn insert(
     .bind(attempts)
     .bind(super::TASKS_CHANNEL)
     .bind(queue.as_str())
+    .bind(resources)
+    .bind(nexts)
+    .bind(blocked)
+    .bind(graph)
     .fetch_one(conn)
     .await
 }
@@ -150,6 +178,97 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Oper
         .await
 }
 
+/// Operations locked until the transaction ends, in id order (after their
+/// tasks, the order every transaction that locks both uses).
+pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Operation>> {
+    sqlx::query_as("SELECT * FROM operations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// Starts winding an operation down: it is `compensating` until its running
+/// steps have ended and its compensation ran, then ends as `ends_as` with
+/// `error` (the first reason given is kept).
+pub async fn wind_down(
+    conn: &mut PgConnection,
+    id: Uuid,
+    ends_as: OperationState,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE operations SET state = 'compensating', ends_as = coalesce(ends_as, $2),
+                error = coalesce(error, $3), started_at = coalesce(started_at, now()), updated_at = now()
+         WHERE id = $1 AND state IN ('scheduled', 'running', 'compensating')",
+    )
+    .bind(id)
+    .bind(ends_as)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends `tasks` (numbered from the operation's `step_count`) as its
+/// compensation; those that wait for none are `ready`.
+pub async fn add_compensation(
+    conn: &mut PgConnection,
+    operation: &Operation,
+    tasks: Vec<NewTask>,
+) -> sqlx::Result<()> {
+    let n = tasks.len();
+    let first = operation.step_count;
+    let mut ids = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut resources = Vec::with_capacity(n);
+    let mut nexts = Vec::with_capacity(n);
+    let mut blocked = Vec::with_capacity(n);
+    for (i, task) in tasks.into_iter().enumerate() {
+        ids.push(Uuid::now_v7());
+        positions.push(first + i32::try_from(i).unwrap_or(i32::MAX));
+        types.push(task.task_type);
+        args.push(task.args);
+        queues.push(task.queue.as_str());
+        attempts.push(task.max_attempts);
+        resources.push(task.resource_id);
+        nexts.push(next_literal(&task.next));
+        blocked.push(task.blocked_by);
+    }
+    sqlx::query(
+        "WITH chain AS (
+             INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state,
+                                resource_id, next, blocked_by, undo)
+             SELECT t.id, $1, t.position, t.type, t.args, t.queue, t.max_attempts,
+                    CASE WHEN t.blocked_by = 0 THEN 'ready' ELSE 'waiting' END,
+                    t.resource_id, t.next::integer[], t.blocked_by, true
+             FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::jsonb[], $6::text[], $7::int4[],
+                         $8::uuid[], $9::text[], $10::int4[])
+                  AS t(id, position, type, args, queue, max_attempts, resource_id, next, blocked_by)
+         )
+         UPDATE operations SET compensation_at = $11, step_count = step_count + $12, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(operation.id)
+    .bind(ids)
+    .bind(positions)
+    .bind(types)
+    .bind(args)
+    .bind(queues)
+    .bind(attempts)
+    .bind(resources)
+    .bind(nexts)
+    .bind(blocked)
+    .bind(first)
+    .bind(i32::try_from(n).unwrap_or(i32::MAX))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Whether an operation on the same resource came after `id`.
 pub async fn has_later(conn: &mut PgConnection, resource_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
     sqlx::query_scalar(
@@ -164,7 +283,8 @@ pub async fn has_later(conn: &mut PgConnection, resource_id: Uuid, id: Uuid) -> 
 /// Runs a failed operation again (a retry).
 pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Operation> {
     sqlx::query_as(
-        "UPDATE operations SET state = 'running', error = NULL, finished_at = NULL, updated_at = now()
+        "UPDATE operations SET state = 'running', error = NULL, ends_as = NULL, finished_at = NULL,
+                updated_at = now()
          WHERE id = $1 RETURNING *",
     )
     .bind(id)
@@ -219,7 +339,7 @@ pub async fn finish(
     let done = sqlx::query(
         "UPDATE operations SET state = $2, error = $3, finished_at = clock_timestamp(),
                 updated_at = clock_timestamp(), started_at = coalesce(started_at, now())
-         WHERE id = $1 AND state IN ('scheduled', 'running')",
+         WHERE id = $1 AND state IN ('scheduled', 'running', 'compensating')",
     )
     .bind(id)
     .bind(state)
@@ -227,4 +347,10 @@ pub async fn finish(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A list of positions as PostgreSQL writes an `integer[]` literal: `{3,4}`.
+pub(crate) fn next_literal(next: &[i32]) -> String {
+    let items: Vec<String> = next.iter().map(i32::to_string).collect();
+    format!("{{{}}}", items.join(","))
 }

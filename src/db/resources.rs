@@ -46,6 +46,10 @@ pub struct Resource {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The composite resource it is part of (a server, for its volume).
+    pub parent_id: Option<Uuid>,
+    /// Its role in its parent (`volumes`, `port`), when it has one.
+    pub role: Option<String>,
 }
 
 /// A resource to insert, in `creation_scheduled`.
@@ -63,14 +67,16 @@ pub struct NewResource<'a> {
     pub attributes: &'a Value,
     /// The create operation.
     pub operation_id: Uuid,
+    /// Its parent and its role there, for a child of a composite resource.
+    pub parent: Option<(Uuid, &'a str)>,
 }
 
 /// Inserts a resource in `creation_scheduled`, recording the event.
 pub async fn insert(conn: &mut PgConnection, new: &NewResource<'_>) -> sqlx::Result<Resource> {
     sqlx::query_as(
         "WITH ins AS (
-             INSERT INTO resources (id, kind, name, state, attributes, current_operation_id, tenant)
-             VALUES ($1, $2, $3, 'creation_scheduled', $4, $5, $6) RETURNING *
+             INSERT INTO resources (id, kind, name, state, attributes, current_operation_id, tenant, parent_id, role)
+             VALUES ($1, $2, $3, 'creation_scheduled', $4, $5, $6, $7, $8) RETURNING *
          ), ev AS (
              INSERT INTO resource_events (resource_id, operation_id, transition, to_state, tenant)
              SELECT id, $5, 'create', state, tenant FROM ins
@@ -83,7 +89,63 @@ pub async fn insert(conn: &mut PgConnection, new: &NewResource<'_>) -> sqlx::Res
     .bind(new.attributes)
     .bind(new.operation_id)
     .bind(new.tenant)
+    .bind(new.parent.map(|p| p.0))
+    .bind(new.parent.map(|p| p.1))
     .fetch_one(conn)
+    .await
+}
+
+/// The children of `parent`, oldest first, locked until the transaction ends.
+pub async fn lock_children(conn: &mut PgConnection, parent: Uuid) -> sqlx::Result<Vec<Resource>> {
+    sqlx::query_as("SELECT * FROM resources WHERE parent_id = $1 ORDER BY id FOR UPDATE")
+        .bind(parent)
+        .fetch_all(conn)
+        .await
+}
+
+/// Puts a locked resource under `operation_id` without changing its state
+/// (a child while its parent's update or action runs).
+pub async fn hold(conn: &mut PgConnection, id: Uuid, operation_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE resources SET current_operation_id = $2, version = version + 1, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(operation_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A child, as its parent lists it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ChildSummary {
+    /// The child's id.
+    pub id: Uuid,
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its role in the parent.
+    pub role: Option<String>,
+    /// Where it stands.
+    pub state: ResourceState,
+    /// The parent.
+    #[serde(skip)]
+    pub parent_id: Option<Uuid>,
+}
+
+/// The children of each of `parents`, oldest first.
+pub async fn children_of(
+    conn: &mut PgConnection,
+    parents: &[Uuid],
+) -> sqlx::Result<Vec<ChildSummary>> {
+    sqlx::query_as(
+        "SELECT id, kind, name, role, state, parent_id FROM resources
+         WHERE parent_id = ANY($1) ORDER BY parent_id, id",
+    )
+    .bind(parents)
+    .fetch_all(conn)
     .await
 }
 
@@ -162,6 +224,8 @@ pub struct ListFilter<'a> {
     pub before: Option<Uuid>,
     /// Only this tenant's (`None`: every tenant's).
     pub tenant: Option<&'a str>,
+    /// Only the children of this resource.
+    pub parent_id: Option<Uuid>,
 }
 
 /// Resources newest first, at most `limit`.
@@ -177,6 +241,7 @@ pub async fn list(
            AND ($3::text IS NULL OR name = $3)
            AND ($4::uuid IS NULL OR id < $4)
            AND ($6::text IS NULL OR tenant = $6)
+           AND ($7::uuid IS NULL OR parent_id = $7)
          ORDER BY id DESC LIMIT $5",
     )
     .bind(filter.kind)
@@ -185,6 +250,7 @@ pub async fn list(
     .bind(filter.before)
     .bind(limit)
     .bind(filter.tenant)
+    .bind(filter.parent_id)
     .fetch_all(conn)
     .await
 }
@@ -479,6 +545,59 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid, operation_id: Uuid) -> sq
     .fetch_one(conn)
     .await?;
     Ok(deleted == 1)
+}
+
+/// The children held by `operation_id` (a composite operation's), locked
+/// until the transaction ends, oldest first.
+pub async fn lock_held_children(
+    conn: &mut PgConnection,
+    operation_id: Uuid,
+) -> sqlx::Result<Vec<Resource>> {
+    sqlx::query_as(
+        "SELECT * FROM resources WHERE current_operation_id = $1 AND parent_id IS NOT NULL
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(operation_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Removes a child that its operation deleted or undid, or never made,
+/// recording the event with `reason`.
+pub async fn remove_child(
+    conn: &mut PgConnection,
+    id: Uuid,
+    operation_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH del AS (
+             DELETE FROM resources WHERE id = $1 AND current_operation_id = $2 AND parent_id IS NOT NULL
+             RETURNING id, state, tenant
+         )
+         INSERT INTO resource_events (resource_id, operation_id, transition, from_state, reason, tenant)
+         SELECT id, $2, 'delete', state, $3, tenant FROM del",
+    )
+    .bind(id)
+    .bind(operation_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Lets go of every resource `operation_id` still holds (its children, once
+/// it has ended).
+pub async fn release_held(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE resources SET current_operation_id = NULL, action = NULL, action_details = NULL,
+                version = version + 1, updated_at = now()
+         WHERE current_operation_id = $1",
+    )
+    .bind(operation_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Stable resources (`ok` or `erred`, nothing in flight) with a backend object, by id after `after`.

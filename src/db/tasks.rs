@@ -16,6 +16,16 @@ pub struct Task {
     pub id: Uuid,
     /// The operation it belongs to; `None` for a periodic job.
     pub operation_id: Option<Uuid>,
+    /// The resource it acts on (its operation's, or one of that resource's
+    /// children); `None` for a periodic job.
+    pub resource_id: Option<Uuid>,
+    /// The positions of the tasks that wait for it; none for the last.
+    pub next: Vec<i32>,
+    /// How many tasks it waits for that have not succeeded.
+    pub blocked_by: i32,
+    /// Whether it undoes a failed create: skipped for a resource the backend
+    /// never made, and a failure does not stop the steps after it.
+    pub undo: bool,
     /// The periodic job it runs, if it is one.
     pub job: Option<String>,
     /// Its place in the chain, from 0.
@@ -68,6 +78,14 @@ pub struct NewTask {
     pub queue: Queue,
     /// Claims allowed.
     pub max_attempts: i32,
+    /// The resource it acts on.
+    pub resource_id: Uuid,
+    /// The positions of the tasks that wait for it.
+    pub next: Vec<i32>,
+    /// How many tasks it waits for; ready when none.
+    pub blocked_by: i32,
+    /// Whether it undoes a failed create (a compensation step).
+    pub undo: bool,
 }
 
 /// A claimed task with what it acts on, read by the claim's own statement
@@ -92,9 +110,14 @@ macro_rules! target_column {
                      'id', r.id, 'kind', r.kind, 'name', r.name, 'backend_id', r.backend_id,
                      'runtime_state', r.runtime_state, 'attributes', r.attributes, 'status', r.status,
                      'tenant', r.tenant,
-                     'request', o.request)
-          FROM operations o JOIN resources r ON r.id = o.resource_id
-          WHERE o.id = c.operation_id AND c.type <> 'state_transition') AS target"
+                     'request', o.request,
+                     'parent', (SELECT jsonb_build_object(
+                                    'id', p.id, 'kind', p.kind, 'name', p.name, 'backend_id', p.backend_id,
+                                    'runtime_state', p.runtime_state, 'attributes', p.attributes,
+                                    'status', p.status)
+                                FROM resources p WHERE p.id = r.parent_id))
+          FROM operations o JOIN resources r ON r.id = c.resource_id
+          WHERE o.id = c.operation_id AND c.type <> 'state_transition' AND c.state = 'running') AS target"
     };
 }
 
@@ -299,89 +322,106 @@ pub async fn wake(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Que
     .await
 }
 
+/// A task that waits for a task that ended: the tasks it waits for are one
+/// fewer. `inline` asks for it to be claimed by the runner of the task that
+/// ended, if it becomes ready and runs on that runner's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Successor {
+    /// Its operation.
+    pub operation_id: Uuid,
+    /// Its position there.
+    pub position: i32,
+    /// The queue of the runner that goes on with it at once, if one does.
+    pub inline: Option<Queue>,
+}
+
 /// Ends held tasks as `succeeded`, each with its result (`ids` and `results`
-/// pairwise); and for the operations that go on at once (`going`: each with
-/// the position of its step just done and the queue of the runner's pool),
-/// claims the next step for `worker` if it is waiting and runs on that queue.
-/// One statement. Returns the claimed steps; an
-/// operation whose next step is on another queue is left for [`release_next`].
+/// pairwise), and makes each task in `successors` wait for one fewer; one
+/// that waits for none any more becomes `ready`, or `running` for `worker`
+/// (claimed) when it runs on its `inline` queue. One statement. Returns
+/// the successors that changed state: the claimed ones with what they act on.
 #[allow(clippy::too_many_arguments)]
-pub async fn succeed_and_claim_next(
+pub async fn succeed_and_advance(
     conn: &mut PgConnection,
     ids: &[Uuid],
     results: &[Option<Value>],
-    going: &[(Uuid, i32, Queue)],
+    successors: &[Successor],
     lease_ms: i64,
     worker: &str,
 ) -> sqlx::Result<Vec<Claimed>> {
-    let operations: Vec<Uuid> = going.iter().map(|g| g.0).collect();
-    let positions: Vec<i32> = going.iter().map(|g| g.1).collect();
-    let queues: Vec<&str> = going.iter().map(|g| g.2.as_str()).collect();
+    let operations: Vec<Uuid> = successors.iter().map(|s| s.operation_id).collect();
+    let positions: Vec<i32> = successors.iter().map(|s| s.position).collect();
+    let inline: Vec<Option<&str>> = successors
+        .iter()
+        .map(|s| s.inline.map(Queue::as_str))
+        .collect();
     sqlx::query_as(concat!(
         "WITH done AS (
              UPDATE tasks t SET state = 'succeeded', result = u.result, status = NULL,
                     lease_token = NULL, lease_until = NULL, finished_at = now(), updated_at = now()
              FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) WHERE t.id = u.id AND t.id = ANY($1)
-         ), next AS (
-             SELECT n.id
-             FROM UNNEST($3::uuid[], $4::int4[], $5::text[]) AS u(operation_id, position, queue)
-             CROSS JOIN LATERAL (
-                 SELECT t.id FROM tasks t
-                 WHERE t.operation_id = u.operation_id AND t.position = u.position + 1
-                   AND t.state = 'waiting' AND t.queue = u.queue
-                 LIMIT 1
-             ) n
-         ), claimed AS (
-             UPDATE tasks t SET state = 'running', attempts = t.attempts + 1, run_at = now(),
-                    lease_token = gen_random_uuid(), lease_until = now() + $6 * interval '1 millisecond',
-                    worker = $7, started_at = coalesce(t.started_at, now()), updated_at = now()
-             WHERE t.id = ANY(ARRAY(SELECT id FROM next))
+         ), s AS (
+             SELECT operation_id, position, count(*)::int4 AS k, max(inline) AS inline
+             FROM UNNEST($3::uuid[], $4::int4[], $5::text[]) AS u(operation_id, position, inline)
+             GROUP BY operation_id, position
+         ), advanced AS (
+             UPDATE tasks t SET
+                    blocked_by = t.blocked_by - s.k,
+                    state = CASE WHEN t.state <> 'waiting' OR t.blocked_by > s.k THEN t.state
+                                 WHEN t.queue = s.inline THEN 'running' ELSE 'ready' END,
+                    attempts = t.attempts + CASE WHEN t.state = 'waiting' AND t.blocked_by = s.k
+                                                      AND t.queue = s.inline THEN 1 ELSE 0 END,
+                    run_at = CASE WHEN t.state = 'waiting' AND t.blocked_by = s.k THEN now() ELSE t.run_at END,
+                    lease_token = CASE WHEN t.state = 'waiting' AND t.blocked_by = s.k AND t.queue = s.inline THEN gen_random_uuid() ELSE t.lease_token END,
+                    lease_until = CASE WHEN t.state = 'waiting' AND t.blocked_by = s.k AND t.queue = s.inline THEN now() + $6 * interval '1 millisecond'
+                                       ELSE t.lease_until END,
+                    worker = CASE WHEN t.state = 'waiting' AND t.blocked_by = s.k AND t.queue = s.inline THEN $7 ELSE t.worker END,
+                    started_at = CASE WHEN t.state = 'waiting' AND t.blocked_by = s.k AND t.queue = s.inline THEN coalesce(t.started_at, now())
+                                      ELSE t.started_at END,
+                    updated_at = now()
+             FROM s WHERE t.operation_id = s.operation_id AND t.position = s.position
              RETURNING t.*
          )
          SELECT c.*, ",
         target_column!(),
-        " FROM claimed c"
+        " FROM advanced c WHERE c.state IN ('ready', 'running') AND c.blocked_by = 0"
     ))
     .bind(ids)
     .bind(results)
     .bind(operations)
     .bind(positions)
-    .bind(queues)
+    .bind(inline)
     .bind(lease_ms)
     .bind(worker)
     .fetch_all(conn)
     .await
 }
 
-/// For each operation (pairwise with the position of its step just done),
-/// makes its next step ready if it is waiting.
-/// Steps leave `waiting` in chain order (a retry puts all the steps after
-/// the failed one back), so the next step is the one at the next position. Returns the
-/// operations that had one, with the step's queue; the others' chains are done.
-pub async fn release_next(
+/// The operations among `operation_ids` that have a task not succeeded.
+pub async fn count_unsucceeded(
     conn: &mut PgConnection,
     operation_ids: &[Uuid],
-    positions: &[i32],
-) -> sqlx::Result<Vec<(Uuid, Queue)>> {
-    sqlx::query_as(
-        "WITH next AS (
-             SELECT n.id
-             FROM UNNEST($1::uuid[], $2::int4[]) AS u(operation_id, position)
-             CROSS JOIN LATERAL (
-                 SELECT t.id FROM tasks t
-                 WHERE t.operation_id = u.operation_id AND t.position = u.position + 1
-                   AND t.state = 'waiting'
-                 LIMIT 1
-             ) n
-         ), released AS (
-             UPDATE tasks t SET state = 'ready', run_at = now(), updated_at = now()
-             WHERE t.id = ANY(ARRAY(SELECT id FROM next))
-             RETURNING t.operation_id, t.queue
-         )
-         SELECT operation_id, queue FROM released",
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT operation_id FROM tasks WHERE operation_id = ANY($1) AND state <> 'succeeded'",
     )
     .bind(operation_ids)
-    .bind(positions)
+    .fetch_all(conn)
+    .await
+}
+
+/// How many tasks of each of `operation_ids` are still to run or running
+/// (operations with none are absent).
+pub async fn count_pending(
+    conn: &mut PgConnection,
+    operation_ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    sqlx::query_as(
+        "SELECT operation_id, count(*) FROM tasks
+         WHERE operation_id = ANY($1) AND state IN ('waiting', 'ready', 'running')
+         GROUP BY operation_id",
+    )
+    .bind(operation_ids)
     .fetch_all(conn)
     .await
 }
@@ -450,18 +490,15 @@ pub async fn reopen(
     Ok(())
 }
 
-/// Puts an operation's cancelled steps after `position` back to `waiting` (a retry).
-pub async fn reopen_cancelled(
-    conn: &mut PgConnection,
-    operation_id: Uuid,
-    position: i32,
-) -> sqlx::Result<()> {
+/// Puts an operation's cancelled steps back (a retry): `waiting`, or `ready`
+/// if they wait for nothing.
+pub async fn reopen_cancelled(conn: &mut PgConnection, operation_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE tasks SET state = 'waiting', finished_at = NULL, updated_at = now()
-         WHERE operation_id = $1 AND position > $2 AND state = 'cancelled'",
+        "UPDATE tasks SET state = CASE WHEN blocked_by = 0 THEN 'ready' ELSE 'waiting' END,
+                run_at = now(), finished_at = NULL, updated_at = now()
+         WHERE operation_id = $1 AND state = 'cancelled'",
     )
     .bind(operation_id)
-    .bind(position)
     .execute(conn)
     .await?;
     Ok(())

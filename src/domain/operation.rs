@@ -27,6 +27,10 @@ pub enum OperationState {
     Scheduled,
     /// A runner claimed one of its tasks; left when the last task succeeds or one fails.
     Running,
+    /// A step failed, or it was cancelled, while other steps still ran, or
+    /// its kind undoes a failed create: it waits for those steps, runs its
+    /// compensation, then ends `failed` or `cancelled`.
+    Compensating,
     /// Every task succeeded and the success hook ran (terminal).
     Succeeded,
     /// A task failed for good; the failure hook ran and the rest were cancelled (terminal).
@@ -55,9 +59,10 @@ impl std::fmt::Display for OperationKind {
 
 impl OperationState {
     /// Every state.
-    pub const ALL: [OperationState; 5] = [
+    pub const ALL: [OperationState; 6] = [
         Self::Scheduled,
         Self::Running,
+        Self::Compensating,
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
@@ -73,6 +78,7 @@ impl OperationState {
         match self {
             Self::Scheduled => "scheduled",
             Self::Running => "running",
+            Self::Compensating => "compensating",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",

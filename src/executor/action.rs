@@ -4,7 +4,9 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Executor, ExecutorError, Prepared, lock_resource, schedule, wrong_state};
+use super::{
+    Executor, ExecutorError, Prepared, hold_children, lock_resource, plan, schedule, wrong_state,
+};
 use crate::catalog::Catalog;
 use crate::db::resources::Schedule;
 use crate::domain::{FieldError, OperationKind, Transition, check_json};
@@ -123,9 +125,24 @@ impl Executor for Action<'_> {
             },
         )
         .await?;
+        let children = if kind.children.is_empty() {
+            super::plan::Children::new()
+        } else {
+            hold_children(conn, &resource, operation_id, false).await?
+        };
+        let tasks = plan(
+            self.catalog,
+            kind,
+            resource.id,
+            &children,
+            Self::BEGIN,
+            &action.chain,
+            action.queue,
+        )?;
         Ok(Prepared {
             resource,
-            chain: action.chain.clone(),
+            tasks,
+            composite: !children.is_empty(),
             queue: action.queue,
             request: self.params.clone(),
             action: Some(action.name.clone()),

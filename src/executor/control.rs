@@ -41,6 +41,11 @@ pub async fn cancel(
     scope: Option<&str>,
 ) -> Result<(Operation, Finished), ExecutorError> {
     let (_, operation) = lock_operation(conn, id, scope).await?;
+    if operation.state == OperationState::Compensating {
+        return Err(ExecutorError::Conflict(
+            "Operation is compensating: it is already winding down".into(),
+        ));
+    }
     if operation.state.is_finished() {
         return Err(ExecutorError::Conflict(format!(
             "Operation is {}; only a scheduled or running operation can be cancelled",
@@ -75,6 +80,12 @@ pub async fn retry(
             operation.state
         )));
     }
+    if let Some(at) = operation.compensation_at {
+        return Err(ExecutorError::Conflict(format!(
+            "Its compensation ran (from step {at}): what it made was undone, so it cannot \
+             go on from its failed step. Delete the resource and create it again"
+        )));
+    }
     let untouched = |why: &str| {
         ExecutorError::Conflict(format!("The resource was changed since the failure: {why}"))
     };
@@ -91,15 +102,8 @@ pub async fn retry(
         .iter()
         .find(|t| t.state == TaskState::Failed)
         .ok_or_else(|| ExecutorError::Conflict("the operation has no failed step".into()))?;
-    let state = match (operation.kind, failed.position) {
-        (OperationKind::Create, 0) => ResourceState::CreationScheduled,
-        (OperationKind::Create, _) => ResourceState::Creating,
-        (OperationKind::Update | OperationKind::Action, 0) => ResourceState::UpdateScheduled,
-        (OperationKind::Update | OperationKind::Action, _) => ResourceState::Updating,
-        (OperationKind::Delete, 0) => ResourceState::DeletionScheduled,
-        (OperationKind::Delete, _) => ResourceState::Deleting,
-    };
     let details = (operation.kind == OperationKind::Action).then_some(&operation.request);
+    let state = resumed_state(operation.kind, &tasks, resource.id);
     db::resources::resume(
         conn,
         resource.id,
@@ -111,6 +115,22 @@ pub async fn retry(
     )
     .await?
     .ok_or_else(|| untouched("it moved on"))?;
+    if operation.graph {
+        for child in db::resources::lock_children(conn, resource.id).await? {
+            if child.current_operation_id.is_some() {
+                return Err(untouched(&format!("its child {} is in flight", child.id)));
+            }
+            let acted_on = tasks.iter().any(|t| t.resource_id == Some(child.id));
+            if child.state == ResourceState::Erred && acted_on {
+                let state = resumed_state(operation.kind, &tasks, child.id);
+                db::resources::resume(conn, child.id, child.version, id, state, None, None)
+                    .await?
+                    .ok_or_else(|| untouched("a child moved on"))?;
+            } else {
+                db::resources::hold(conn, child.id, id).await?;
+            }
+        }
+    }
     // Slots were freed when the operation failed: take them again before going on.
     let mut parked = false;
     for throttle in tasks
@@ -144,12 +164,32 @@ pub async fn retry(
     } else {
         (TaskState::Ready, "retried")
     };
-    db::tasks::reopen(conn, failed.id, next, status).await?;
-    db::tasks::reopen_cancelled(conn, id, failed.position).await?;
+    for task in tasks.iter().filter(|t| t.state == TaskState::Failed) {
+        db::tasks::reopen(conn, task.id, next, status).await?;
+    }
+    db::tasks::reopen_cancelled(conn, id).await?;
     let operation = db::operations::reopen(conn, id).await?;
     if !parked {
         db::notify_ready(conn, failed.queue).await?;
     }
     tracing::info!(operation_id = %id, from_step = failed.position, "operation retried");
     Ok(operation)
+}
+
+/// The state a retry puts `resource` back in: where its first transition in
+/// the operation's `tasks` took it, or the scheduled state before it if
+/// that transition did not run.
+fn resumed_state(kind: OperationKind, tasks: &[db::tasks::Task], resource: Uuid) -> ResourceState {
+    let began = tasks
+        .iter()
+        .find(|t| t.resource_id == Some(resource) && t.task_type == "state_transition")
+        .is_some_and(|t| t.state == TaskState::Succeeded);
+    match (kind, began) {
+        (OperationKind::Create, false) => ResourceState::CreationScheduled,
+        (OperationKind::Create, true) => ResourceState::Creating,
+        (OperationKind::Update | OperationKind::Action, false) => ResourceState::UpdateScheduled,
+        (OperationKind::Update | OperationKind::Action, true) => ResourceState::Updating,
+        (OperationKind::Delete, false) => ResourceState::DeletionScheduled,
+        (OperationKind::Delete, true) => ResourceState::Deleting,
+    }
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Executor, ExecutorError, Prepared, lock_resource, schedule};
+use super::{Executor, ExecutorError, Prepared, hold_children, lock_resource, plan, schedule};
 use crate::catalog::Catalog;
 use crate::db::resources::Schedule;
 use crate::domain::{OperationKind, Transition};
@@ -60,9 +60,24 @@ impl Executor for Delete<'_> {
             },
         )
         .await?;
+        let children = if kind.children.is_empty() {
+            super::plan::Children::new()
+        } else {
+            hold_children(conn, &resource, operation_id, true).await?
+        };
+        let tasks = plan(
+            self.catalog,
+            kind,
+            resource.id,
+            &children,
+            Self::BEGIN,
+            &kind.delete,
+            kind.queue,
+        )?;
         Ok(Prepared {
             resource,
-            chain: kind.delete.clone(),
+            tasks,
+            composite: !children.is_empty(),
             queue: kind.queue,
             request: json!({}),
             action: None,

@@ -12,13 +12,14 @@ mod action;
 pub mod control;
 mod create;
 mod delete;
+pub mod plan;
 mod update;
 
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::catalog::Step;
+use crate::catalog::{Catalog, Form, Kind, Step};
 use crate::db;
 use crate::db::operations::{NewOperation, Operation};
 use crate::db::resources::Resource;
@@ -63,8 +64,10 @@ pub enum ExecutorError {
 pub struct Prepared {
     /// The resource after its scheduling transition.
     pub resource: Resource,
-    /// The chain after the first (`begin_*`) step.
-    pub chain: Vec<Step>,
+    /// The operation's task graph, its `begin_*` step first.
+    pub tasks: Vec<NewTask>,
+    /// Whether it holds children of its resource.
+    pub composite: bool,
     /// The queue the chain runs on.
     pub queue: Queue,
     /// The validated input, stored on the operation and passed to backend calls.
@@ -107,16 +110,6 @@ pub trait Executor {
         async move {
             let operation_id = Uuid::now_v7();
             let prepared = self.pre_apply(conn, operation_id).await?;
-            let mut chain = Vec::with_capacity(prepared.chain.len() + 1);
-            chain.push(new_task(
-                &Step::StateTransition {
-                    transition: Self::BEGIN,
-                },
-                prepared.queue,
-            )?);
-            for step in &prepared.chain {
-                chain.push(new_task(step, prepared.queue)?);
-            }
             let operation = db::operations::insert(
                 conn,
                 &NewOperation {
@@ -127,8 +120,9 @@ pub trait Executor {
                     kind: Self::KIND,
                     action: prepared.action.as_deref(),
                     request: &prepared.request,
+                    composite: prepared.composite,
                 },
-                chain,
+                prepared.tasks,
                 prepared.queue,
             )
             .await?;
@@ -161,7 +155,66 @@ fn new_task(step: &Step, queue: Queue) -> Result<NewTask, ExecutorError> {
         args,
         queue,
         max_attempts,
+        resource_id: Uuid::nil(),
+        next: Vec::new(),
+        blocked_by: 0,
+        undo: false,
     })
+}
+
+/// The task graph of `chain` on `resource` (of `kind`, with `children`),
+/// after its `begin` step.
+fn plan(
+    catalog: &Catalog,
+    kind: &Kind,
+    resource: Uuid,
+    children: &plan::Children,
+    begin: Transition,
+    chain: &[Form],
+    queue: Queue,
+) -> Result<Vec<NewTask>, ExecutorError> {
+    let mut planner = plan::Planner::new(catalog, children, queue);
+    planner.chain(resource, kind, Some(begin), chain)?;
+    Ok(planner.finish())
+}
+
+/// Puts a composite resource's children under `operation_id` (for a delete,
+/// scheduled for deletion too), so none can be changed by itself while it
+/// runs; returns them by role. A child with an operation of its own in
+/// flight is a 409.
+async fn hold_children(
+    conn: &mut PgConnection,
+    parent: &Resource,
+    operation_id: Uuid,
+    delete: bool,
+) -> Result<plan::Children, ExecutorError> {
+    let mut children = plan::Children::new();
+    for child in db::resources::lock_children(conn, parent.id).await? {
+        if let Some(op) = child.current_operation_id {
+            return Err(ExecutorError::Conflict(format!(
+                "its child {} ({}) has operation {op} in flight",
+                child.id, child.kind
+            )));
+        }
+        let held = if delete {
+            schedule(
+                conn,
+                &child,
+                Transition::ScheduleDeleting,
+                &db::resources::Schedule {
+                    operation_id,
+                    ..db::resources::Schedule::default()
+                },
+            )
+            .await?
+        } else {
+            db::resources::hold(conn, child.id, operation_id).await?;
+            child
+        };
+        let role = held.role.clone().unwrap_or_default();
+        children.entry(role).or_default().push(held.id);
+    }
+    Ok(children)
 }
 
 /// Locks the resource `id` if `scope` may see it, checking `If-Match` when given.
@@ -181,6 +234,17 @@ async fn lock_resource(
             expected,
             current: resource.version,
         });
+    }
+    if let (Some(op), false) = (
+        resource.current_operation_id,
+        resource.state.is_transitional(),
+    ) {
+        let parent = resource
+            .parent_id
+            .map_or_else(String::new, |p| format!(" (its parent {p})"));
+        return Err(ExecutorError::Conflict(format!(
+            "Resource is held by operation {op} of another resource{parent}, in flight"
+        )));
     }
     Ok(resource)
 }

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Executor, ExecutorError, Prepared, lock_resource, schedule};
+use super::{Executor, ExecutorError, Prepared, hold_children, lock_resource, plan, schedule};
 use crate::catalog::Catalog;
 use crate::db::resources::Schedule;
 use crate::domain::{FieldError, OperationKind, ResourceName, Transition, check_json};
@@ -131,9 +131,24 @@ impl Executor for Update<'_> {
             },
         )
         .await?;
+        let children = if kind.children.is_empty() {
+            super::plan::Children::new()
+        } else {
+            hold_children(conn, &resource, operation_id, false).await?
+        };
+        let tasks = plan(
+            self.catalog,
+            kind,
+            resource.id,
+            &children,
+            Self::BEGIN,
+            &kind.update,
+            kind.queue,
+        )?;
         Ok(Prepared {
             resource,
-            chain: kind.update.clone(),
+            tasks,
+            composite: !children.is_empty(),
             queue: kind.queue,
             request: Value::Object(request),
             action: None,

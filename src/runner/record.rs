@@ -17,7 +17,7 @@ use crate::db;
 use crate::db::operations::Operation;
 use crate::db::resources::Owned;
 use crate::db::tasks::{Claimed, Task};
-use crate::domain::{Queue, TaskState, Transition};
+use crate::domain::{OperationState, Queue, TaskState, Transition};
 use crate::lifecycle::{self, Ending, Finished};
 use crate::tasks::{JobOutcome, Outcome, StepOutcome};
 
@@ -184,6 +184,13 @@ struct HeldStep<'a> {
     go_on: bool,
 }
 
+impl HeldStep<'_> {
+    /// The resource the step acts on.
+    fn resource_id(&self) -> Uuid {
+        self.task.resource_id.unwrap_or(self.operation.resource_id)
+    }
+}
+
 /// Applies the outcomes of `items` in one transaction. A step that succeeded
 /// and whose item may go on has its next step claimed for `cont` when that
 /// step runs on the same queue (a crash after the commit leaves it leased,
@@ -211,6 +218,29 @@ pub async fn record_batch(
             .into_iter()
             .map(|h| (h.task.id, (h.task, h.operation.map(|o| o.0))))
             .collect();
+    // A graph's steps may end at once in several transactions: its row is
+    // locked (after the tasks, as everywhere) and read again, so that each
+    // sees what the others did.
+    let graphs: Vec<Uuid> = held
+        .values()
+        .filter_map(|(_, o)| o.as_ref().filter(|o| o.graph).map(|o| o.id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !graphs.is_empty() {
+        let fresh: HashMap<Uuid, Operation> = db::operations::lock_many(&mut tx, &graphs)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
+        for (_, operation) in held.values_mut() {
+            if let Some(o) = operation.as_mut()
+                && let Some(f) = fresh.get(&o.id)
+            {
+                *o = f.clone();
+            }
+        }
+    }
     let mut rec = Recording {
         results: vec![(Recorded::Fenced, None); items.len()],
         ..Recording::default()
@@ -250,6 +280,7 @@ pub async fn record_batch(
     let decided = decide_all(&mut tx, steps).await?;
     let mut done = Vec::new();
     let mut failed = Vec::new();
+    let mut undone = Vec::new();
     for (step, decision) in decided {
         match decision {
             Decision::Done(result) => done.push((step, result)),
@@ -280,26 +311,56 @@ pub async fn record_batch(
                 tracing::warn!(task_id = %step.task.id, operation_id = %step.operation.id, %error, "step failed");
                 db::tasks::finish(&mut tx, step.task.id, TaskState::Failed, None, Some(&error))
                     .await?;
-                failed.push((step.operation, step.task.id, error));
+                if step.task.undo {
+                    // An undo that fails leaves its resource erred, with
+                    // its own message, and the compensation goes on.
+                    let ending = db::resources::Ending {
+                        error_message: Some(&error),
+                        task_id: Some(step.task.id),
+                        ..db::resources::Ending::default()
+                    };
+                    let guard = db::resources::Guard::Operation(step.operation.id);
+                    db::resources::transition(
+                        &mut tx,
+                        step.resource_id(),
+                        guard,
+                        Transition::SetErred,
+                        &ending,
+                    )
+                    .await?;
+                    undone.push(step);
+                } else {
+                    failed.push((step.operation, step.task.id, error));
+                }
             }
         }
     }
-    let succeeded = if done.is_empty() {
-        Vec::new()
+    let (succeeded, progressed) = if done.is_empty() && undone.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
-        steps_done(&mut tx, done, cont, &mut rec).await?
+        steps_done(&mut tx, done, undone, cont, &mut rec).await?
     };
-    let endings: Vec<Ending<'_>> = succeeded
-        .into_iter()
-        .map(|(operation, task_id)| Ending::Succeeded { operation, task_id })
+    let failing: HashSet<Uuid> = failed.iter().map(|f| f.0.id).collect();
+    let mut seen = HashSet::new();
+    let endings: Vec<Ending<'_>> = failed
+        .iter()
+        .filter(|f| seen.insert(f.0.id))
+        .map(|(operation, task_id, error)| Ending::Failed {
+            operation,
+            error,
+            task_id: Some(*task_id),
+        })
         .chain(
-            failed
-                .iter()
-                .map(|(operation, task_id, error)| Ending::Failed {
-                    operation,
-                    error,
-                    task_id: Some(*task_id),
-                }),
+            succeeded
+                .into_iter()
+                .filter(|(operation, _)| !failing.contains(&operation.id))
+                .map(|(operation, task_id)| Ending::Succeeded { operation, task_id }),
+        )
+        .chain(
+            progressed
+                .into_iter()
+                .filter(|operation| !failing.contains(&operation.id))
+                .map(|operation| Ending::Progressed { operation }),
         )
         .collect();
     if !endings.is_empty() {
@@ -338,7 +399,7 @@ async fn decide_all<'a>(
                 || reply.status.is_some())
         {
             replies.push(db::resources::Reply {
-                resource_id: step.operation.resource_id,
+                resource_id: step.resource_id(),
                 backend_id: reply.backend_id.clone(),
                 runtime_state: reply.runtime_state.clone(),
                 status: reply.status.clone().map(serde_json::Value::Object),
@@ -354,7 +415,7 @@ async fn decide_all<'a>(
         let rows: Vec<Owned<'_>> = group
             .iter()
             .map(|s| Owned {
-                resource_id: s.operation.resource_id,
+                resource_id: s.resource_id(),
                 operation_id: s.operation.id,
                 task_id: s.task.id,
                 runtime_state: None,
@@ -365,10 +426,10 @@ async fn decide_all<'a>(
             .into_iter()
             .collect();
         for step in group {
-            let decision = if applied.contains(&step.operation.resource_id) {
+            let decision = if applied.contains(&step.resource_id()) {
                 Decision::Done(None)
             } else {
-                let state = db::resources::get(conn, step.operation.resource_id)
+                let state = db::resources::get(conn, step.resource_id())
                     .await?
                     .map_or_else(|| "gone".to_owned(), |r| r.state.to_string());
                 Decision::Fail(format!(
@@ -381,63 +442,95 @@ async fn decide_all<'a>(
     Ok(decided)
 }
 
-/// Steps that succeeded: end them, then go on with each chain: claim its
-/// next step inline or make it ready. Returns the chains that are done
-/// (operation and last step), whose operations succeed.
+/// Steps that succeeded (and undo steps that failed, which the
+/// compensation goes on after): end the succeeded ones, and make the tasks
+/// that wait for them wait for one fewer, claiming one inline per operation
+/// or making them ready. Returns the chains that are done (operation and
+/// last step), whose operations succeed, and the `compensating` operations
+/// a step of which ended.
 async fn steps_done<'a>(
     conn: &mut PgConnection,
     done: Vec<(HeldStep<'a>, Option<serde_json::Value>)>,
+    undone: Vec<HeldStep<'a>>,
     cont: Option<Continue<'_>>,
     rec: &mut Recording,
-) -> anyhow::Result<Vec<(&'a Operation, Uuid)>> {
+) -> anyhow::Result<(Vec<(&'a Operation, Uuid)>, Vec<&'a Operation>)> {
     let (steps, results): (Vec<HeldStep<'_>>, Vec<Option<serde_json::Value>>) =
         done.into_iter().unzip();
     let task_ids: Vec<Uuid> = steps.iter().map(|s| s.task.id).collect();
-    let is_last = |s: &HeldStep<'_>| s.task.position + 1 >= s.operation.step_count;
-    let going: Vec<(Uuid, i32, Queue)> = match cont {
-        Some(_) => steps
-            .iter()
-            .filter(|s| s.go_on && !is_last(s))
-            .map(|s| (s.operation.id, s.task.position, s.task.queue))
-            .collect(),
-        None => Vec::new(),
-    };
-    let (lease_ms, worker) = cont.map_or((0, ""), |c| (c.lease_ms, c.worker));
-    let claimed =
-        db::tasks::succeed_and_claim_next(conn, &task_ids, &results, &going, lease_ms, worker)
-            .await?;
-    let index: HashMap<Uuid, usize> = steps.iter().map(|s| (s.operation.id, s.index)).collect();
-    let mut going_on = HashSet::new();
-    for next in claimed {
-        let Some((operation_id, &i)) = next
-            .task
-            .operation_id
-            .and_then(|id| index.get_key_value(&id))
-        else {
-            continue;
-        };
-        going_on.insert(*operation_id);
-        rec.results[i].1 = Some(next);
+    let winding = |o: &Operation| o.state == OperationState::Compensating;
+    let mut inline_for: HashMap<Uuid, usize> = HashMap::new();
+    let mut successors = Vec::new();
+    for step in &steps {
+        for (i, &position) in step.task.next.iter().enumerate() {
+            let inline = (i == 0
+                && cont.is_some()
+                && step.go_on
+                && !winding(step.operation)
+                && !inline_for.contains_key(&step.operation.id))
+            .then_some(step.task.queue);
+            if inline.is_some() {
+                inline_for.insert(step.operation.id, step.index);
+            }
+            successors.push(db::tasks::Successor {
+                operation_id: step.operation.id,
+                position,
+                inline,
+            });
+        }
     }
-    let (ops, positions): (Vec<Uuid>, Vec<i32>) = steps
-        .iter()
-        .filter(|s| !is_last(s) && !going_on.contains(&s.operation.id))
-        .map(|s| (s.operation.id, s.task.position))
-        .unzip();
-    let released: HashMap<Uuid, Queue> = if ops.is_empty() {
-        HashMap::new()
-    } else {
-        db::tasks::release_next(conn, &ops, &positions)
+    for step in &undone {
+        successors.extend(step.task.next.iter().map(|&position| db::tasks::Successor {
+            operation_id: step.operation.id,
+            position,
+            inline: None,
+        }));
+    }
+    let (lease_ms, worker) = cont.map_or((0, ""), |c| (c.lease_ms, c.worker));
+    let advanced =
+        db::tasks::succeed_and_advance(conn, &task_ids, &results, &successors, lease_ms, worker)
+            .await?;
+    for next in advanced {
+        if next.task.state != TaskState::Running {
+            rec.ready.insert(next.task.queue);
+            continue;
+        }
+        if let Some(&i) = next.task.operation_id.and_then(|id| inline_for.get(&id)) {
+            rec.results[i].1 = Some(next);
+        }
+    }
+    let mut progressed: Vec<&'a Operation> = Vec::new();
+    let mut ends: Vec<(&'a Operation, Uuid)> = Vec::new();
+    let mut graph_ends = Vec::new();
+    for step in steps.iter().chain(&undone) {
+        if winding(step.operation) {
+            if !progressed.iter().any(|o| o.id == step.operation.id) {
+                progressed.push(step.operation);
+            }
+        } else if step.task.next.is_empty() {
+            if step.operation.graph {
+                graph_ends.push((step.operation, step.task.id));
+            } else {
+                ends.push((step.operation, step.task.id));
+            }
+        }
+    }
+    if !graph_ends.is_empty() {
+        // A graph is done when every one of its tasks has succeeded (its
+        // row lock makes this the last of its steps to end).
+        let ids: Vec<Uuid> = graph_ends.iter().map(|g| g.0.id).collect();
+        let unfinished: HashSet<Uuid> = db::tasks::count_unsucceeded(conn, &ids)
             .await?
             .into_iter()
-            .collect()
-    };
-    rec.ready.extend(released.values().copied());
-    Ok(steps
-        .iter()
-        .filter(|s| !going_on.contains(&s.operation.id) && !released.contains_key(&s.operation.id))
-        .map(|s| (s.operation, s.task.id))
-        .collect())
+            .collect();
+        let mut seen = HashSet::new();
+        ends.extend(
+            graph_ends
+                .into_iter()
+                .filter(|(o, _)| !unfinished.contains(&o.id) && seen.insert(o.id)),
+        );
+    }
+    Ok((ends, progressed))
 }
 
 async fn decide(

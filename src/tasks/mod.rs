@@ -180,6 +180,17 @@ async fn run_step(
                 |scope| StepOutcome::Throttle { scope, limit },
             )
         }
+        // An undo step has nothing to undo on a resource the backend never made.
+        Step::BackendMethod { .. }
+        | Step::PollRuntimeState { .. }
+        | Step::PollBackendCheck { .. }
+            if task.undo
+                && target
+                    .as_ref()
+                    .is_some_and(|t| t.resource.backend_id.is_none()) =>
+        {
+            StepOutcome::Done(BackendReply::default())
+        }
         Step::BackendMethod { .. }
         | Step::PollRuntimeState { .. }
         | Step::PollBackendCheck { .. } => backend_call::run(ctx, task, target, &step).await,
