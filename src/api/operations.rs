@@ -39,8 +39,16 @@ pub struct TaskResponse {
     pub operation_id: Option<Uuid>,
     /// The periodic job it runs (`pull`, `sweep`, `prune`), if it is one.
     pub job: Option<String>,
-    /// Its place in the chain, from 0.
+    /// The resource it acts on: its operation's, or one of that resource's
+    /// children; absent for a periodic job.
+    pub resource_id: Option<Uuid>,
+    /// Its place in the operation's task list, from 0.
     pub position: i32,
+    /// The positions of the tasks that wait for it (none for a last step).
+    pub next: Vec<i32>,
+    /// Whether it undoes what a failed or cancelled create made (a
+    /// compensation step).
+    pub undo: bool,
     /// The task type: `state_transition`, `backend_method`, `poll_runtime_state`, `poll_backend_check` or `throttle`.
     #[serde(rename = "type")]
     pub task_type: String,
@@ -76,7 +84,10 @@ impl From<Task> for TaskResponse {
             id: t.id,
             operation_id: t.operation_id,
             job: t.job,
+            resource_id: t.resource_id,
             position: t.position,
+            next: t.next,
+            undo: t.undo,
             task_type: t.task_type,
             args: t.args,
             queue: t.queue,
@@ -123,6 +134,9 @@ pub struct OperationResponse {
     pub step_count: i32,
     /// Steps done: its tasks that succeeded.
     pub steps_done: i32,
+    /// Where its compensation starts (the position of its first undo step),
+    /// once a failed or cancelled create of a composite kind planned it.
+    pub compensation_at: Option<i32>,
     /// Its steps, in order.
     pub tasks: Vec<TaskResponse>,
     /// When it was accepted.
@@ -146,6 +160,7 @@ impl OperationResponse {
             request: o.request,
             error: o.error,
             step_count: o.step_count,
+            compensation_at: o.compensation_at,
             steps_done: i32::try_from(
                 tasks
                     .iter()
@@ -278,13 +293,16 @@ async fn get_operation(
     }
 }
 
-/// Cancel a scheduled or running operation; the resource ends erred.
+/// Cancel a scheduled or running operation; the resource ends erred. A
+/// composite operation winds down instead: it is `compensating` while its
+/// running steps finish and its compensation undoes what it made, then ends
+/// `cancelled`.
 #[utoipa::path(post, path = "/api/v1/operations/{id}/cancel", tag = "operations",
     params(("id" = Uuid, Path, description = "The operation's id")),
     responses(
-        (status = 200, description = "Cancelled: pending tasks cancelled, a running one stopped and fenced", body = OperationResponse),
+        (status = 200, description = "Cancelled (pending tasks cancelled, a running one stopped and fenced), or compensating", body = OperationResponse),
         (status = 404, description = "No such operation", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The operation has already ended", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The operation has already ended, or is already compensating", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cancel_operation(
     State(state): State<AppState>,

@@ -19,6 +19,7 @@ mod support;
 
 mod api;
 mod auth;
+mod composite;
 mod controls;
 mod crash;
 mod e2e;
