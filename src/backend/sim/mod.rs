@@ -1,10 +1,45 @@
 //! A simulated cloud backend, for tests and demos.
 //!
-//! It offers instances and volumes whose runtime states move on their own
-//! after [`SimConfig::transition_delay`], the way a real cloud's do, so the
-//! executor's polling steps have something to wait for. Nothing runs in the
-//! background: each call first settles the transitions that are due, so an
-//! object's state is a pure function of the calls made and the time passed.
+//! It offers instances, volumes, ports and floating IPs whose runtime states
+//! move on their own after [`SimConfig::transition_delay`], the way a real
+//! cloud's do, so the executor's polling steps have something to wait for.
+//! Nothing runs in the background: each call first settles the transitions
+//! that are due, so an object's state is a pure function of the calls made
+//! and the time passed.
+//!
+//! | kind | methods | runtime states (building → ready; erred; deleting) |
+//! |---|---|---|
+//! | `instance` | `create_instance`, `delete_instance`, `stop_instance`, `start_instance`, `restart_instance`, `resize_instance`, `update_instance`, `set_security_groups`, `pull_instance`, `is_instance_deleted` | `BUILD` → `ACTIVE`; `ERROR`; `DELETING`; also `SHUTOFF`, `REBOOT`, `RESIZE` |
+//! | `volume` | `create_volume`, `extend_volume`, `update_volume`, `attach_volume`, `detach_volume`, `delete_volume`, `pull_volume`, `is_volume_deleted` | `creating` → `available`; `error`; `deleting`; also `extending`, `in-use` |
+//! | `port` | `create_port`, `delete_port`, `pull_port`, `is_port_deleted` | `DOWN` → `ACTIVE`; `ERROR`; `DELETING` |
+//! | `floating_ip` | `create_floating_ip`, `attach_floating_ip`, `detach_floating_ip`, `delete_floating_ip`, `pull_floating_ip`, `is_floating_ip_deleted` | `DOWN` → `ACTIVE`; `ERROR`; `DELETING` |
+//!
+//! Creates reply with the new `backend_id` and the building state; a port's
+//! status gets its `security_groups` (from `attributes.security_groups`, an
+//! array of strings; `[]` without), a floating IP's its `address`
+//! (`203.0.113.N`, derived from its backend id). `pull_floating_ip` reports
+//! `{"address", "attached_to"}` in the status as well as the state.
+//!
+//! Composite resources: a volume or floating IP is attached to the instance
+//! of its *parent* resource ([`BackendCall::parent`], whose `backend_id`
+//! names the instance):
+//!
+//! - `attach_volume` / `attach_floating_ip` need a parent (else a permanent
+//!   error), an object that exists (else not found), built (`available` /
+//!   `ACTIVE`), and a parent instance that exists and is not `DELETING` (else
+//!   permanent). The reply's status is `{"attached_to": "<instance id>"}`;
+//!   a volume becomes `in-use`, a floating IP stays `ACTIVE`. Attaching again
+//!   to the same instance changes nothing; to another one is refused.
+//! - `detach_volume` / `detach_floating_ip` need a parent too, and reply
+//!   `{"attached_to": null}` (a volume is `available` again). Detaching what
+//!   is not attached, or not there, succeeds; detaching from another instance
+//!   than the one it is attached to is refused.
+//! - Deletes enforce the order: an attached volume or floating IP cannot be
+//!   deleted ("volume is in use"), nor an instance with anything attached
+//!   ("instance has attached volumes ..."). Both are permanent errors.
+//! - `set_security_groups` sets an instance's groups to
+//!   `params.security_groups`, else `attributes.security_groups`, else `[]`,
+//!   and replies `{"security_groups": [...]}` in the status.
 //!
 //! The cloud lives in one of two stores, with the same rules:
 //!
@@ -25,8 +60,12 @@
 //!   process) never answers, as a hung backend would;
 //! - `{"runtime_error": true}`: the object ends its build in `ERROR` / `error`.
 //!
+//! Failure injection, replays per idempotency key, the tenant quota and the
+//! in-flight counts apply to every kind and method alike: ports and floating
+//! IPs are objects like the others.
+//!
 //! The simulator also counts what it sees (calls, effects per idempotency key,
-//! creations in flight per tenant) so tests can check the executor's
+//! creations in flight per tenant, live objects by kind) so tests can check the executor's
 //! guarantees from the outside. [`Sim::stats`] reads the store's counts (all
 //! processes' in shared mode); the synchronous accessors ([`Sim::calls`],
 //! [`Sim::effects_applied`], ...) report what this process saw, which for the
@@ -36,7 +75,7 @@ mod memory;
 mod model;
 mod shared;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -88,6 +127,9 @@ impl Default for SimConfig {
 pub struct SimStats {
     /// Live objects of every kind and tenant, deleting ones included until gone.
     pub objects: usize,
+    /// [`SimStats::objects`] by kind (`instance`, `volume`, `port`,
+    /// `floating_ip`); kinds with none are absent.
+    pub objects_by_kind: BTreeMap<String, usize>,
     /// Effects applied in all, replays not counted.
     pub total_effects: u64,
     /// How many times effects were applied, by idempotency key (keys with
@@ -116,6 +158,11 @@ impl SimStats {
             .collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// Live objects of `kind` (`instance`, `volume`, `port`, `floating_ip`).
+    pub fn objects_of(&self, kind: &str) -> usize {
+        self.objects_by_kind.get(kind).copied().unwrap_or(0)
     }
 
     /// Creations of `tenant` in flight.
@@ -425,7 +472,7 @@ mod tests {
             assert_eq!(op.role(), info.role, "{}", info.name);
         }
         let sim = Sim::new(SimConfig::default());
-        assert_eq!(sim.runtime_states().len(), 12);
+        assert_eq!(sim.runtime_states().len(), 14);
         assert_eq!(sim.config().transition_delay, Duration::from_secs(1));
     }
 
