@@ -663,6 +663,86 @@ mod tests {
     }
 
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn an_attachment_made_by_one_process_binds_the_other(pool: PgPool) {
+        let (a, b) = pair(&pool, &SimConfig::instant());
+        let mut server = scenarios::active_instance(&a, json!({})).await;
+        let mut v = scenarios::ready_child(&b, "volume", json!({})).await;
+        let vid = v.backend_id.clone().unwrap();
+        scenarios::step_under(&a, "attach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        let row: (String, Option<String>) = sqlx::query_as(
+            "SELECT runtime_state, attached_to FROM sim_objects WHERE backend_id = $1",
+        )
+        .bind(&vid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (row.0.as_str(), row.1),
+            ("in-use", server.backend_id.clone())
+        );
+        let message =
+            scenarios::permanent(step(&b, "delete_instance", &mut server, json!({})).await);
+        assert!(
+            message.contains("instance has attached volumes"),
+            "{message}"
+        );
+        scenarios::step_under(&b, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        step(&a, "delete_volume", &mut v, json!({})).await.unwrap();
+        step(&a, "delete_instance", &mut server, json!({}))
+            .await
+            .unwrap();
+        let stats = b.stats().await.unwrap();
+        assert_eq!(stats.objects, 0);
+        assert!(stats.objects_by_kind.is_empty());
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn concurrent_attaches_and_a_server_delete_never_strand_a_volume(pool: PgPool) {
+        let config = SimConfig {
+            transition_delay: Duration::from_secs(60),
+            ..SimConfig::instant()
+        };
+        let a = Arc::new(Sim::shared(config.clone(), pool.clone()));
+        let b = Arc::new(Sim::shared(config, pool.clone()));
+        // Built at once: made with the instant config, then read with the slow one.
+        let instant = Sim::shared(SimConfig::instant(), pool.clone());
+        let server = scenarios::active_instance(&instant, json!({})).await;
+        let mut volumes = Vec::new();
+        for _ in 0..4 {
+            volumes.push(scenarios::ready_child(&instant, "volume", json!({})).await);
+        }
+        let mut tasks = Vec::new();
+        for (i, v) in volumes.iter().enumerate() {
+            let sim = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let call = scenarios::call_under(v, &server);
+            tasks.push(tokio::spawn(async move {
+                sim.call("attach_volume", call).await.is_ok()
+            }));
+        }
+        let delete = call_on(&server, json!({}));
+        let deleted = b.call("delete_instance", delete).await.is_ok();
+        let mut attached = 0;
+        for task in tasks {
+            attached += usize::from(task.await.unwrap());
+        }
+        // Either the server is deleting and nothing got attached to it, or
+        // the delete was refused because something did.
+        let state = pull(&a, "pull_instance", &server).await;
+        assert_eq!(deleted, attached == 0, "{attached} attached, state {state}");
+        assert_eq!(state == "DELETING", deleted);
+        let in_use = count(
+            &pool,
+            "SELECT count(*) FROM sim_objects WHERE runtime_state = 'in-use'",
+        )
+        .await;
+        assert_eq!(in_use, i64::try_from(attached).unwrap());
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn a_lost_database_is_a_transient_error(pool: PgPool) {
         let sim = Sim::shared(SimConfig::instant(), pool.clone());
         pool.close().await;
