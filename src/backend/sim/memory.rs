@@ -1,14 +1,14 @@
 //! The in-process store: the simulated cloud in this process's memory,
 //! shaped like the shared store's tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::SimConfig;
 use super::SimStats;
-use super::model::{Loaded, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide};
+use super::model::{Kind, Loaded, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide};
 use crate::backend::{BackendCall, BackendReply};
 
 /// The first successful effect under an idempotency key.
@@ -63,6 +63,11 @@ impl Memory {
                 .as_deref()
                 .map(|tenant| self.tenant(tenant))
                 .unwrap_or_default(),
+            parent: plan.parent_id.and_then(|id| self.objects.get(id).cloned()),
+            attached: match plan.object_id {
+                Some(id) if plan.attachments => self.attached_to(id),
+                _ => Vec::new(),
+            },
         };
         let outcome = decide(config, plan, call, loaded);
         self.write(call, &outcome);
@@ -106,6 +111,18 @@ impl Memory {
         self.objects.retain(|_, object| object.settle(now));
     }
 
+    /// The objects attached to `instance`, by backend id (sorted, for stable messages).
+    fn attached_to(&self, instance: &str) -> Vec<(String, Kind)> {
+        let mut attached: Vec<(String, Kind)> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o.attached_to.as_deref() == Some(instance))
+            .map(|(id, o)| (id.clone(), o.kind))
+            .collect();
+        attached.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        attached
+    }
+
     fn tenant(&self, tenant: &str) -> TenantLoad {
         let mut load = TenantLoad::default();
         for object in self.objects.values().filter(|o| o.tenant == tenant) {
@@ -133,8 +150,15 @@ impl Memory {
         for object in self.objects.values().filter(|o| o.building) {
             *in_flight.entry(object.tenant.clone()).or_default() += 1;
         }
+        let mut objects_by_kind: BTreeMap<String, usize> = BTreeMap::new();
+        for object in self.objects.values() {
+            *objects_by_kind
+                .entry(object.kind.noun().to_owned())
+                .or_default() += 1;
+        }
         SimStats {
             objects: self.objects.len(),
+            objects_by_kind,
             total_effects: self.effects.values().map(|e| u64::from(e.applied)).sum(),
             effects: self.effects.iter().map(|(k, e)| (*k, e.applied)).collect(),
             in_flight,

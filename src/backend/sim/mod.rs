@@ -1,10 +1,45 @@
 //! A simulated cloud backend, for tests and demos.
 //!
-//! It offers instances and volumes whose runtime states move on their own
-//! after [`SimConfig::transition_delay`], the way a real cloud's do, so the
-//! executor's polling steps have something to wait for. Nothing runs in the
-//! background: each call first settles the transitions that are due, so an
-//! object's state is a pure function of the calls made and the time passed.
+//! It offers instances, volumes, ports and floating IPs whose runtime states
+//! move on their own after [`SimConfig::transition_delay`], the way a real
+//! cloud's do, so the executor's polling steps have something to wait for.
+//! Nothing runs in the background: each call first settles the transitions
+//! that are due, so an object's state is a pure function of the calls made
+//! and the time passed.
+//!
+//! | kind | methods | runtime states (building → ready; erred; deleting) |
+//! |---|---|---|
+//! | `instance` | `create_instance`, `delete_instance`, `stop_instance`, `start_instance`, `restart_instance`, `resize_instance`, `update_instance`, `set_security_groups`, `pull_instance`, `is_instance_deleted` | `BUILD` → `ACTIVE`; `ERROR`; `DELETING`; also `SHUTOFF`, `REBOOT`, `RESIZE` |
+//! | `volume` | `create_volume`, `extend_volume`, `update_volume`, `attach_volume`, `detach_volume`, `delete_volume`, `pull_volume`, `is_volume_deleted` | `creating` → `available`; `error`; `deleting`; also `extending`, `in-use` |
+//! | `port` | `create_port`, `delete_port`, `pull_port`, `is_port_deleted` | `DOWN` → `ACTIVE`; `ERROR`; `DELETING` |
+//! | `floating_ip` | `create_floating_ip`, `attach_floating_ip`, `detach_floating_ip`, `delete_floating_ip`, `pull_floating_ip`, `is_floating_ip_deleted` | `DOWN` → `ACTIVE`; `ERROR`; `DELETING` |
+//!
+//! Creates reply with the new `backend_id` and the building state; a port's
+//! status gets its `security_groups` (from `attributes.security_groups`, an
+//! array of strings; `[]` without), a floating IP's its `address`
+//! (`203.0.113.N`, derived from its backend id). `pull_floating_ip` reports
+//! `{"address", "attached_to"}` in the status as well as the state.
+//!
+//! Composite resources: a volume or floating IP is attached to the instance
+//! of its *parent* resource ([`BackendCall::parent`], whose `backend_id`
+//! names the instance):
+//!
+//! - `attach_volume` / `attach_floating_ip` need a parent (else a permanent
+//!   error), an object that exists (else not found), built (`available` /
+//!   `ACTIVE`), and a parent instance that exists and is not `DELETING` (else
+//!   permanent). The reply's status is `{"attached_to": "<instance id>"}`;
+//!   a volume becomes `in-use`, a floating IP stays `ACTIVE`. Attaching again
+//!   to the same instance changes nothing; to another one is refused.
+//! - `detach_volume` / `detach_floating_ip` need a parent too, and reply
+//!   `{"attached_to": null}` (a volume is `available` again). Detaching what
+//!   is not attached, or not there, succeeds; detaching from another instance
+//!   than the one it is attached to is refused.
+//! - Deletes enforce the order: an attached volume or floating IP cannot be
+//!   deleted ("volume is in use"), nor an instance with anything attached
+//!   ("instance has attached volumes ..."). Both are permanent errors.
+//! - `set_security_groups` sets an instance's groups to
+//!   `params.security_groups`, else `attributes.security_groups`, else `[]`,
+//!   and replies `{"security_groups": [...]}` in the status.
 //!
 //! The cloud lives in one of two stores, with the same rules:
 //!
@@ -25,8 +60,12 @@
 //!   process) never answers, as a hung backend would;
 //! - `{"runtime_error": true}`: the object ends its build in `ERROR` / `error`.
 //!
+//! Failure injection, replays per idempotency key, the tenant quota and the
+//! in-flight counts apply to every kind and method alike: ports and floating
+//! IPs are objects like the others.
+//!
 //! The simulator also counts what it sees (calls, effects per idempotency key,
-//! creations in flight per tenant) so tests can check the executor's
+//! creations in flight per tenant, live objects by kind) so tests can check the executor's
 //! guarantees from the outside. [`Sim::stats`] reads the store's counts (all
 //! processes' in shared mode); the synchronous accessors ([`Sim::calls`],
 //! [`Sim::effects_applied`], ...) report what this process saw, which for the
@@ -36,7 +75,7 @@ mod memory;
 mod model;
 mod shared;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -88,6 +127,9 @@ impl Default for SimConfig {
 pub struct SimStats {
     /// Live objects of every kind and tenant, deleting ones included until gone.
     pub objects: usize,
+    /// [`SimStats::objects`] by kind (`instance`, `volume`, `port`,
+    /// `floating_ip`); kinds with none are absent.
+    pub objects_by_kind: BTreeMap<String, usize>,
     /// Effects applied in all, replays not counted.
     pub total_effects: u64,
     /// How many times effects were applied, by idempotency key (keys with
@@ -116,6 +158,11 @@ impl SimStats {
             .collect();
         keys.sort_unstable();
         keys
+    }
+
+    /// Live objects of `kind` (`instance`, `volume`, `port`, `floating_ip`).
+    pub fn objects_of(&self, kind: &str) -> usize {
+        self.objects_by_kind.get(kind).copied().unwrap_or(0)
     }
 
     /// Creations of `tenant` in flight.
@@ -377,6 +424,14 @@ mod tests {
         }
     }
 
+    /// A call on `resource`, a child of `parent`.
+    pub(super) fn call_under(resource: &ResourceView, parent: &ResourceView) -> BackendCall {
+        BackendCall {
+            parent: Some(parent.clone()),
+            ..call_on(resource, json!({}))
+        }
+    }
+
     /// Calls `method` with a fresh key and merges the reply into `resource`,
     /// as the executor would.
     pub(super) async fn step(
@@ -385,7 +440,27 @@ mod tests {
         resource: &mut ResourceView,
         params: Value,
     ) -> Result<BackendReply, BackendError> {
-        let reply = sim.call(method, call_on(resource, params)).await?;
+        apply(sim, method, resource, call_on(resource, params)).await
+    }
+
+    /// Like [`step`], with `parent` as the resource's parent.
+    pub(super) async fn step_under(
+        sim: &Sim,
+        method: &str,
+        resource: &mut ResourceView,
+        parent: &ResourceView,
+    ) -> Result<BackendReply, BackendError> {
+        apply(sim, method, resource, call_under(resource, parent)).await
+    }
+
+    /// Makes `call` and merges the reply into `resource`.
+    async fn apply(
+        sim: &Sim,
+        method: &str,
+        resource: &mut ResourceView,
+        call: BackendCall,
+    ) -> Result<BackendReply, BackendError> {
+        let reply = sim.call(method, call).await?;
         if let Some(id) = &reply.backend_id {
             resource.backend_id = Some(id.clone());
         }
@@ -408,6 +483,26 @@ mod tests {
         sim.stats().await.unwrap().objects
     }
 
+    /// A child object of `kind` (`volume`, `port`, `floating_ip`) that has
+    /// finished building (instant config).
+    pub(super) async fn ready_child(sim: &Sim, kind: &str, attributes: Value) -> ResourceView {
+        let mut r = resource(attributes);
+        r.kind = kind.to_owned();
+        step(sim, &format!("create_{kind}"), &mut r, json!({}))
+            .await
+            .unwrap();
+        r.runtime_state = Some(pull(sim, &format!("pull_{kind}"), &r).await);
+        r
+    }
+
+    /// The message of a permanent error, or a panic.
+    pub(super) fn permanent(result: Result<BackendReply, BackendError>) -> String {
+        match result {
+            Err(BackendError::Permanent(message)) => message,
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
     /// An instance that has finished building (instant config).
     pub(super) async fn active_instance(sim: &Sim, attributes: Value) -> ResourceView {
         let mut r = resource(attributes);
@@ -425,7 +520,28 @@ mod tests {
             assert_eq!(op.role(), info.role, "{}", info.name);
         }
         let sim = Sim::new(SimConfig::default());
-        assert_eq!(sim.runtime_states().len(), 12);
+        assert_eq!(sim.runtime_states().len(), 14);
+        for state in ["in-use", "DOWN", "ACTIVE", "DELETING", "ERROR"] {
+            assert!(sim.runtime_states().contains(&state), "{state}");
+        }
+        let names: Vec<&str> = sim.methods().iter().map(|m| m.name.as_ref()).collect();
+        for name in [
+            "attach_volume",
+            "detach_volume",
+            "set_security_groups",
+            "create_port",
+            "delete_port",
+            "pull_port",
+            "is_port_deleted",
+            "create_floating_ip",
+            "delete_floating_ip",
+            "attach_floating_ip",
+            "detach_floating_ip",
+            "pull_floating_ip",
+            "is_floating_ip_deleted",
+        ] {
+            assert!(names.contains(&name), "{name}");
+        }
         assert_eq!(sim.config().transition_delay, Duration::from_secs(1));
     }
 
@@ -473,6 +589,21 @@ mod tests {
         }),
         ("deletes_succeed_even_for_unknown_objects", |sim| {
             Box::pin(deletes_succeed_even_for_unknown_objects_on(sim))
+        }),
+        ("attached_volumes_fix_the_delete_order", |sim| {
+            Box::pin(attached_volumes_fix_the_delete_order_on(sim))
+        }),
+        ("floating_ips_attach_to_their_server", |sim| {
+            Box::pin(floating_ips_attach_to_their_server_on(sim))
+        }),
+        ("attach_needs_a_parent_and_a_live_object", |sim| {
+            Box::pin(attach_needs_a_parent_and_a_live_object_on(sim))
+        }),
+        ("a_repeated_attach_replays_the_first_reply", |sim| {
+            Box::pin(a_repeated_attach_replays_the_first_reply_on(sim))
+        }),
+        ("ports_and_security_groups", |sim| {
+            Box::pin(ports_and_security_groups_on(sim))
         }),
     ];
 
@@ -539,6 +670,463 @@ mod tests {
             err,
             BackendError::Permanent("Simulated failure in stop_instance".to_owned())
         );
+    }
+
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
+    pub(super) async fn attached_volumes_fix_the_delete_order_on(sim: &Sim) {
+        let mut server = active_instance(sim, json!({})).await;
+        let server_id = server.backend_id.clone().unwrap();
+        let mut v = ready_child(sim, "volume", json!({})).await;
+        let vid = v.backend_id.clone().unwrap();
+        assert_eq!(v.runtime_state.as_deref(), Some("available"));
+
+        let reply = step_under(sim, "attach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("in-use"));
+        assert_eq!(reply.status.unwrap()["attached_to"], json!(server_id));
+        assert_eq!(pull(sim, "pull_volume", &v).await, "in-use");
+        // Attaching again to the same server changes nothing.
+        let again = step_under(sim, "attach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        assert_eq!(again.runtime_state.as_deref(), Some("in-use"));
+        // An attached volume cannot be deleted, nor the server it is attached to.
+        let message = permanent(step(sim, "delete_volume", &mut v, json!({})).await);
+        assert_eq!(
+            message,
+            format!(
+                "Cannot delete volume {vid}: volume is in use (attached to instance {server_id})"
+            )
+        );
+        let message = permanent(step(sim, "delete_instance", &mut server, json!({})).await);
+        assert_eq!(
+            message,
+            format!("Cannot delete instance {server_id}: instance has attached volumes ({vid})")
+        );
+        assert_eq!(pull(sim, "pull_instance", &server).await, "ACTIVE");
+        // Nor extended while attached, here.
+        let err = step(sim, "extend_volume", &mut v, json!({"size_gb": 5})).await;
+        assert_eq!(
+            permanent(err),
+            "Cannot extend volume in state in-use".to_owned()
+        );
+
+        let reply = step_under(sim, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("available"));
+        assert_eq!(reply.status.unwrap()["attached_to"], Value::Null);
+        // Detaching what is not attached succeeds.
+        let reply = step_under(sim, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("available"));
+        let stats = sim.stats().await.unwrap();
+        assert_eq!(
+            (stats.objects_of("instance"), stats.objects_of("volume")),
+            (1, 1)
+        );
+
+        step(sim, "delete_volume", &mut v, json!({})).await.unwrap();
+        step(sim, "delete_instance", &mut server, json!({}))
+            .await
+            .unwrap();
+        let stats = sim.stats().await.unwrap();
+        assert_eq!(stats.objects, 0);
+        assert!(stats.objects_by_kind.is_empty(), "{stats:?}");
+        // A gone volume is detached already.
+        step_under(sim, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+    }
+
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
+    pub(super) async fn floating_ips_attach_to_their_server_on(sim: &Sim) {
+        let mut server = active_instance(sim, json!({})).await;
+        let server_id = server.backend_id.clone().unwrap();
+        let mut ip = resource(json!({}));
+        ip.kind = "floating_ip".to_owned();
+        let reply = step(sim, "create_floating_ip", &mut ip, json!({}))
+            .await
+            .unwrap();
+        let ip_id = ip.backend_id.clone().unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("DOWN"));
+        let address = reply.status.unwrap()["address"].clone();
+        let text = address.as_str().unwrap();
+        let n: u32 = text.strip_prefix("203.0.113.").unwrap().parse().unwrap();
+        assert!((1..=254).contains(&n), "{text}");
+        let pulled = sim
+            .call("pull_floating_ip", call_on(&ip, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(pulled.runtime_state.as_deref(), Some("ACTIVE"));
+        let status = pulled.status.unwrap();
+        assert_eq!(
+            (&status["address"], &status["attached_to"]),
+            (&address, &Value::Null)
+        );
+
+        let reply = step_under(sim, "attach_floating_ip", &mut ip, &server)
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("ACTIVE"));
+        assert_eq!(reply.status.unwrap()["attached_to"], json!(server_id));
+        let pulled = sim
+            .call("pull_floating_ip", call_on(&ip, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(pulled.status.unwrap()["attached_to"], json!(server_id));
+        // Attached elsewhere already: refused.
+        let other = active_instance(sim, json!({})).await;
+        let other_id = other.backend_id.clone().unwrap();
+        let message = permanent(step_under(sim, "attach_floating_ip", &mut ip, &other).await);
+        assert_eq!(
+            message,
+            format!(
+                "Cannot attach floating IP {ip_id} to instance {other_id}: \
+                 it is attached to instance {server_id}"
+            )
+        );
+        let message = permanent(step_under(sim, "detach_floating_ip", &mut ip, &other).await);
+        assert_eq!(
+            message,
+            format!(
+                "Cannot detach floating IP {ip_id} from instance {other_id}: \
+                 it is attached to instance {server_id}"
+            )
+        );
+        let message = permanent(step(sim, "delete_floating_ip", &mut ip, json!({})).await);
+        assert!(message.contains("floating IP is in use"), "{message}");
+        let mut v = ready_child(sim, "volume", json!({})).await;
+        let vid = v.backend_id.clone().unwrap();
+        step_under(sim, "attach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        let message = permanent(step(sim, "delete_instance", &mut server, json!({})).await);
+        assert_eq!(
+            message,
+            format!(
+                "Cannot delete instance {server_id}: instance has attached volumes ({vid}) \
+                 and floating IPs ({ip_id})"
+            )
+        );
+
+        let reply = step_under(sim, "detach_floating_ip", &mut ip, &server)
+            .await
+            .unwrap();
+        assert_eq!(reply.status.unwrap()["attached_to"], Value::Null);
+        step_under(sim, "detach_floating_ip", &mut ip, &server)
+            .await
+            .unwrap();
+        step_under(sim, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        for (method, r) in [
+            ("delete_floating_ip", &mut ip),
+            ("delete_volume", &mut v),
+            ("delete_instance", &mut server),
+        ] {
+            let reply = step(sim, method, r, json!({})).await.unwrap();
+            assert!(reply.runtime_state.is_some(), "{method}");
+        }
+        let deleted = sim
+            .call("is_floating_ip_deleted", call_on(&ip, json!({})))
+            .await
+            .unwrap();
+        assert_eq!(deleted.done, Some(true));
+        let stats = sim.stats().await.unwrap();
+        assert_eq!((stats.objects, stats.objects_of("instance")), (1, 1));
+    }
+
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
+    pub(super) async fn attach_needs_a_parent_and_a_live_object_on(sim: &Sim) {
+        let server = active_instance(sim, json!({})).await;
+        let mut v = ready_child(sim, "volume", json!({})).await;
+        // No parent: a permanent error saying so, for attach and detach.
+        for method in ["attach_volume", "detach_volume"] {
+            let message = permanent(step(sim, method, &mut v, json!({})).await);
+            assert_eq!(
+                message,
+                format!(
+                    "{method} needs the server to act on, but resource {} has no parent",
+                    v.id
+                )
+            );
+        }
+        // No object: not found.
+        let mut unmade = resource(json!({}));
+        let err = step_under(sim, "attach_volume", &mut unmade, &server).await;
+        assert!(matches!(err, Err(BackendError::NotFound(_))), "{err:?}");
+        let mut ghost = resource(json!({}));
+        ghost.backend_id = Some("sim-gone".to_owned());
+        let err = step_under(sim, "attach_floating_ip", &mut ghost, &server).await;
+        assert_eq!(
+            err,
+            Err(BackendError::NotFound(
+                "floating_ip sim-gone not found".to_owned()
+            ))
+        );
+        // The server must exist and not be deleting.
+        let mut unbuilt = resource(json!({}));
+        let message = permanent(step_under(sim, "attach_volume", &mut v, &unbuilt).await);
+        assert!(message.contains("has no backend id"), "{message}");
+        unbuilt.backend_id = Some("sim-nowhere".to_owned());
+        let message = permanent(step_under(sim, "attach_volume", &mut v, &unbuilt).await);
+        assert_eq!(message, "instance sim-nowhere not found");
+        // A volume is no server.
+        let not_a_server = v.clone();
+        let message = permanent(step_under(sim, "attach_volume", &mut v, &not_a_server).await);
+        assert!(message.ends_with("not found"), "{message}");
+        let mut doomed = active_instance(sim, json!({})).await;
+        let config = sim.config().clone();
+        step(sim, "delete_instance", &mut doomed, json!({}))
+            .await
+            .unwrap();
+        let result = step_under(sim, "attach_volume", &mut v, &doomed).await;
+        if config.transition_delay.is_zero() {
+            // Already gone.
+            assert!(permanent(result).ends_with("not found"));
+        } else {
+            assert!(permanent(result).ends_with("in state DELETING"));
+        }
+        assert_eq!(pull(sim, "pull_volume", &v).await, "available");
+        // Injected failures apply to attaches too.
+        let mut failing = ready_child(
+            sim,
+            "volume",
+            json!({"sim": {"fail_on": "attach_volume", "message": "attachment refused"}}),
+        )
+        .await;
+        let message = permanent(step_under(sim, "attach_volume", &mut failing, &server).await);
+        assert_eq!(message, "attachment refused");
+        assert_eq!(pull(sim, "pull_volume", &failing).await, "available");
+    }
+
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
+    pub(super) async fn a_repeated_attach_replays_the_first_reply_on(sim: &Sim) {
+        let server = active_instance(sim, json!({})).await;
+        let mut v = ready_child(sim, "volume", json!({})).await;
+        let attach = call_under(&v, &server);
+        let first = sim.call("attach_volume", attach.clone()).await.unwrap();
+        let again = sim.call("attach_volume", attach.clone()).await.unwrap();
+        assert_eq!(first, again);
+        step_under(sim, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        // A late repeat of the attach replays its reply and does not attach again.
+        let late = sim.call("attach_volume", attach.clone()).await.unwrap();
+        assert_eq!(late, first);
+        assert_eq!(pull(sim, "pull_volume", &v).await, "available");
+        let stats = sim.stats().await.unwrap();
+        assert_eq!(stats.effects_applied(attach.idempotency_key), 1);
+        assert!(stats.repeated_effects().is_empty());
+        // The same key on detach is a caller bug, not a replay.
+        let err = sim.call("detach_volume", attach).await.unwrap_err();
+        assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
+    }
+
+    /// A rule of the sim, on any store (see [`SCENARIOS`]).
+    pub(super) async fn ports_and_security_groups_on(sim: &Sim) {
+        let mut failing = resource(json!({
+            "sim": {"fail_on": "create_port", "message": "No more ports on the network"}
+        }));
+        let message = permanent(step(sim, "create_port", &mut failing, json!({})).await);
+        assert_eq!(message, "No more ports on the network");
+        assert_eq!(objects(sim).await, 0);
+        let message = permanent(
+            step(
+                sim,
+                "create_port",
+                &mut resource(json!({"security_groups": "web"})),
+                json!({}),
+            )
+            .await,
+        );
+        assert!(
+            message.contains("security_groups must be an array of strings"),
+            "{message}"
+        );
+
+        let mut port = resource(json!({"security_groups": ["web", "ssh"]}));
+        let reply = step(sim, "create_port", &mut port, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("DOWN"));
+        assert_eq!(
+            reply.status.unwrap()["security_groups"],
+            json!(["web", "ssh"])
+        );
+        assert_eq!(pull(sim, "pull_port", &port).await, "ACTIVE");
+        let mut broken = resource(json!({"sim": {"runtime_error": true}}));
+        step(sim, "create_port", &mut broken, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(pull(sim, "pull_port", &broken).await, "ERROR");
+        assert_eq!(sim.stats().await.unwrap().objects_of("port"), 2);
+        for p in [&mut port, &mut broken] {
+            let reply = step(sim, "delete_port", p, json!({})).await.unwrap();
+            assert_eq!(reply.runtime_state.as_deref(), Some("DELETING"));
+            let deleted = sim
+                .call("is_port_deleted", call_on(p, json!({})))
+                .await
+                .unwrap();
+            assert_eq!(deleted.done, Some(true));
+        }
+
+        let mut server = active_instance(sim, json!({"security_groups": ["default"]})).await;
+        let reply = step(sim, "set_security_groups", &mut server, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply.status.unwrap()["security_groups"], json!(["default"]));
+        let reply = step(
+            sim,
+            "set_security_groups",
+            &mut server,
+            json!({"security_groups": ["web"]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.runtime_state, None);
+        assert_eq!(reply.status.unwrap()["security_groups"], json!(["web"]));
+        let message = permanent(
+            step(
+                sim,
+                "set_security_groups",
+                &mut server,
+                json!({"security_groups": [1]}),
+            )
+            .await,
+        );
+        assert!(message.starts_with("set_security_groups: "), "{message}");
+        let mut bare = active_instance(sim, json!({})).await;
+        let reply = step(sim, "set_security_groups", &mut bare, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(reply.status.unwrap()["security_groups"], json!([]));
+        // Not on a port.
+        let message = permanent(step(sim, "set_security_groups", &mut port, json!({})).await);
+        assert!(message.ends_with("not found"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn attaches_wait_for_the_builds_and_refuse_a_deleting_server() {
+        let config = SimConfig {
+            transition_delay: Duration::from_secs(60),
+            ..SimConfig::default()
+        };
+        let sim = Sim::new(config);
+        let mut server = resource(json!({}));
+        step(&sim, "create_instance", &mut server, json!({}))
+            .await
+            .unwrap();
+        let mut v = resource(json!({}));
+        step(&sim, "create_volume", &mut v, json!({}))
+            .await
+            .unwrap();
+        let mut ip = resource(json!({}));
+        step(&sim, "create_floating_ip", &mut ip, json!({}))
+            .await
+            .unwrap();
+        let vid = v.backend_id.clone().unwrap();
+        let message = permanent(step_under(&sim, "attach_volume", &mut v, &server).await);
+        assert_eq!(
+            message,
+            format!("Cannot attach volume {vid} in state creating")
+        );
+        let message = permanent(step_under(&sim, "attach_floating_ip", &mut ip, &server).await);
+        assert!(message.ends_with("in state DOWN"), "{message}");
+        sim.settle_at(Instant::now() + Duration::from_secs(61));
+        assert_eq!(pull(&sim, "pull_floating_ip", &ip).await, "ACTIVE");
+        step_under(&sim, "attach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        step_under(&sim, "attach_floating_ip", &mut ip, &server)
+            .await
+            .unwrap();
+        step_under(&sim, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        step_under(&sim, "detach_floating_ip", &mut ip, &server)
+            .await
+            .unwrap();
+        step(&sim, "delete_instance", &mut server, json!({}))
+            .await
+            .unwrap();
+        let message = permanent(step_under(&sim, "attach_volume", &mut v, &server).await);
+        let server_id = server.backend_id.clone().unwrap();
+        assert_eq!(
+            message,
+            format!("Cannot attach volume to instance {server_id} in state DELETING")
+        );
+        let stats = sim.stats().await.unwrap();
+        let kinds: Vec<(&str, usize)> = stats
+            .objects_by_kind
+            .iter()
+            .map(|(kind, n)| (kind.as_str(), *n))
+            .collect();
+        assert_eq!(kinds, [("floating_ip", 1), ("instance", 1), ("volume", 1)]);
+        assert_eq!(stats.objects, 3);
+    }
+
+    #[tokio::test]
+    async fn ports_and_floating_ips_count_against_the_quota_and_in_flight() {
+        let config = SimConfig {
+            tenant_capacity: 2,
+            ..SimConfig::instant()
+        };
+        let sim = Sim::new(config);
+        let mut port = resource(json!({"tenant": "acme"}));
+        step(&sim, "create_port", &mut port, json!({}))
+            .await
+            .unwrap();
+        let mut ip = resource(json!({"tenant": "acme"}));
+        step(&sim, "create_floating_ip", &mut ip, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(sim.in_flight("acme"), 2);
+        let message = permanent(
+            step(
+                &sim,
+                "create_instance",
+                &mut resource(json!({"tenant": "acme"})),
+                json!({}),
+            )
+            .await,
+        );
+        assert_eq!(message, "Quota exceeded: tenant acme already has 2 objects");
+        assert_eq!(pull(&sim, "pull_port", &port).await, "ACTIVE");
+        assert_eq!(pull(&sim, "pull_floating_ip", &ip).await, "ACTIVE");
+        assert_eq!(sim.in_flight("acme"), 0);
+        assert_eq!(sim.max_in_flight("acme"), 2);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_and_hangs_apply_to_attaches() {
+        let sim = Sim::new(SimConfig::instant());
+        let server = active_instance(&sim, json!({})).await;
+        // Failures set once built, so that the create is not the one failing.
+        let mut v = ready_child(&sim, "volume", json!({})).await;
+        v.attributes = json!({"sim": {"transient_failures": 1}});
+        let attach = call_under(&v, &server);
+        let err = sim.call("attach_volume", attach.clone()).await.unwrap_err();
+        let expected = "Simulated transient failure (1 of 1)".to_owned();
+        assert_eq!(err, BackendError::Transient(expected));
+        assert_eq!(sim.effects_applied(attach.idempotency_key), 0);
+        let reply = sim.call("attach_volume", attach.clone()).await.unwrap();
+        assert_eq!(reply.runtime_state.as_deref(), Some("in-use"));
+        assert_eq!(sim.effects_applied(attach.idempotency_key), 1);
+
+        let mut ip = ready_child(&sim, "floating_ip", json!({})).await;
+        ip.attributes = json!({"sim": {"hang_calls": 1}});
+        let attach = call_under(&ip, &server);
+        let hung = tokio::time::timeout(
+            Duration::from_millis(50),
+            sim.call("attach_floating_ip", attach.clone()),
+        )
+        .await;
+        assert!(hung.is_err(), "the first effectful call hangs");
+        sim.call("attach_floating_ip", attach).await.unwrap();
     }
 
     #[tokio::test]

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::SimConfig;
-use crate::backend::{BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
+use crate::backend::{
+    BackendCall, BackendError, BackendReply, MethodInfo, MethodRole, ResourceView,
+};
 
 /// The methods the simulator offers; roles follow [`Op::role`].
 pub(super) static METHODS: &[MethodInfo] = &[
@@ -30,6 +32,19 @@ pub(super) static METHODS: &[MethodInfo] = &[
     method("delete_volume", MethodRole::Effect),
     method("pull_volume", MethodRole::Pull),
     method("is_volume_deleted", MethodRole::Check),
+    method("attach_volume", MethodRole::Effect),
+    method("detach_volume", MethodRole::Effect),
+    method("set_security_groups", MethodRole::Effect),
+    method("create_port", MethodRole::Effect),
+    method("delete_port", MethodRole::Effect),
+    method("pull_port", MethodRole::Pull),
+    method("is_port_deleted", MethodRole::Check),
+    method("create_floating_ip", MethodRole::Effect),
+    method("delete_floating_ip", MethodRole::Effect),
+    method("attach_floating_ip", MethodRole::Effect),
+    method("detach_floating_ip", MethodRole::Effect),
+    method("pull_floating_ip", MethodRole::Pull),
+    method("is_floating_ip_deleted", MethodRole::Check),
 ];
 
 const fn method(name: &'static str, role: MethodRole) -> MethodInfo {
@@ -53,7 +68,12 @@ pub(super) static RUNTIME_STATES: &[&str] = &[
     "extending",
     "deleting",
     "error",
+    "in-use",
+    "DOWN",
 ];
+
+/// A volume attached to an instance (Cinder's name).
+const IN_USE: &str = "in-use";
 
 /// `name` as one of [`RUNTIME_STATES`], if it is one.
 pub(super) fn runtime_state(name: &str) -> Option<&'static str> {
@@ -61,11 +81,13 @@ pub(super) fn runtime_state(name: &str) -> Option<&'static str> {
 }
 
 /// The kinds of object the simulator holds, with their state names
-/// (instances use Nova's, volumes Cinder's).
+/// (instances use Nova's, volumes Cinder's, ports and floating IPs Neutron's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Instance,
     Volume,
+    Port,
+    FloatingIp,
 }
 
 impl Kind {
@@ -74,6 +96,16 @@ impl Kind {
         match self {
             Kind::Instance => "instance",
             Kind::Volume => "volume",
+            Kind::Port => "port",
+            Kind::FloatingIp => "floating_ip",
+        }
+    }
+
+    /// The name in prose ("floating IP", not "floating_ip").
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Kind::FloatingIp => "floating IP",
+            other => other.noun(),
         }
     }
 
@@ -82,6 +114,8 @@ impl Kind {
         match noun {
             "instance" => Some(Kind::Instance),
             "volume" => Some(Kind::Volume),
+            "port" => Some(Kind::Port),
+            "floating_ip" => Some(Kind::FloatingIp),
             _ => None,
         }
     }
@@ -90,26 +124,27 @@ impl Kind {
         match self {
             Kind::Instance => "BUILD",
             Kind::Volume => "creating",
+            Kind::Port | Kind::FloatingIp => "DOWN",
         }
     }
 
     fn ready(self) -> &'static str {
         match self {
-            Kind::Instance => "ACTIVE",
+            Kind::Instance | Kind::Port | Kind::FloatingIp => "ACTIVE",
             Kind::Volume => "available",
         }
     }
 
     fn erred(self) -> &'static str {
         match self {
-            Kind::Instance => "ERROR",
+            Kind::Instance | Kind::Port | Kind::FloatingIp => "ERROR",
             Kind::Volume => "error",
         }
     }
 
     fn deleting(self) -> &'static str {
         match self {
-            Kind::Instance => "DELETING",
+            Kind::Instance | Kind::Port | Kind::FloatingIp => "DELETING",
             Kind::Volume => "deleting",
         }
     }
@@ -126,6 +161,11 @@ pub(super) enum Op {
     Restart,
     Resize,
     Extend,
+    /// Attaches the object to its parent instance (volumes, floating IPs).
+    Attach,
+    /// Detaches the object from its parent instance.
+    Detach,
+    SetSecurityGroups,
     Pull,
     IsDeleted,
 }
@@ -148,6 +188,19 @@ impl Op {
             "extend_volume" => (Kind::Volume, Op::Extend),
             "pull_volume" => (Kind::Volume, Op::Pull),
             "is_volume_deleted" => (Kind::Volume, Op::IsDeleted),
+            "attach_volume" => (Kind::Volume, Op::Attach),
+            "detach_volume" => (Kind::Volume, Op::Detach),
+            "set_security_groups" => (Kind::Instance, Op::SetSecurityGroups),
+            "create_port" => (Kind::Port, Op::Create),
+            "delete_port" => (Kind::Port, Op::Delete),
+            "pull_port" => (Kind::Port, Op::Pull),
+            "is_port_deleted" => (Kind::Port, Op::IsDeleted),
+            "create_floating_ip" => (Kind::FloatingIp, Op::Create),
+            "delete_floating_ip" => (Kind::FloatingIp, Op::Delete),
+            "attach_floating_ip" => (Kind::FloatingIp, Op::Attach),
+            "detach_floating_ip" => (Kind::FloatingIp, Op::Detach),
+            "pull_floating_ip" => (Kind::FloatingIp, Op::Pull),
+            "is_floating_ip_deleted" => (Kind::FloatingIp, Op::IsDeleted),
             _ => return None,
         };
         Some(found)
@@ -184,6 +237,9 @@ impl Op {
             Op::Restart => "restart",
             Op::Resize => "resize",
             Op::Extend => "extend",
+            Op::Attach => "attach",
+            Op::Detach => "detach",
+            Op::SetSecurityGroups => "set the security groups of",
             Op::Pull => "pull",
             Op::IsDeleted => "check",
         }
@@ -208,6 +264,8 @@ pub(super) struct Object<T> {
     pub(super) pending: Option<(Next, T)>,
     /// Counted in its tenant's in-flight creations until a pull sees it built (or it is deleted).
     pub(super) building: bool,
+    /// The backend id of the instance it is attached to (volumes and floating IPs).
+    pub(super) attached_to: Option<String>,
 }
 
 impl<T: Copy + PartialOrd> Object<T> {
@@ -280,6 +338,11 @@ pub(super) struct Plan<'a> {
     /// For creates, the tenant the new object counts under: the store loads
     /// the tenant's counts.
     pub(super) create_tenant: Option<String>,
+    /// For attaches, the parent instance's backend id: the store loads (and
+    /// locks, after the object) that instance.
+    pub(super) parent_id: Option<&'a str>,
+    /// For instance deletes: the store loads what is attached to the object.
+    pub(super) attachments: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -293,6 +356,10 @@ impl<'a> Plan<'a> {
         let options = Options::of(&call.resource.attributes);
         let effect = op.role() == MethodRole::Effect;
         let create = op == Op::Create;
+        let parent_id = match (op, &call.parent) {
+            (Op::Attach, Some(parent)) => parent.backend_id.as_deref(),
+            _ => None,
+        };
         Ok(Self {
             method,
             kind,
@@ -305,6 +372,8 @@ impl<'a> Plan<'a> {
                 call.resource.backend_id.as_deref()
             },
             create_tenant: create.then(|| tenant_of(&call.resource.attributes)),
+            parent_id,
+            attachments: kind == Kind::Instance && op == Op::Delete,
             options,
         })
     }
@@ -334,6 +403,11 @@ pub(super) struct Loaded<T> {
     pub(super) object: Option<Object<T>>,
     /// [`Plan::create_tenant`]'s counts, settled at `now`.
     pub(super) tenant: TenantLoad,
+    /// [`Plan::parent_id`]'s object as stored (not yet settled), if any.
+    pub(super) parent: Option<Object<T>>,
+    /// With [`Plan::attachments`]: the live objects attached to the plan's
+    /// object, by backend id.
+    pub(super) attached: Vec<(String, Kind)>,
 }
 
 /// What to do to the stored object.
@@ -386,19 +460,21 @@ pub(super) fn decide<T: Copy + PartialOrd>(
         transient_given,
         object: stored,
         tenant,
+        parent,
+        attached,
     } = loaded;
-    let mut object = stored.clone();
-    if let Some(o) = object.as_mut()
-        && !o.settle(now)
-    {
-        object = None;
-    }
+    // Objects as they are at `now`; `None` once gone.
+    let settle = |object: Option<Object<T>>| object.and_then(|mut o| o.settle(now).then_some(o));
+    let object = settle(stored.clone());
+    let parent = settle(parent);
     let mut step = Step {
         config,
         plan,
         call,
         at,
         object,
+        parent,
+        attached,
         created: None,
         transient_given: None,
         fresh: false,
@@ -451,6 +527,10 @@ struct Step<'a, T> {
     at: T,
     /// The plan's object, settled; `None` if there is none (or it is gone).
     object: Option<Object<T>>,
+    /// The plan's parent instance, settled; `None` if there is none (or it is gone).
+    parent: Option<Object<T>>,
+    /// What is attached to the plan's object (loaded for instance deletes).
+    attached: Vec<(String, Kind)>,
     /// A created object: its id, itself, and its tenant's creations in flight.
     created: Option<(String, Object<T>, usize)>,
     transient_given: Option<u32>,
@@ -498,7 +578,7 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
         self.fresh = true;
         match plan.op {
             Op::Create => self.create(tenant),
-            Op::Delete => Ok(self.delete()),
+            Op::Delete => self.delete(),
             Op::Update => self.update(),
             Op::Stop | Op::Start | Op::Restart => self.act(),
             Op::Resize => {
@@ -515,6 +595,9 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
                 self.set_attribute("size_gb", &size, &mut reply);
                 Ok(reply)
             }
+            Op::Attach => self.attach(),
+            Op::Detach => self.detach(),
+            Op::SetSecurityGroups => self.set_security_groups(),
             Op::Pull => self.pull(),
             Op::IsDeleted => Ok(BackendReply {
                 done: Some(self.found().is_none()),
@@ -552,7 +635,18 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
                 tenant.owned
             )));
         }
+        let mut status = Map::new();
+        if kind == Kind::Port {
+            let groups = security_groups(self.plan.method, &self.call.resource.attributes)?;
+            status.insert(
+                "security_groups".to_owned(),
+                groups.unwrap_or_else(no_groups),
+            );
+        }
         let backend_id = format!("sim-{}", Uuid::new_v4().simple());
+        if kind == Kind::FloatingIp {
+            status.insert("address".to_owned(), floating_address(&backend_id).into());
+        }
         let end = if self.plan.options.runtime_error {
             kind.erred()
         } else {
@@ -565,31 +659,187 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
             state: kind.building(),
             pending: Some((Next::To(end), self.at)),
             building: true,
+            attached_to: None,
         };
         self.created = Some((backend_id.clone(), object, tenant.in_flight + 1));
         Ok(BackendReply {
             backend_id: Some(backend_id),
             runtime_state: Some(kind.building().to_owned()),
+            status: (!status.is_empty()).then_some(status),
             ..BackendReply::default()
         })
     }
 
-    /// Deleting what is not there succeeds: the caller wants it gone, and it is.
-    fn delete(&mut self) -> BackendReply {
+    /// Deleting what is not there succeeds: the caller wants it gone, and it
+    /// is. Deleting what is attached, or an instance something is attached
+    /// to, is refused: the caller must detach first.
+    fn delete(&mut self) -> Result<BackendReply, BackendError> {
         let (kind, at) = (self.plan.kind, self.at);
+        let id = self.plan.object_id.unwrap_or_default();
+        let attached = std::mem::take(&mut self.attached);
         let Some(object) = self.found() else {
-            return BackendReply::default();
+            return Ok(BackendReply::default());
         };
+        if let Some(server) = &object.attached_to {
+            let label = kind.label();
+            return Err(BackendError::Permanent(format!(
+                "Cannot delete {label} {id}: {label} is in use (attached to instance {server})"
+            )));
+        }
+        if !attached.is_empty() {
+            let list = |of: Kind| -> Option<String> {
+                let ids: Vec<&str> = attached
+                    .iter()
+                    .filter(|(_, k)| *k == of)
+                    .map(|(id, _)| id.as_str())
+                    .collect();
+                (!ids.is_empty()).then(|| format!("{}s ({})", of.label(), ids.join(", ")))
+            };
+            let what: Vec<String> = [Kind::Volume, Kind::FloatingIp]
+                .into_iter()
+                .filter_map(list)
+                .collect();
+            return Err(BackendError::Permanent(format!(
+                "Cannot delete instance {id}: instance has attached {}",
+                what.join(" and ")
+            )));
+        }
         object.building = false;
         // A second delete leaves the first one's timer alone.
         if object.state != kind.deleting() {
             object.state = kind.deleting();
             object.pending = Some((Next::Gone, at));
         }
-        BackendReply {
+        Ok(BackendReply {
             runtime_state: Some(kind.deleting().to_owned()),
             ..BackendReply::default()
+        })
+    }
+
+    /// The parent the call names, or why there is none.
+    fn parent_view(&self) -> Result<&ResourceView, BackendError> {
+        let (method, resource) = (self.plan.method, &self.call.resource);
+        self.call.parent.as_ref().ok_or_else(|| {
+            BackendError::Permanent(format!(
+                "{method} needs the server to act on, but resource {} has no parent",
+                resource.id
+            ))
+        })
+    }
+
+    /// Attaches the object to its parent instance: a volume becomes
+    /// `in-use`; a floating IP stays `ACTIVE`. Attaching again to the same
+    /// instance changes nothing.
+    fn attach(&mut self) -> Result<BackendReply, BackendError> {
+        let kind = self.plan.kind;
+        let label = kind.label();
+        let parent = self.parent_view()?;
+        // What is wrong with the parent instance, once the object is known to exist.
+        let server = match (&parent.backend_id, &self.parent) {
+            (None, _) => Err(format!(
+                "Cannot attach {label}: its server (resource {}) has no backend id",
+                parent.id
+            )),
+            (Some(server), Some(instance)) if instance.kind == Kind::Instance => {
+                if instance.state == Kind::Instance.deleting() {
+                    Err(format!(
+                        "Cannot attach {label} to instance {server} in state {}",
+                        instance.state
+                    ))
+                } else {
+                    Ok(server.clone())
+                }
+            }
+            (Some(server), _) => Err(format!("instance {server} not found")),
+        };
+        let id = self.plan.object_id.unwrap_or_default();
+        let object = self.require().map_err(BackendError::NotFound)?;
+        let server = server.map_err(BackendError::Permanent)?;
+        match &object.attached_to {
+            Some(other) if *other != server => {
+                return Err(BackendError::Permanent(format!(
+                    "Cannot attach {label} {id} to instance {server}: \
+                     it is attached to instance {other}"
+                )));
+            }
+            Some(_) => {}
+            None if object.state != kind.ready() => {
+                return Err(BackendError::Permanent(format!(
+                    "Cannot attach {label} {id} in state {}",
+                    object.state
+                )));
+            }
+            None => {
+                object.attached_to = Some(server.clone());
+                if kind == Kind::Volume {
+                    object.state = IN_USE;
+                }
+            }
         }
+        let mut status = Map::new();
+        status.insert("attached_to".to_owned(), Value::from(server));
+        Ok(BackendReply {
+            runtime_state: Some(object.state.to_owned()),
+            status: Some(status),
+            ..BackendReply::default()
+        })
+    }
+
+    /// Detaches the object from its parent instance; what is not attached
+    /// (or not there) is detached already. Detaching from another instance
+    /// than the one it is attached to is refused.
+    fn detach(&mut self) -> Result<BackendReply, BackendError> {
+        let kind = self.plan.kind;
+        let label = kind.label();
+        let server = self.parent_view()?.backend_id.clone();
+        let id = self.plan.object_id.unwrap_or_default();
+        let mut status = Map::new();
+        status.insert("attached_to".to_owned(), Value::Null);
+        let Some(object) = self.found() else {
+            return Ok(BackendReply {
+                status: Some(status),
+                ..BackendReply::default()
+            });
+        };
+        if let Some(other) = &object.attached_to {
+            if server.as_ref() != Some(other) {
+                let from = server.as_deref().unwrap_or("(no backend id)");
+                return Err(BackendError::Permanent(format!(
+                    "Cannot detach {label} {id} from instance {from}: \
+                     it is attached to instance {other}"
+                )));
+            }
+            object.attached_to = None;
+            if kind == Kind::Volume {
+                object.state = kind.ready();
+            }
+        }
+        Ok(BackendReply {
+            runtime_state: Some(object.state.to_owned()),
+            status: Some(status),
+            ..BackendReply::default()
+        })
+    }
+
+    /// Sets an instance's security groups to `params.security_groups`, or
+    /// else `attributes.security_groups`, or else none.
+    fn set_security_groups(&mut self) -> Result<BackendReply, BackendError> {
+        let (call, method) = (self.call, self.plan.method);
+        let groups = match security_groups(method, &call.params)? {
+            Some(groups) => groups,
+            None => security_groups(method, &call.resource.attributes)?.unwrap_or_else(no_groups),
+        };
+        let (noun, verb) = (self.plan.kind.noun(), self.plan.op.verb());
+        let deleting = self.plan.kind.deleting();
+        let object = self.require().map_err(BackendError::Permanent)?;
+        if object.state == deleting {
+            return Err(BackendError::Permanent(format!(
+                "Cannot {verb} {noun} in state {deleting}"
+            )));
+        }
+        let mut reply = BackendReply::default();
+        self.set_attribute("security_groups", &groups, &mut reply);
+        Ok(reply)
     }
 
     /// Changes only the stored attributes: an update has no runtime effect.
@@ -652,14 +902,25 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
             .insert(name.to_owned(), value.clone());
     }
 
+    /// The object's runtime state; for a floating IP, its address and
+    /// attachment too.
     fn pull(&mut self) -> Result<BackendReply, BackendError> {
-        let building = self.plan.kind.building();
+        let kind = self.plan.kind;
+        let id = self.plan.object_id.unwrap_or_default();
         let object = self.require().map_err(BackendError::NotFound)?;
-        if object.state != building {
+        if object.state != kind.building() {
             object.building = false;
         }
+        let status = (kind == Kind::FloatingIp).then(|| {
+            let mut status = Map::new();
+            status.insert("address".to_owned(), floating_address(id).into());
+            let attached = object.attached_to.clone().map_or(Value::Null, Value::from);
+            status.insert("attached_to".to_owned(), attached);
+            status
+        });
         Ok(BackendReply {
             runtime_state: Some(object.state.to_owned()),
+            status,
             ..BackendReply::default()
         })
     }
@@ -679,6 +940,34 @@ fn param(
             call.params
         ))),
     }
+}
+
+/// `holder.security_groups` (params or attributes), if set: an array of
+/// strings, else a permanent error.
+fn security_groups(method: &str, holder: &Value) -> Result<Option<Value>, BackendError> {
+    match holder.get("security_groups") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(groups)) if groups.iter().all(Value::is_string) => {
+            Ok(Some(Value::Array(groups.clone())))
+        }
+        Some(other) => Err(BackendError::Permanent(format!(
+            "{method}: security_groups must be an array of strings, got {other}"
+        ))),
+    }
+}
+
+/// No security groups.
+fn no_groups() -> Value {
+    Value::Array(Vec::new())
+}
+
+/// A floating IP's address, derived from its backend id: one of
+/// 203.0.113.1 to 203.0.113.254 (TEST-NET-3), so two may share one.
+pub(super) fn floating_address(backend_id: &str) -> String {
+    let hash = backend_id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    format!("203.0.113.{}", hash % 254 + 1)
 }
 
 /// The tenant an object is counted under; objects without one share the tenant "".

@@ -3,12 +3,13 @@
 //!
 //! Each call is one transaction: it takes transaction-scoped advisory locks
 //! on what it touches, always in the same order (the idempotency key, the
-//! resource's failure counter, the tenant of a create, the object), loads,
+//! resource's failure counter, the tenant of a create, the object, the
+//! instance an attach names as parent), loads,
 //! decides with the same rules as the in-memory store, writes back and
 //! commits. Time is the database's (`clock_timestamp()`, read once the locks
 //! are held), so transitions end at the same moment for every process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -79,6 +80,12 @@ pub(super) async fn call(
     if let Some(id) = plan.object_id {
         lock(&mut tx, &format!("sim:object:{id}")).await?;
     }
+    // Locked after the object: no call locks an instance and then something
+    // attached to it. Held, an instance delete cannot slip between an
+    // attach's check and its write.
+    if let Some(id) = plan.parent_id {
+        lock(&mut tx, &format!("sim:object:{id}")).await?;
+    }
     let now: Time = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(&mut *tx)
         .await
@@ -114,6 +121,14 @@ pub(super) async fn call(
         Some(tenant) => load_tenant(&mut tx, tenant, now).await?,
         None => TenantLoad::default(),
     };
+    let parent = match plan.parent_id {
+        Some(id) => load_object(&mut tx, id).await?,
+        None => None,
+    };
+    let attached = match plan.object_id {
+        Some(id) if plan.attachments => load_attached(&mut tx, id, now).await?,
+        _ => Vec::new(),
+    };
 
     let loaded = Loaded {
         now,
@@ -122,6 +137,8 @@ pub(super) async fn call(
         transient_given,
         object,
         tenant,
+        parent,
+        attached,
     };
     let outcome = decide(config, plan, call, loaded);
     write(&mut tx, call, &outcome)
@@ -131,7 +148,8 @@ pub(super) async fn call(
     Ok(outcome)
 }
 
-/// A `sim_objects` row: kind, tenant, runtime_state, next_state, next_at, attributes, in_flight.
+/// A `sim_objects` row: kind, tenant, runtime_state, next_state, next_at,
+/// attributes, in_flight, attached_to.
 type ObjectRow = (
     String,
     String,
@@ -140,6 +158,7 @@ type ObjectRow = (
     Option<Time>,
     Value,
     bool,
+    Option<String>,
 );
 
 async fn load_object(
@@ -147,14 +166,15 @@ async fn load_object(
     backend_id: &str,
 ) -> Result<Option<Object<Time>>, BackendError> {
     let row: Option<ObjectRow> = sqlx::query_as(
-        "SELECT kind, tenant, runtime_state, next_state, next_at, attributes, in_flight \
-         FROM sim_objects WHERE backend_id = $1",
+        "SELECT kind, tenant, runtime_state, next_state, next_at, attributes, in_flight, \
+         attached_to FROM sim_objects WHERE backend_id = $1",
     )
     .bind(backend_id)
     .fetch_optional(conn)
     .await
     .map_err(|e| store_error(&e))?;
-    let Some((kind, tenant, state, next_state, next_at, attributes, in_flight)) = row else {
+    let Some((kind, tenant, state, next_state, next_at, attributes, in_flight, attached_to)) = row
+    else {
         return Ok(None);
     };
     let kind = Kind::from_noun(&kind)
@@ -178,7 +198,31 @@ async fn load_object(
         state,
         pending,
         building: in_flight,
+        attached_to,
     }))
+}
+
+/// The objects attached to `instance` at `now`, by backend id (sorted).
+async fn load_attached(
+    conn: &mut PgConnection,
+    instance: &str,
+    now: Time,
+) -> Result<Vec<(String, Kind)>, BackendError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT backend_id, kind FROM sim_objects WHERE attached_to = $1 \
+         AND NOT (next_state IS NOT DISTINCT FROM 'gone' AND next_at <= $2) ORDER BY backend_id",
+    )
+    .bind(instance)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+    .map_err(|e| store_error(&e))?;
+    rows.into_iter()
+        .map(|(id, kind)| match Kind::from_noun(&kind) {
+            Some(kind) => Ok((id, kind)),
+            None => Err(corrupt(&format!("object {id}: kind {kind}"))),
+        })
+        .collect()
 }
 
 /// The tenant's live objects and in-flight creations at `now` (objects
@@ -228,12 +272,14 @@ async fn write(
             };
             sqlx::query(
                 "INSERT INTO sim_objects \
-                 (backend_id, kind, tenant, runtime_state, next_state, next_at, attributes, in_flight) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 (backend_id, kind, tenant, runtime_state, next_state, next_at, attributes, \
+                 in_flight, attached_to) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (backend_id) DO UPDATE SET \
                  runtime_state = EXCLUDED.runtime_state, next_state = EXCLUDED.next_state, \
                  next_at = EXCLUDED.next_at, attributes = EXCLUDED.attributes, \
-                 in_flight = EXCLUDED.in_flight, updated_at = now()",
+                 in_flight = EXCLUDED.in_flight, attached_to = EXCLUDED.attached_to, \
+                 updated_at = now()",
             )
             .bind(id)
             .bind(object.kind.noun())
@@ -243,6 +289,7 @@ async fn write(
             .bind(next_at)
             .bind(&object.attributes)
             .bind(object.building)
+            .bind(object.attached_to.as_deref())
             .execute(&mut *conn)
             .await?;
         }
@@ -285,13 +332,18 @@ async fn write(
 /// Everything the tables count, now.
 pub(super) async fn stats(pool: &PgPool) -> Result<SimStats, BackendError> {
     let mut conn = pool.acquire().await.map_err(|e| store_error(&e))?;
-    let objects: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sim_objects \
-         WHERE NOT (next_state IS NOT DISTINCT FROM 'gone' AND next_at <= clock_timestamp())",
+    let by_kind: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kind, count(*) FROM sim_objects \
+         WHERE NOT (next_state IS NOT DISTINCT FROM 'gone' AND next_at <= clock_timestamp()) \
+         GROUP BY kind",
     )
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| store_error(&e))?;
+    let objects_by_kind: BTreeMap<String, usize> = by_kind
+        .into_iter()
+        .map(|(kind, n)| (kind, usize::try_from(n).unwrap_or(0)))
+        .collect();
     let effects: Vec<(Uuid, i32)> =
         sqlx::query_as("SELECT idempotency_key, applied FROM sim_effects")
             .fetch_all(&mut *conn)
@@ -312,7 +364,8 @@ pub(super) async fn stats(pool: &PgPool) -> Result<SimStats, BackendError> {
         .map(|(key, n)| (key, u32::try_from(n).unwrap_or(0)))
         .collect();
     Ok(SimStats {
-        objects: usize::try_from(objects).unwrap_or(0),
+        objects: objects_by_kind.values().sum(),
+        objects_by_kind,
         total_effects: effects.values().map(|n| u64::from(*n)).sum(),
         effects,
         in_flight: in_flight
@@ -607,6 +660,86 @@ mod tests {
         assert_eq!(stats.in_flight("busy"), 5);
         assert_eq!(stats.max_in_flight("busy"), 5);
         assert_eq!(a.max_in_flight("busy").max(b.max_in_flight("busy")), 5);
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn an_attachment_made_by_one_process_binds_the_other(pool: PgPool) {
+        let (a, b) = pair(&pool, &SimConfig::instant());
+        let mut server = scenarios::active_instance(&a, json!({})).await;
+        let mut v = scenarios::ready_child(&b, "volume", json!({})).await;
+        let vid = v.backend_id.clone().unwrap();
+        scenarios::step_under(&a, "attach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        let row: (String, Option<String>) = sqlx::query_as(
+            "SELECT runtime_state, attached_to FROM sim_objects WHERE backend_id = $1",
+        )
+        .bind(&vid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (row.0.as_str(), row.1),
+            ("in-use", server.backend_id.clone())
+        );
+        let message =
+            scenarios::permanent(step(&b, "delete_instance", &mut server, json!({})).await);
+        assert!(
+            message.contains("instance has attached volumes"),
+            "{message}"
+        );
+        scenarios::step_under(&b, "detach_volume", &mut v, &server)
+            .await
+            .unwrap();
+        step(&a, "delete_volume", &mut v, json!({})).await.unwrap();
+        step(&a, "delete_instance", &mut server, json!({}))
+            .await
+            .unwrap();
+        let stats = b.stats().await.unwrap();
+        assert_eq!(stats.objects, 0);
+        assert!(stats.objects_by_kind.is_empty());
+    }
+
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn concurrent_attaches_and_a_server_delete_never_strand_a_volume(pool: PgPool) {
+        let config = SimConfig {
+            transition_delay: Duration::from_secs(60),
+            ..SimConfig::instant()
+        };
+        let a = Arc::new(Sim::shared(config.clone(), pool.clone()));
+        let b = Arc::new(Sim::shared(config, pool.clone()));
+        // Built at once: made with the instant config, then read with the slow one.
+        let instant = Sim::shared(SimConfig::instant(), pool.clone());
+        let server = scenarios::active_instance(&instant, json!({})).await;
+        let mut volumes = Vec::new();
+        for _ in 0..4 {
+            volumes.push(scenarios::ready_child(&instant, "volume", json!({})).await);
+        }
+        let mut tasks = Vec::new();
+        for (i, v) in volumes.iter().enumerate() {
+            let sim = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let call = scenarios::call_under(v, &server);
+            tasks.push(tokio::spawn(async move {
+                sim.call("attach_volume", call).await.is_ok()
+            }));
+        }
+        let delete = call_on(&server, json!({}));
+        let deleted = b.call("delete_instance", delete).await.is_ok();
+        let mut attached = 0;
+        for task in tasks {
+            attached += usize::from(task.await.unwrap());
+        }
+        // Either the server is deleting and nothing got attached to it, or
+        // the delete was refused because something did.
+        let state = pull(&a, "pull_instance", &server).await;
+        assert_eq!(deleted, attached == 0, "{attached} attached, state {state}");
+        assert_eq!(state == "DELETING", deleted);
+        let in_use = count(
+            &pool,
+            "SELECT count(*) FROM sim_objects WHERE runtime_state = 'in-use'",
+        )
+        .await;
+        assert_eq!(in_use, i64::try_from(attached).unwrap());
     }
 
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
