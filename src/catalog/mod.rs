@@ -464,6 +464,7 @@ mod tests {
         for good in ["hard_reboot", "hard-reboot", "v2", &"a".repeat(63)] {
             let text = DEFAULT_CATALOG
                 .replace("kinds.volume", &format!("kinds.{good}"))
+                .replace("kind = \"volume\"", &format!("kind = \"{good}\""))
                 .replace("actions.restart", &format!("actions.{good}"));
             Catalog::parse(&text, &backends()).unwrap();
         }
@@ -527,15 +528,16 @@ mod tests {
     fn a_throttle_on_the_tenant_needs_no_tenant_attribute() {
         // It counts the resource's own tenant, not an attribute.
         let text = DEFAULT_CATALOG
-            .replace(r#"required = ["tenant", "flavor"]"#, r#"required = ["flavor"]"#)
-            .replace(
+            .replacen(r#"required = ["tenant", "flavor"]"#, r#"required = ["flavor"]"#, 1)
+            .replacen(
                 "properties.tenant = { type = \"string\", minLength = 1, maxLength = 255 }\nproperties.flavor",
                 "properties.flavor",
+                1,
             );
         assert_eq!(
             text.matches("properties.tenant").count(),
-            1,
-            "only the volume's is left"
+            DEFAULT_CATALOG.matches("properties.tenant").count() - 1,
+            "only the instance's is gone"
         );
         Catalog::parse(&text, &backends()).unwrap();
     }

@@ -173,6 +173,8 @@ pub struct Target {
     /// The resource's parent, when it is a child of a composite resource.
     #[serde(default)]
     pub parent: Option<ResourceView>,
+    /// Where the resource stands.
+    pub state: ResourceState,
 }
 
 /// The resource `id` if `scope` (a tenant; `None` for all) may see it.

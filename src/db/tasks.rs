@@ -109,7 +109,7 @@ macro_rules! target_column {
         "(SELECT jsonb_build_object(
                      'id', r.id, 'kind', r.kind, 'name', r.name, 'backend_id', r.backend_id,
                      'runtime_state', r.runtime_state, 'attributes', r.attributes, 'status', r.status,
-                     'tenant', r.tenant,
+                     'tenant', r.tenant, 'state', r.state,
                      'request', o.request,
                      'parent', (SELECT jsonb_build_object(
                                     'id', p.id, 'kind', p.kind, 'name', p.name, 'backend_id', p.backend_id,

@@ -400,18 +400,30 @@ impl Runner {
         let started = tokio::time::Instant::now();
         let (_keep, never) = watch::channel(false);
         let (recorder, _recording) = self.recorder();
+        let slots: Vec<(Queue, Arc<Semaphore>)> = Queue::ALL
+            .into_iter()
+            .map(|q| {
+                (
+                    q,
+                    Arc::new(Semaphore::new(self.inner.config.concurrency(q).max(1))),
+                )
+            })
+            .collect();
+        let mut batch = JoinSet::new();
         let mut ran = 0;
         loop {
             anyhow::ensure!(started.elapsed() < limit, "still busy after {limit:?}");
             self.reap().await;
-            let mut batch = JoinSet::new();
-            for queue in Queue::ALL {
-                let n = self.inner.config.concurrency(queue).max(1);
-                let slots = Arc::new(Semaphore::new(n));
+            let mut claimed_any = false;
+            for (queue, slots) in &slots {
+                let free = slots.available_permits();
+                if free == 0 {
+                    continue;
+                }
                 let claimed = db::tasks::claim(
                     self.pool(),
-                    queue,
-                    n as i64,
+                    *queue,
+                    free as i64,
                     self.inner.config.lease_ms(),
                     &self.inner.worker,
                 )
@@ -419,6 +431,8 @@ impl Runner {
                 .context("claiming ready tasks")?;
                 for claimed in claimed {
                     let permit = slots.clone().try_acquire_owned().context("slot")?;
+                    claimed_any = true;
+                    ran += 1;
                     batch.spawn(self.clone().execute(
                         claimed,
                         permit,
@@ -428,8 +442,10 @@ impl Runner {
                 }
             }
             if !batch.is_empty() {
-                ran += batch.len();
-                while batch.join_next().await.is_some() {}
+                // Claim again as soon as a slot frees or something may have
+                // become ready (a step's branches start while it runs on).
+                let tick = Duration::from_millis(if claimed_any { 5 } else { 20 });
+                let _ = tokio::time::timeout(tick, batch.join_next()).await;
                 continue;
             }
             if db::tasks::count_live(self.pool()).await? == 0 {

@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, JobArgs, Step, TENANT_SCOPE};
 use crate::db::resources::Target;
 use crate::db::tasks::Task;
 use crate::db::throttle::Scope;
-use crate::domain::Transition;
+use crate::domain::{ResourceState, Transition};
 
 /// What a task run produced, for the runner to record: a step of an
 /// operation's chain and a periodic job end in different ways.
@@ -180,14 +180,15 @@ async fn run_step(
                 |scope| StepOutcome::Throttle { scope, limit },
             )
         }
-        // An undo step has nothing to undo on a resource the backend never made.
+        // An undo step has nothing to undo on a resource the backend never
+        // made, and stops at its resource's first failed undo (which erred it).
         Step::BackendMethod { .. }
         | Step::PollRuntimeState { .. }
         | Step::PollBackendCheck { .. }
             if task.undo
-                && target
-                    .as_ref()
-                    .is_some_and(|t| t.resource.backend_id.is_none()) =>
+                && target.as_ref().is_some_and(|t| {
+                    t.resource.backend_id.is_none() || t.state == ResourceState::Erred
+                }) =>
         {
             StepOutcome::Done(BackendReply::default())
         }

@@ -137,7 +137,7 @@ async fn a_server_is_created_with_its_volumes_port_and_floating_ip_in_one_operat
     assert!(
         first("create_floating_ip", "floating_ip") < first("attach_floating_ip", "floating_ip")
     );
-    assert!(first("attach_floating_ip", "floating_ip") < first("pull_volume", "volumes"));
+    assert!(first("attach_floating_ip", "floating_ip") < last("pull_volume", "volumes"));
     // History: each child has its own transitions, by the parent's operation.
     let history = app
         .get(&format!(
