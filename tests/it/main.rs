@@ -27,4 +27,5 @@ mod exec_backend;
 mod http_backend;
 mod jobs;
 mod metrics;
+mod push;
 mod rabbitmq;
