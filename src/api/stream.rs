@@ -11,7 +11,7 @@
 //! an event). Every `id:` it sends thus covers everything before it.
 //!
 //! It wakes when an operation ends (NOTIFY on the operations channel) and
-//! otherwise looks every [`POLL`]. A client that reads slowly holds no
+//! otherwise looks every half second. A client that reads slowly holds no
 //! database connection (one is taken per read, between sends) and at most
 //! one batch in memory; [`MAX_STREAMS`] streams may be open per process.
 
