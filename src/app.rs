@@ -49,6 +49,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Whether the process's own database is alive (`/healthz`).
     pub liveness: Liveness,
+    /// Webhook settings (which URLs subscriptions may use).
+    pub push: crate::push::PushConfig,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             events,
             auth: Auth::new(false, false),
             liveness: watch::channel(None).1,
+            push: crate::push::PushConfig::default(),
         }
     }
 }
@@ -178,12 +181,20 @@ impl Node {
         let runner = self.runner(args);
         tracing::info!(worker = runner.worker(), queues = ?args.queues, "runner started");
         let scheduler = Scheduler::new(self.pool.clone(), args.schedule_config());
+        let deliverer = crate::push::Deliverer::new(self.pool.clone(), args.webhooks.config());
         let (pools, jobs) = (
             runner.run(args.queues.clone(), stopping.clone()),
             scheduler.run(stopping.clone()),
         );
+        let until = stopping.clone();
+        let webhooks = async move {
+            match deliverer {
+                Ok(deliverer) => deliverer.run(until).await,
+                Err(e) => tracing::error!(error = %e, "webhook deliverer not started"),
+            }
+        };
         tokio::spawn(async move {
-            tokio::join!(pools, jobs);
+            tokio::join!(pools, jobs, webhooks);
         })
     }
 
@@ -273,6 +284,7 @@ async fn serve_on(
     let state = AppState {
         auth: Auth::new(args.protect_metrics, tokens),
         liveness: node.liveness.clone(),
+        push: args.runner.webhooks.config(),
         ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
     };
     let app = router(state);

@@ -245,6 +245,41 @@ pub struct RunnerArgs {
     /// Days finished operations and resources' history are kept before pruning.
     #[arg(long, env = "EXECUTORD_RETENTION_DAYS", default_value_t = 7)]
     pub retention_days: u64,
+    /// Webhook settings.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// How webhooks are checked and delivered.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Allow webhook URLs on loopback, link-local and private addresses
+    /// (refused by default, so the service cannot be used to reach internal hosts).
+    #[arg(long, env = "EXECUTORD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Seconds a receiver has to answer a delivery.
+    #[arg(long, env = "EXECUTORD_WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub webhook_timeout_secs: u64,
+    /// First retry delay of a failed delivery in milliseconds, doubled per
+    /// attempt, with jitter.
+    #[arg(long, env = "EXECUTORD_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
+    /// Hours a message is retried before it is given up.
+    #[arg(long, env = "EXECUTORD_WEBHOOK_RETRY_HOURS", default_value_t = 24)]
+    pub webhook_retry_hours: u64,
+}
+
+impl WebhookArgs {
+    /// The push settings.
+    pub fn config(&self) -> crate::push::PushConfig {
+        crate::push::PushConfig {
+            allow_private: self.webhook_allow_private,
+            timeout: Duration::from_secs(self.webhook_timeout_secs.max(1)),
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms.max(1)),
+            retry_for: Duration::from_secs(self.webhook_retry_hours.saturating_mul(3600)),
+        }
+    }
 }
 
 fn every(secs: u64) -> Option<Duration> {

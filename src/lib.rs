@@ -28,6 +28,7 @@ pub mod executor;
 pub mod fakecloud;
 pub mod lifecycle;
 pub mod metrics;
+pub mod push;
 pub mod runner;
 pub mod server;
 pub mod tasks;

@@ -133,6 +133,12 @@ pub fn backend_call(backend: &str, method: &str, outcome: &'static str, elapsed:
     }
 }
 
+/// A webhook delivery attempt ended with `outcome` (`delivered`, `failed`,
+/// `refused` or `gone`).
+pub fn webhook_delivered(outcome: &'static str) {
+    counter!("executord_webhook_deliveries_total", "outcome" => outcome).increment(1);
+}
+
 /// The Prometheus text: queue gauges read now, then everything recorded.
 pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
     let handle = install();
@@ -142,5 +148,7 @@ pub async fn render(pool: &PgPool) -> anyhow::Result<String> {
         gauge!("executord_oldest_ready_task_age_seconds", &labels).set(depth.oldest_ready_s);
         gauge!("executord_tasks_running", &labels).set(depth.running as f64);
     }
+    gauge!("executord_webhook_outbox_oldest_age_seconds")
+        .set(crate::db::webhooks::oldest_pending_age(pool).await?);
     Ok(handle.render())
 }

@@ -6,6 +6,7 @@ pub mod docs;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod fleet;
 pub mod health;
 pub mod idempotency;
 pub mod kinds;
@@ -14,6 +15,8 @@ pub mod operations;
 pub mod paging;
 pub mod request_id;
 pub mod resources;
+pub mod stream;
+pub mod webhooks;
 
 use axum::Router;
 use utoipa::OpenApi;
@@ -67,6 +70,7 @@ fn problem_response(description: &str) -> utoipa::openapi::Response {
         (name = "resources", description = "Resources and the executors that act on them"),
         (name = "operations", description = "Operation and task status"),
         (name = "kinds", description = "The catalog of kinds"),
+        (name = "push", description = "Webhooks and the live event stream"),
         (name = "health", description = "Liveness, readiness and metrics"),
     )
 )]
@@ -78,6 +82,9 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(resources::router())
         .merge(events::router())
         .merge(operations::router())
+        .merge(fleet::router())
+        .merge(webhooks::router())
+        .merge(stream::router())
         .merge(kinds::router())
         .merge(health::router())
         .merge(metrics::router())

@@ -90,15 +90,18 @@ pub enum Prunable {
     IdempotencyKeys,
     /// Resources' history rows.
     ResourceEvents,
+    /// Webhook messages delivered or given up on, with their attempts.
+    WebhookMessages,
 }
 
 impl Prunable {
     /// Every kind, in the order they are pruned.
-    pub const ALL: [Prunable; 4] = [
+    pub const ALL: [Prunable; 5] = [
         Self::Operations,
         Self::JobTasks,
         Self::IdempotencyKeys,
         Self::ResourceEvents,
+        Self::WebhookMessages,
     ];
 
     /// Its name in the job's summary.
@@ -108,6 +111,7 @@ impl Prunable {
             Self::JobTasks => "job_tasks",
             Self::IdempotencyKeys => "idempotency_keys",
             Self::ResourceEvents => "resource_events",
+            Self::WebhookMessages => "webhook_messages",
         }
     }
 }
@@ -138,6 +142,12 @@ pub async fn prune(
         Prunable::ResourceEvents => {
             "DELETE FROM resource_events WHERE created_at < $1 AND seq IN (
                  SELECT seq FROM resource_events ORDER BY seq LIMIT $2)"
+        }
+        // Pending messages are never pruned: at least once.
+        Prunable::WebhookMessages => {
+            "DELETE FROM webhook_messages WHERE seq IN (
+                 SELECT seq FROM webhook_messages WHERE state <> 'pending' AND finished_at < $1
+                 ORDER BY finished_at LIMIT $2)"
         }
     };
     let done = sqlx::query(sql)

@@ -9,6 +9,7 @@ pub mod resources;
 pub mod tasks;
 pub mod throttle;
 pub mod tokens;
+pub mod webhooks;
 
 use std::time::Duration;
 

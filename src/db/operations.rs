@@ -354,3 +354,77 @@ pub(crate) fn next_literal(next: &[i32]) -> String {
     let items: Vec<String> = next.iter().map(i32::to_string).collect();
     format!("{{{}}}", items.join(","))
 }
+
+/// Filters of the fleet-wide operation list ([`list`]).
+#[derive(Debug, Default)]
+pub struct ListFilter<'a> {
+    /// Only this tenant's (`None`: every tenant's).
+    pub tenant: Option<&'a str>,
+    /// Only in this state.
+    pub state: Option<OperationState>,
+    /// Only this executor.
+    pub kind: Option<OperationKind>,
+    /// Only this action.
+    pub action: Option<&'a str>,
+    /// Only on this resource.
+    pub resource_id: Option<Uuid>,
+    /// Only on resources of this kind.
+    pub resource_kind: Option<&'a str>,
+    /// Only accepted at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only accepted before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only ids before this one (the cursor).
+    pub before: Option<Uuid>,
+}
+
+/// Operations of every resource, newest first (ids are time-ordered), at most `limit`.
+pub async fn list(
+    conn: &mut PgConnection,
+    filter: &ListFilter<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<Operation>> {
+    sqlx::query_as(
+        "SELECT * FROM operations
+         WHERE ($1::text IS NULL OR tenant = $1)
+           AND ($2::text IS NULL OR state = $2)
+           AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR action = $4)
+           AND ($5::uuid IS NULL OR resource_id = $5)
+           AND ($6::text IS NULL OR resource_kind = $6)
+           AND ($7::timestamptz IS NULL OR created_at >= $7)
+           AND ($8::timestamptz IS NULL OR created_at < $8)
+           AND ($9::uuid IS NULL OR id < $9)
+         ORDER BY id DESC LIMIT $10",
+    )
+    .bind(filter.tenant)
+    .bind(filter.state.map(OperationState::as_str))
+    .bind(filter.kind.map(OperationKind::as_str))
+    .bind(filter.action)
+    .bind(filter.resource_id)
+    .bind(filter.resource_kind)
+    .bind(filter.created_after)
+    .bind(filter.created_before)
+    .bind(filter.before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// How many operations are in each state, of `tenant` (`None`: all),
+/// accepted at or after `since` if given.
+pub async fn count_by_state(
+    conn: &mut PgConnection,
+    tenant: Option<&str>,
+    since: Option<DateTime<Utc>>,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT state, count(*) FROM operations
+         WHERE ($1::text IS NULL OR tenant = $1) AND ($2::timestamptz IS NULL OR created_at >= $2)
+         GROUP BY state",
+    )
+    .bind(tenant)
+    .bind(since)
+    .fetch_all(conn)
+    .await
+}

@@ -28,4 +28,5 @@ mod exec_backend;
 mod http_backend;
 mod jobs;
 mod metrics;
+mod push;
 mod rabbitmq;
