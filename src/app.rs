@@ -49,6 +49,9 @@ pub struct AppState {
     pub auth: Auth,
     /// Whether the process's own database is alive (`/healthz`).
     pub liveness: Liveness,
+    /// The backends, for what the API asks of them directly (the
+    /// importable objects of a kind).
+    pub backends: Backends,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
     /// it sees a token.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
         Self {
+            backends: catalog.declared_backends().clone(),
             pool,
             catalog,
             events,
@@ -273,6 +277,7 @@ async fn serve_on(
     let state = AppState {
         auth: Auth::new(args.protect_metrics, tokens),
         liveness: node.liveness.clone(),
+        backends: node.backends.clone(),
         ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
     };
     let app = router(state);

@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::backend::sim::{Sim, SimConfig};
 use crate::backend::wire::{WireReply, WireRequest};
-use crate::backend::{Backend, BackendCall, BackendError};
+use crate::backend::{Backend, BackendCall, ErrorClass};
 use crate::config::FakeCloudArgs;
 
 /// The sim and the HTTP-only faults it has given so far.
@@ -159,7 +159,9 @@ async fn call_method(
     };
     let reply = match cloud.sim.call(&method, call).await {
         Ok(reply) => reply,
-        Err(BackendError::NotFound(message)) => return problem(StatusCode::NOT_FOUND, &message),
+        Err(e) if e.class() == ErrorClass::NotFound => {
+            return problem(StatusCode::NOT_FOUND, &e.to_string());
+        }
         Err(e) if e.is_transient() => {
             return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
         }

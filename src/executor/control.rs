@@ -92,10 +92,14 @@ pub async fn retry(
         .find(|t| t.state == TaskState::Failed)
         .ok_or_else(|| ExecutorError::Conflict("the operation has no failed step".into()))?;
     let state = match (operation.kind, failed.position) {
-        (OperationKind::Create, 0) => ResourceState::CreationScheduled,
-        (OperationKind::Create, _) => ResourceState::Creating,
-        (OperationKind::Update | OperationKind::Action, 0) => ResourceState::UpdateScheduled,
-        (OperationKind::Update | OperationKind::Action, _) => ResourceState::Updating,
+        (OperationKind::Create | OperationKind::Import, 0) => ResourceState::CreationScheduled,
+        (OperationKind::Create | OperationKind::Import, _) => ResourceState::Creating,
+        (OperationKind::Update | OperationKind::Action | OperationKind::Pull, 0) => {
+            ResourceState::UpdateScheduled
+        }
+        (OperationKind::Update | OperationKind::Action | OperationKind::Pull, _) => {
+            ResourceState::Updating
+        }
         (OperationKind::Delete, 0) => ResourceState::DeletionScheduled,
         (OperationKind::Delete, _) => ResourceState::Deleting,
     };

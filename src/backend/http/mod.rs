@@ -22,7 +22,9 @@ use tokio::sync::Semaphore;
 
 use super::declared::{HttpDecl, NotFound, StatusClass, expand, method_infos};
 use super::wire::{self, WireRequest};
-use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo};
+use super::{
+    Backend, BackendCall, BackendError, BackendReply, CallDetails, MethodInfo, details_body,
+};
 use reply::{Body, ERROR_BODY_LIMIT, REPLY_LIMIT};
 use route::{Calling, Route, Templated, default_class};
 
@@ -223,6 +225,7 @@ impl HttpBackend {
             }
             StatusClass::NotFound => {
                 let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+                meter.body = Some(body.clone());
                 Err(Failure::NotFound(
                     reply::message(&body).unwrap_or_else(|| answered(method, status)),
                 ))
@@ -230,6 +233,7 @@ impl HttpBackend {
             StatusClass::Transient => {
                 let wait = reply::retry_after(response.headers(), SystemTime::now());
                 let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+                meter.body = Some(body.clone());
                 let message = match reply::message(&body) {
                     Some(detail) => format!("{}: {detail}", answered(method, status)),
                     None => answered(method, status),
@@ -238,6 +242,7 @@ impl HttpBackend {
             }
             StatusClass::Permanent => {
                 let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+                meter.body = Some(body.clone());
                 Err(Failure::Permanent(
                     reply::message(&body).unwrap_or_else(|| answered(method, status)),
                 ))
@@ -361,6 +366,8 @@ struct Meter<'a> {
     method: &'a str,
     started: Instant,
     status: Option<u16>,
+    /// The start of an error answer's body, for the error's details.
+    body: Option<Vec<u8>>,
     outcome: &'static str,
 }
 
@@ -408,6 +415,7 @@ impl Backend for HttpBackend {
             method,
             started: Instant::now(),
             status: None,
+            body: None,
             outcome: "abandoned",
         };
         let result = self.exchange(method, route, call, &mut meter).await;
@@ -415,6 +423,17 @@ impl Backend for HttpBackend {
             Ok(_) => "ok",
             Err(failure) => failure.class(),
         };
-        result.map_err(BackendError::from)
+        result.map_err(|failure| {
+            let error = BackendError::from(failure);
+            match meter.status {
+                // It answered: the status and the start of the body explain it.
+                Some(status) => error.with_details(CallDetails {
+                    http_status: Some(status),
+                    exit_code: None,
+                    body: meter.body.take().as_deref().and_then(details_body),
+                }),
+                None => error,
+            }
+        })
     }
 }
