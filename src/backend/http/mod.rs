@@ -21,9 +21,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 
 use super::declared::{HttpDecl, NotFound, StatusClass, expand, method_infos};
-use super::wire::{self, WireRequest};
+use super::wire::{self, WireListReply, WireListRequest, WireRequest};
 use super::{
-    Backend, BackendCall, BackendError, BackendReply, CallDetails, MethodInfo, details_body,
+    Backend, BackendCall, BackendError, BackendReply, CallDetails, ListedObject, MethodInfo,
+    details_body,
 };
 use reply::{Body, ERROR_BODY_LIMIT, REPLY_LIMIT};
 use route::{Calling, Route, Templated, default_class};
@@ -398,6 +399,71 @@ impl Backend for HttpBackend {
 
     fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    async fn list(&self, method: &str, kind: &str) -> Result<Vec<ListedObject>, BackendError> {
+        let Some(Route {
+            calling: Calling::Generic { path },
+            ..
+        }) = self.routes.get(method)
+        else {
+            return Err(BackendError::Permanent(format!(
+                "backend `{}` has no generic method `{method}` to list with",
+                self.name
+            )));
+        };
+        let request = WireListRequest {
+            method: method.to_owned(),
+            idempotency_key: uuid::Uuid::new_v4(),
+            kind: kind.to_owned(),
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| BackendError::Permanent(format!("cannot encode the call: {e}")))?;
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .header(CONTENT_TYPE, "application/json")
+            .header("idempotency-key", request.idempotency_key.to_string())
+            .header(ACCEPT, "application/json, application/problem+json")
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                BackendError::Transient(format!(
+                    "cannot reach backend `{}` for `{method}`: {}",
+                    self.name,
+                    chain(&e)
+                ))
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+            let message = reply::message(&body).unwrap_or_else(|| answered(method, status));
+            let error = match default_class(status) {
+                StatusClass::NotFound => BackendError::NotFound(message),
+                StatusClass::Transient => BackendError::Transient(message),
+                _ => BackendError::Permanent(message),
+            };
+            return Err(error.with_details(CallDetails {
+                http_status: Some(status.as_u16()),
+                exit_code: None,
+                body: details_body(&body),
+            }));
+        }
+        let body = match reply::read_capped(response, REPLY_LIMIT).await {
+            Ok(Body::Whole(body)) => body,
+            Ok(Body::TooLarge) => {
+                return Err(BackendError::Permanent(format!(
+                    "bad reply from `{method}`: larger than 1 MiB"
+                )));
+            }
+            Err(e) => return Err(BackendError::Transient(chain(&e))),
+        };
+        let listed: WireListReply = serde_json::from_slice(&body).map_err(|e| {
+            BackendError::Permanent(format!("bad reply from `{method}`: {e}"))
+        })?;
+        Ok(listed.objects)
     }
 
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError> {

@@ -24,12 +24,14 @@ pub(super) static METHODS: &[MethodInfo] = &[
     method("update_instance", MethodRole::Effect),
     method("pull_instance", MethodRole::Pull),
     method("is_instance_deleted", MethodRole::Check),
+    method("list_instances", MethodRole::List),
     method("create_volume", MethodRole::Effect),
     method("extend_volume", MethodRole::Effect),
     method("update_volume", MethodRole::Effect),
     method("delete_volume", MethodRole::Effect),
     method("pull_volume", MethodRole::Pull),
     method("is_volume_deleted", MethodRole::Check),
+    method("list_volumes", MethodRole::List),
 ];
 
 const fn method(name: &'static str, role: MethodRole) -> MethodInfo {
@@ -128,6 +130,8 @@ pub(super) enum Op {
     Extend,
     Pull,
     IsDeleted,
+    /// Lists the kind's objects: through [`crate::backend::Backend::list`] only.
+    List,
 }
 
 impl Op {
@@ -148,6 +152,8 @@ impl Op {
             "extend_volume" => (Kind::Volume, Op::Extend),
             "pull_volume" => (Kind::Volume, Op::Pull),
             "is_volume_deleted" => (Kind::Volume, Op::IsDeleted),
+            "list_instances" => (Kind::Instance, Op::List),
+            "list_volumes" => (Kind::Volume, Op::List),
             _ => return None,
         };
         Some(found)
@@ -157,6 +163,7 @@ impl Op {
         match self {
             Op::Pull => MethodRole::Pull,
             Op::IsDeleted => MethodRole::Check,
+            Op::List => MethodRole::List,
             _ => MethodRole::Effect,
         }
     }
@@ -186,6 +193,7 @@ impl Op {
             Op::Extend => "extend",
             Op::Pull => "pull",
             Op::IsDeleted => "check",
+            Op::List => "list",
         }
     }
 }
@@ -516,6 +524,9 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
                 Ok(reply)
             }
             Op::Pull => self.pull(),
+            Op::List => Err(BackendError::Permanent(format!(
+                "`{method}` lists objects: it is not called on one"
+            ))),
             Op::IsDeleted => Ok(BackendReply {
                 done: Some(self.found().is_none()),
                 ..BackendReply::default()
@@ -660,8 +671,34 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
         }
         Ok(BackendReply {
             runtime_state: Some(object.state.to_owned()),
+            status: reported(object),
             ..BackendReply::default()
         })
+    }
+}
+
+/// What a pull reports about an object besides its runtime state: its size
+/// (an instance's `flavor`, a volume's `size_gb`), when it has one.
+pub(super) fn reported<T>(object: &Object<T>) -> Option<Map<String, Value>> {
+    let key = match object.kind {
+        Kind::Instance => "flavor",
+        Kind::Volume => "size_gb",
+    };
+    let value = object.attributes.get(key)?;
+    Some(Map::from_iter([(key.to_owned(), value.clone())]))
+}
+
+/// An object as a list method reports it.
+pub(super) fn listed<T>(backend_id: &str, object: &Object<T>) -> crate::backend::ListedObject {
+    crate::backend::ListedObject {
+        backend_id: backend_id.to_owned(),
+        name: object
+            .attributes
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        runtime_state: Some(object.state.to_owned()),
+        status: reported(object),
     }
 }
 
