@@ -321,7 +321,10 @@ pub fn forgets_on_failure(operation: &Operation) -> Option<&'static str> {
     match operation.kind {
         OperationKind::Import => Some("import_failed"),
         OperationKind::Delete
-            if operation.request.get("force").and_then(serde_json::Value::as_bool)
+            if operation
+                .request
+                .get("force")
+                .and_then(serde_json::Value::as_bool)
                 == Some(true) =>
         {
             Some("force_delete")

@@ -312,13 +312,20 @@ async fn list_importable(
         ApiError::Conflict(format!("backend `{}` is not configured", kind.backend))
     })?;
     let objects = match tokio::time::timeout(
-        backend.timeout().unwrap_or(std::time::Duration::from_secs(30)),
+        backend
+            .timeout()
+            .unwrap_or(std::time::Duration::from_secs(30)),
         backend.list(method, &kind.name),
     )
     .await
     {
         Ok(Ok(objects)) => objects,
-        Ok(Err(e)) => return Ok(bad_gateway(&format!("{method}: {e}"), Some(&e.to_json(method)))),
+        Ok(Err(e)) => {
+            return Ok(bad_gateway(
+                &format!("{method}: {e}"),
+                Some(&e.to_json(method)),
+            ));
+        }
         Err(_) => return Ok(bad_gateway(&format!("{method} timed out"), None)),
     };
     let ids: Vec<String> = objects.iter().map(|o| o.backend_id.clone()).collect();

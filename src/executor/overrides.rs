@@ -59,16 +59,9 @@ pub async fn set_state(
 ) -> Result<Resource, ExecutorError> {
     let resource = lock_idle(conn, id).await?;
     let details = override_details(caller);
-    db::reconcile::override_state(
-        conn,
-        id,
-        resource.version,
-        transition,
-        reason,
-        &details,
-    )
-    .await?
-    .ok_or_else(|| ExecutorError::Conflict("The resource changed meanwhile".into()))
+    db::reconcile::override_state(conn, id, resource.version, transition, reason, &details)
+        .await?
+        .ok_or_else(|| ExecutorError::Conflict("The resource changed meanwhile".into()))
 }
 
 /// Forgets the resource without touching its backend (its operations and
@@ -90,6 +83,8 @@ pub async fn unlink(
     if db::reconcile::forget(conn, id, ForgetGuard::Version(resource.version), &why).await? {
         Ok(())
     } else {
-        Err(ExecutorError::Conflict("The resource changed meanwhile".into()))
+        Err(ExecutorError::Conflict(
+            "The resource changed meanwhile".into(),
+        ))
     }
 }

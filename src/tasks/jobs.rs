@@ -63,7 +63,10 @@ async fn pull(ctx: &TaskContext) -> anyhow::Result<Value> {
     let mut tally = Tally::default();
     let mut conn = ctx.pool.acquire().await?;
     let last: HashMap<String, chrono::DateTime<chrono::Utc>> =
-        db::reconcile::kinds_pulled(&mut conn).await?.into_iter().collect();
+        db::reconcile::kinds_pulled(&mut conn)
+            .await?
+            .into_iter()
+            .collect();
     drop(conn);
     let now = chrono::Utc::now();
     let mut limits: HashMap<&str, Arc<Semaphore>> = HashMap::new();
@@ -86,7 +89,8 @@ async fn pull(ctx: &TaskContext) -> anyhow::Result<Value> {
         let mut after = None;
         loop {
             let mut conn = ctx.pool.acquire().await?;
-            let batch = db::reconcile::pullable_of_kind(&mut conn, &kind.name, after, BATCH).await?;
+            let batch =
+                db::reconcile::pullable_of_kind(&mut conn, &kind.name, after, BATCH).await?;
             drop(conn);
             let Some(last) = batch.last() else { break };
             after = Some(last.id);
@@ -229,7 +233,8 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
         status: &status,
         details: &details,
     };
-    let done = db::reconcile::record_drift(&mut conn, resource.id, resource.version, &drift).await?;
+    let done =
+        db::reconcile::record_drift(&mut conn, resource.id, resource.version, &drift).await?;
     Ok(if done { Pulled::Drifted } else { Pulled::Same })
 }
 

@@ -28,3 +28,4 @@ mod http_backend;
 mod jobs;
 mod metrics;
 mod rabbitmq;
+mod reconcile;

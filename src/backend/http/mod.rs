@@ -460,9 +460,8 @@ impl Backend for HttpBackend {
             }
             Err(e) => return Err(BackendError::Transient(chain(&e))),
         };
-        let listed: WireListReply = serde_json::from_slice(&body).map_err(|e| {
-            BackendError::Permanent(format!("bad reply from `{method}`: {e}"))
-        })?;
+        let listed: WireListReply = serde_json::from_slice(&body)
+            .map_err(|e| BackendError::Permanent(format!("bad reply from `{method}`: {e}")))?;
         Ok(listed.objects)
     }
 
