@@ -51,6 +51,9 @@ pub struct AppState {
     pub liveness: Liveness,
     /// Webhook settings (which URLs subscriptions may use).
     pub push: crate::push::PushConfig,
+    /// The backends, for what the API asks of them directly (the
+    /// importable objects of a kind).
+    pub backends: Backends,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
     /// it sees a token.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
         Self {
+            backends: catalog.declared_backends().clone(),
             pool,
             catalog,
             events,
@@ -285,6 +289,7 @@ async fn serve_on(
         auth: Auth::new(args.protect_metrics, tokens),
         liveness: node.liveness.clone(),
         push: args.runner.webhooks.config(),
+        backends: node.backends.clone(),
         ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
     };
     let app = router(state);

@@ -19,6 +19,11 @@
 //!   `invalid_json`, `huge` (2 MiB), `undeclared_state`: that method's
 //!   answer is broken that way, after the sim applied the call.
 //!
+//! Out of band, as someone at the cloud's console: `PATCH
+//! /admin/objects/{backend_id}` with `{"runtime_state": "SHUTOFF",
+//! "attributes": {"flavor": "large"}}` changes an object, and `DELETE
+//! /admin/objects/{backend_id}` makes it vanish; executord is not told.
+//!
 //! `GET /stats` reports what the sim counted (objects, effects, effects
 //! applied more than once, calls by method), `GET /healthz` answers 200.
 
@@ -32,13 +37,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::backend::sim::{Sim, SimConfig};
-use crate::backend::wire::{WireReply, WireRequest};
-use crate::backend::{Backend, BackendCall, BackendError};
+use crate::backend::wire::{WireListReply, WireListRequest, WireReply, WireRequest};
+use crate::backend::{Backend, BackendCall, ErrorClass, MethodRole};
 use crate::config::FakeCloudArgs;
 
 /// The sim and the HTTP-only faults it has given so far.
@@ -80,6 +85,7 @@ pub fn router(cloud: Arc<FakeCloud>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/stats", get(stats))
+        .route("/admin/objects/{backend_id}", patch(tamper).delete(vanish))
         .route("/{method}", post(call_method))
         .with_state(cloud)
 }
@@ -110,6 +116,14 @@ async fn call_method(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let lists = cloud
+        .sim
+        .methods()
+        .iter()
+        .any(|m| m.name == method && m.role == MethodRole::List);
+    if lists {
+        return list(&cloud, &method, &body).await;
+    }
     let request: WireRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("not a call: {e}")),
@@ -160,7 +174,9 @@ async fn call_method(
     };
     let reply = match cloud.sim.call(&method, call).await {
         Ok(reply) => reply,
-        Err(BackendError::NotFound(message)) => return problem(StatusCode::NOT_FOUND, &message),
+        Err(e) if e.class() == ErrorClass::NotFound => {
+            return problem(StatusCode::NOT_FOUND, &e.to_string());
+        }
         Err(e) if e.is_transient() => {
             return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
         }
@@ -177,6 +193,56 @@ async fn call_method(
     match serde_json::to_vec(&WireReply::from(reply)) {
         Ok(body) => json_answer(StatusCode::OK, body),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// A list method's call: the sim's objects of the kind.
+async fn list(cloud: &FakeCloud, method: &str, body: &[u8]) -> Response {
+    let request: WireListRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("not a list call: {e}")),
+    };
+    match cloud.sim.list(method, &request.kind).await {
+        Ok(objects) => match serde_json::to_vec(&WireListReply { objects }) {
+            Ok(body) => json_answer(StatusCode::OK, body),
+            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Err(e) if e.is_transient() => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// `PATCH /admin/objects/{backend_id}` with `{"runtime_state"?, "attributes"?}`:
+/// changes an object out of band, as someone at the cloud's console would
+/// (stopped, resized); executord is not told. 404 if there is no such object.
+async fn tamper(
+    State(cloud): State<Arc<FakeCloud>>,
+    Path(backend_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let change: Value = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &format!("not JSON: {e}")),
+    };
+    let state = change.get("runtime_state").and_then(Value::as_str);
+    let attributes = change
+        .get("attributes")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    match cloud.sim.tamper(&backend_id, state, &attributes).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(StatusCode::NOT_FOUND, &format!("no object {backend_id}")),
+        Err(e) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// `DELETE /admin/objects/{backend_id}`: the object vanishes out of band.
+async fn vanish(State(cloud): State<Arc<FakeCloud>>, Path(backend_id): Path<String>) -> Response {
+    match cloud.sim.vanish(&backend_id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(StatusCode::NOT_FOUND, &format!("no object {backend_id}")),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

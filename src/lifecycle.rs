@@ -426,6 +426,11 @@ async fn settle_children(
                 db::resources::remove_child(conn, child.id, id, "deleted with its parent").await?;
             }
             None => {}
+            // A forced delete forgets the children with their parent.
+            Some(message) if forgets_on_failure(operation).is_some() => {
+                let reason = format!("forgotten with its parent: {message}");
+                db::resources::remove_child(conn, child.id, id, &reason).await?;
+            }
             // Its undo failed: it stays `erred`, with the undo's message.
             Some(_)
                 if operation.compensation_at.is_some() && child.state == ResourceState::Erred => {}
@@ -450,13 +455,27 @@ async fn settle_children(
 }
 
 /// The failure hook: `set_erred` with the message (the backend's own, when
-/// it gave one), if the resource is still under this operation.
+/// it gave one), if the resource is still under this operation. An import
+/// and a forced delete forget the resource instead
+/// ([`forgets_on_failure`]): the row goes, its history
+/// (with the failure) stays.
 async fn set_erred(
     conn: &mut PgConnection,
     operation: &Operation,
     message: &str,
     task_id: Option<Uuid>,
 ) -> sqlx::Result<()> {
+    if let Some(transition) = forgets_on_failure(operation) {
+        let why = db::reconcile::Forget {
+            transition,
+            reason: message,
+            details: None,
+            task_id,
+        };
+        let guard = db::reconcile::ForgetGuard::Operation(operation.id);
+        db::reconcile::forget(conn, operation.resource_id, guard, &why).await?;
+        return Ok(());
+    }
     let ending = db::resources::Ending {
         error_message: Some(message),
         ends_operation: true,
@@ -472,6 +491,26 @@ async fn set_erred(
     )
     .await?;
     Ok(())
+}
+
+/// Whether a failed (or cancelled) `operation` forgets its resource rather
+/// than erring it, and the history's name for that: an import leaves no
+/// resource behind (`import_failed`), nor does a delete forced by an admin
+/// (`force_delete`, its request has `"force": true`).
+pub fn forgets_on_failure(operation: &Operation) -> Option<&'static str> {
+    match operation.kind {
+        OperationKind::Import => Some("import_failed"),
+        OperationKind::Delete
+            if operation
+                .request
+                .get("force")
+                .and_then(serde_json::Value::as_bool)
+                == Some(true) =>
+        {
+            Some("force_delete")
+        }
+        _ => None,
+    }
 }
 
 /// Frees the operations' throttle slots, handing each to the oldest waiter.

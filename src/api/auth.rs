@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::domain::{Caller, Role};
+use crate::domain::{Caller, Role, TokenRef};
 use crate::{auth, db};
 
 /// How often the tokens table is looked at, at most (by requests without a valid token).
@@ -129,7 +129,8 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
     match bearer(headers)? {
         Some(token) => {
             let hash = auth::hash(token);
-            let Some((tenant, role)) = db::tokens::lookup(&state.pool, &hash).await? else {
+            let Some((tenant, role, id, name)) = db::tokens::lookup(&state.pool, &hash).await?
+            else {
                 // Perhaps the last token was just revoked: say so in the log.
                 state.auth.look(&state.pool).await?;
                 return Err(ApiError::Unauthorized(
@@ -139,7 +140,11 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
             state.auth.token_seen();
             let role = Role::parse(&role)
                 .ok_or_else(|| ApiError::Unauthorized("the token has no valid role".into()))?;
-            Ok(Caller { tenant, role })
+            Ok(Caller {
+                tenant,
+                role,
+                token: Some(TokenRef { id, name }),
+            })
         }
         None if state.auth.is_open(&state.pool).await? => Ok(Caller::open()),
         None => Err(ApiError::Unauthorized(

@@ -37,6 +37,11 @@ pub struct EventResponse {
     pub operation_id: Option<Uuid>,
     /// The task that made it.
     pub task_id: Option<Uuid>,
+    /// More about it: a `drift`'s `before` and `after` (runtime state and
+    /// status), an override's `actor` (token id and name, tenant, role), a
+    /// forgetting failure's backend error.
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
     /// When.
     pub created_at: DateTime<Utc>,
 }
@@ -94,6 +99,7 @@ async fn list_resource_events(
             reason: e.reason,
             operation_id: e.operation_id,
             task_id: e.task_id,
+            details: e.details,
             created_at: e.created_at,
         })
         .collect();

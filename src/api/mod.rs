@@ -13,6 +13,7 @@ pub mod kinds;
 pub mod metrics;
 pub mod operations;
 pub mod paging;
+pub mod reconcile;
 pub mod request_id;
 pub mod resources;
 pub mod stream;
@@ -80,6 +81,7 @@ struct ApiDoc;
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(resources::router())
+        .merge(reconcile::router())
         .merge(events::router())
         .merge(operations::router())
         .merge(fleet::router())

@@ -68,6 +68,12 @@ pub struct TaskResponse {
     pub status: Option<String>,
     /// The last error it met.
     pub last_error: Option<String>,
+    /// For a step that failed on a backend call, the backend's whole error:
+    /// `message`, `class` (`transient`, `permanent` or `not_found`),
+    /// `method`, and what a real driver saw: `http_status` or `exit_code`,
+    /// and `body`, the start of the reply (at most 4 KiB).
+    #[schema(value_type = Option<Object>, example = json!({"message": "No valid host was found", "class": "permanent", "method": "create_instance", "http_status": 400, "body": "{\"detail\": \"No valid host was found\"}"}))]
+    pub error_details: Option<Value>,
     /// What it produced (e.g. the backend id).
     pub result: Option<Value>,
     /// The runner that last claimed it.
@@ -97,6 +103,7 @@ impl From<Task> for TaskResponse {
             run_at: t.run_at,
             status: t.status,
             last_error: t.last_error,
+            error_details: t.error_details,
             result: t.result,
             worker: t.worker,
             started_at: t.started_at,

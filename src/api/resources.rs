@@ -16,6 +16,7 @@ use super::extract::{Json, PathId, Query, body_rejection, check_json_content_typ
 use super::idempotency::{self, Idempotency};
 use super::operations::{OperationList, OperationResponse, Page, WaitQuery, until_finished};
 use super::paging::{PageQuery, page_limit};
+use super::reconcile::DeleteQuery;
 use crate::app::AppState;
 use crate::db;
 use crate::db::resources::{ChildSummary, Resource};
@@ -51,6 +52,10 @@ pub struct ResourceResponse {
     pub status: Value,
     /// Why the last operation failed, while `erred`.
     pub error_message: Option<String>,
+    /// More about that failure, while `erred`: the failed step's
+    /// `error_details` (see the task), when a backend call failed.
+    #[schema(value_type = Option<Object>)]
+    pub error_details: Option<Value>,
     /// The action in flight.
     pub action: Option<String>,
     /// The parameters of the action in flight.
@@ -99,6 +104,7 @@ impl From<Resource> for ResourceResponse {
             attributes: r.attributes,
             status: r.status,
             error_message: r.error_message,
+            error_details: r.error_details,
             action: r.action,
             action_details: r.action_details,
             current_operation_id: r.current_operation_id,
@@ -171,7 +177,7 @@ pub struct ListResourcesQuery {
 }
 
 /// Parses `If-Match`: a version in quotes (the `ETag`), or `*` for any.
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(raw) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -231,7 +237,7 @@ async fn create_resource(
     idempotency::commit(tx, key.as_ref(), StatusCode::CREATED, &body, &location).await
 }
 
-async fn claim(
+pub(super) async fn claim(
     conn: &mut sqlx::PgConnection,
     key: Option<&Idempotency>,
 ) -> Result<Option<Response>, ApiError> {
@@ -365,7 +371,8 @@ async fn update_resource(
 #[utoipa::path(delete, path = "/api/v1/resources/{id}", tag = "resources",
     params(("id" = Uuid, Path, description = "The resource's id"),
         ("If-Match" = Option<String>, Header, description = "Only if the resource is at this version (its ETag)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key"),
+        DeleteQuery),
     responses(
         (status = 202, description = "Accepted: the delete operation", body = OperationResponse,
             headers(("Location" = String, description = "The operation's URL"))),
@@ -378,8 +385,12 @@ async fn delete_resource(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
+    Query(query): Query<DeleteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if query.force == Some(true) {
+        return super::reconcile::force_delete(&state, &caller, id, &headers, &query).await;
+    }
     let path = format!("/api/v1/resources/{id}");
     let key = Idempotency::from_request(&headers, &caller, "DELETE", &path, &Value::Null)?;
     run(
@@ -450,7 +461,7 @@ fn action_params(
 }
 
 /// Applies an update, delete or action executor and answers 202 with its operation.
-async fn run<E: Executor + Sync + Send>(
+pub(super) async fn run<E: Executor + Sync + Send>(
     state: &AppState,
     key: Option<Idempotency>,
     executor: E,

@@ -32,6 +32,8 @@ pub enum MethodRole {
     Pull,
     /// Answers a yes/no question in [`BackendReply::done`] (used by `poll_backend_check`).
     Check,
+    /// Lists the backend's objects of a kind ([`Backend::list`]; a kind's `list_method`).
+    List,
 }
 
 /// One method a backend offers.
@@ -96,7 +98,14 @@ pub struct BackendReply {
 }
 
 /// Why a call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// A driver may add what it saw ([`BackendError::with_details`]: the HTTP
+/// status or exit code, the start of the reply's body). The details never
+/// change the class, the message or equality: an error with details equals
+/// the same error without them. Read the class with
+/// [`BackendError::class`] rather than by matching variants, so a detailed
+/// error is classed like its plain self.
+#[derive(Debug, Clone, Eq, thiserror::Error)]
 pub enum BackendError {
     /// Worth retrying (timeouts, overload): retried with backoff up to the step's attempts.
     #[error("{0}")]
@@ -117,21 +126,187 @@ pub enum BackendError {
         /// How long the backend asked callers to wait.
         retry_after: Duration,
     },
+    /// Another error with what the driver saw of it.
+    #[error("{}", .0.error)]
+    Detailed(Box<Detailed>),
+}
+
+/// An error with what a driver saw of it ([`BackendError::Detailed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detailed {
+    /// The error itself (never another `Detailed`).
+    pub error: BackendError,
+    /// What the driver saw.
+    pub details: CallDetails,
+}
+
+/// What a driver saw of a failed call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallDetails {
+    /// The HTTP status the backend answered (the `http` driver).
+    pub http_status: Option<u16>,
+    /// The command's exit status (the `exec` driver).
+    pub exit_code: Option<i32>,
+    /// The start of the reply's body (or of stderr), at most [`DETAILS_BODY_LIMIT`] bytes.
+    pub body: Option<String>,
+}
+
+/// The most of a failed call's reply body kept in its details.
+pub const DETAILS_BODY_LIMIT: usize = 4096;
+
+/// The class of a [`BackendError`], as stored in a task's `error_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth retrying.
+    Transient,
+    /// Retrying cannot help.
+    Permanent,
+    /// No such object.
+    NotFound,
+}
+
+impl ErrorClass {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.plain(), other.plain()) {
+            (Self::Transient(a), Self::Transient(b))
+            | (Self::Permanent(a), Self::Permanent(b))
+            | (Self::NotFound(a), Self::NotFound(b)) => a == b,
+            (
+                Self::TransientAfter {
+                    message: a,
+                    retry_after: x,
+                },
+                Self::TransientAfter {
+                    message: b,
+                    retry_after: y,
+                },
+            ) => a == b && x == y,
+            _ => false,
+        }
+    }
 }
 
 impl BackendError {
     /// Whether retrying may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::TransientAfter { .. })
+        self.class() == ErrorClass::Transient
     }
 
     /// How long the backend asked to wait before a retry, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.plain() {
             Self::TransientAfter { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
+
+    /// Its class.
+    pub fn class(&self) -> ErrorClass {
+        match self.plain() {
+            Self::Transient(_) | Self::TransientAfter { .. } => ErrorClass::Transient,
+            Self::NotFound(_) => ErrorClass::NotFound,
+            Self::Permanent(_) | Self::Detailed(_) => ErrorClass::Permanent,
+        }
+    }
+
+    /// The error without the details a driver added.
+    pub fn plain(&self) -> &Self {
+        match self {
+            Self::Detailed(detailed) => &detailed.error,
+            other => other,
+        }
+    }
+
+    /// The error without the details a driver added, by value.
+    pub fn into_plain(self) -> Self {
+        match self {
+            Self::Detailed(detailed) => detailed.error,
+            other => other,
+        }
+    }
+
+    /// What the driver saw, if it said.
+    pub fn details(&self) -> Option<&CallDetails> {
+        match self {
+            Self::Detailed(detailed) => Some(&detailed.details),
+            _ => None,
+        }
+    }
+
+    /// This error with what the driver saw (replacing details it had).
+    #[must_use]
+    pub fn with_details(self, details: CallDetails) -> Self {
+        Self::Detailed(Box::new(Detailed {
+            error: self.into_plain(),
+            details,
+        }))
+    }
+
+    /// The whole error as a task's `error_details` object: `message`,
+    /// `class`, and what the driver saw (`http_status`, `exit_code`, `body`).
+    pub fn to_json(&self, method: &str) -> Value {
+        let mut out = Map::new();
+        out.insert("message".into(), Value::from(self.to_string()));
+        out.insert("class".into(), Value::from(self.class().as_str()));
+        out.insert("method".into(), Value::from(method));
+        if let Some(after) = self.retry_after() {
+            out.insert("retry_after_s".into(), Value::from(after.as_secs_f64()));
+        }
+        if let Some(details) = self.details() {
+            if let Some(status) = details.http_status {
+                out.insert("http_status".into(), Value::from(status));
+            }
+            if let Some(code) = details.exit_code {
+                out.insert("exit_code".into(), Value::from(code));
+            }
+            if let Some(body) = &details.body {
+                out.insert("body".into(), Value::from(body.as_str()));
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+/// At most [`DETAILS_BODY_LIMIT`] bytes of `body` as text (invalid UTF-8
+/// replaced), cut at a character boundary; `None` when empty.
+pub fn details_body(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(&body[..body.len().min(DETAILS_BODY_LIMIT)]);
+    let mut text = text.into_owned();
+    if text.len() > DETAILS_BODY_LIMIT {
+        let mut end = DETAILS_BODY_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    (!text.trim().is_empty()).then_some(text)
+}
+
+/// One object a backend lists ([`Backend::list`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ListedObject {
+    /// The backend's id of the object.
+    pub backend_id: String,
+    /// Its name at the backend, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its runtime state now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_state: Option<String>,
+    /// What the backend reports about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Map<String, Value>>,
 }
 
 /// A system that executors act on.
@@ -153,6 +328,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The caller drops the future when the call's time is up or its
     /// operation is cancelled: a backend must then leave nothing running.
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError>;
+
+    /// Lists the objects of `kind` through the list method `method` (one
+    /// whose role is [`MethodRole::List`]). Backends without list methods
+    /// keep this default, which refuses.
+    async fn list(&self, method: &str, kind: &str) -> Result<Vec<ListedObject>, BackendError> {
+        Err(BackendError::Permanent(format!(
+            "this backend cannot list (`{method}` for kind `{kind}`)"
+        )))
+    }
 }
 
 /// The backends known to this process, by the name the catalog uses.

@@ -42,6 +42,27 @@ impl WireRequest {
     }
 }
 
+/// A call of a list method (role `list`), as an adapter receives it: no
+/// resource, the kind listed instead. Added within contract version 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireListRequest {
+    /// The list method called.
+    pub method: String,
+    /// A fresh id per call (a list has no effect to repeat).
+    pub idempotency_key: Uuid,
+    /// The kind whose objects are listed.
+    pub kind: String,
+}
+
+/// A list method's reply: `{"objects": [{"backend_id", "name"?,
+/// "runtime_state"?, "status"?}]}`; unknown keys ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WireListReply {
+    /// The objects.
+    #[serde(default)]
+    pub objects: Vec<super::ListedObject>,
+}
+
 /// A reply, as an adapter sends it: every key optional (an empty body is
 /// an empty reply), unknown keys ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -106,6 +106,12 @@ struct RawKind {
     #[serde(default)]
     pull_method: Option<String>,
     #[serde(default)]
+    list_method: Option<String>,
+    #[serde(default)]
+    pull_interval_s: Option<u64>,
+    #[serde(default)]
+    import: Option<Vec<Form>>,
+    #[serde(default)]
     queue: Option<Queue>,
     #[serde(default)]
     children: BTreeMap<String, RawChild>,
@@ -225,6 +231,23 @@ fn check_kind(
     if let Some(method) = &raw.pull_method {
         checker.method(&format!("{place}.pull_method"), method, MethodRole::Pull)?;
     }
+    if let Some(method) = &raw.list_method {
+        checker.method(&format!("{place}.list_method"), method, MethodRole::List)?;
+    }
+    if raw.pull_interval_s == Some(0) {
+        return Err(error(
+            format!("{place}.pull_interval_s"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(import) = &raw.import {
+        checker.chain(&format!("{place}.import"), import, &schema)?;
+    } else if raw.pull_method.is_none() && raw.list_method.is_some() {
+        return Err(error(
+            format!("{place}.list_method"),
+            "listing is for import, which needs a pull_method or an import chain",
+        ));
+    }
     for (chain_name, chain) in [
         ("create", &raw.create),
         ("update", &raw.update),
@@ -291,6 +314,7 @@ fn check_kind(
     let (mut healthy, mut erred) = (Vec::new(), Vec::new());
     let chains = [&raw.create, &raw.update, &raw.delete]
         .into_iter()
+        .chain(raw.import.as_ref())
         .chain(actions.values().map(|a: &Action| &a.chain));
     for step in chains.flatten().flat_map(Form::own_steps) {
         if let Step::PollRuntimeState {
@@ -321,6 +345,14 @@ fn check_kind(
         schema,
         updatable: raw.updatable,
         pull_method: raw.pull_method,
+        list_method: raw.list_method,
+        pull_interval: raw.pull_interval_s.map(std::time::Duration::from_secs),
+        import: raw.import,
+        runtime_states: backend
+            .runtime_states()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         queue,
         children,
         create: raw.create,
@@ -553,6 +585,7 @@ fn a_method(role: MethodRole) -> &'static str {
         MethodRole::Effect => "an effect method",
         MethodRole::Pull => "a pull method",
         MethodRole::Check => "a check method",
+        MethodRole::List => "a list method",
     }
 }
 

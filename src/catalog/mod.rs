@@ -125,6 +125,16 @@ pub struct Kind {
     pub updatable: Vec<String>,
     /// The backend method that reads an object's runtime state.
     pub pull_method: Option<String>,
+    /// The backend method that lists its objects of this kind, for
+    /// `GET /api/v1/kinds/{kind}/importable`.
+    pub list_method: Option<String>,
+    /// How often the periodic pull refreshes this kind's resources; `None`:
+    /// every time the pull job runs.
+    pub pull_interval: Option<std::time::Duration>,
+    /// The import chain (after `begin_creating`); `None`: the pull alone.
+    pub import: Option<Vec<Form>>,
+    /// Every runtime state its backend declares.
+    pub runtime_states: Vec<String>,
     /// The queue its create, update and delete chains run on.
     pub queue: Queue,
     /// Its children, by role: a composite kind (a server with its volumes)

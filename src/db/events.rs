@@ -29,6 +29,9 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
     /// The resource's tenant.
     pub tenant: String,
+    /// More about it (a drift's before and after, an override's actor).
+    #[sqlx(default)]
+    pub details: Option<serde_json::Value>,
 }
 
 /// A resource's events in order, after `after` if given, at most `limit`.

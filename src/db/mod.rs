@@ -5,6 +5,7 @@ pub mod events;
 pub mod idempotency;
 pub mod jobs;
 pub mod operations;
+pub mod reconcile;
 pub mod resources;
 pub mod tasks;
 pub mod throttle;

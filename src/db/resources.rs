@@ -329,6 +329,12 @@ pub struct Ending<'a> {
     pub ends_operation: bool,
     /// The task that made it, for the history.
     pub task_id: Option<Uuid>,
+    /// More about the error, for `set_erred`; without it, a failed task's
+    /// `error_details` (the task `task_id`) are copied.
+    pub error_details: Option<&'a Value>,
+    /// More about the event, for the history (a drift's before and after,
+    /// an override's actor).
+    pub details: Option<&'a Value>,
 }
 
 /// Applies `transition` as a compare-and-set under `guard`, recording the
@@ -348,6 +354,8 @@ pub async fn transition(
         "WITH prev AS (SELECT id, state FROM resources WHERE id = $1 FOR UPDATE),
          upd AS (
              UPDATE resources r SET state = $3, error_message = $5,
+                    error_details = CASE WHEN $5::text IS NULL THEN NULL
+                        ELSE coalesce($11::jsonb, (SELECT t.error_details FROM tasks t WHERE t.id = $9)) END,
                     runtime_state = coalesce($6, r.runtime_state),
                     action = CASE WHEN $7 THEN NULL ELSE r.action END,
                     action_details = CASE WHEN $7 THEN NULL ELSE r.action_details END,
@@ -358,8 +366,8 @@ pub async fn transition(
                         ELSE r.current_operation_id = $4 END
              RETURNING r.*, prev.state AS prev_state
          ), ev AS (
-             INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, reason, tenant)
-             SELECT id, coalesce($4, current_operation_id), $9, $10, prev_state, state, $5, tenant FROM upd
+             INSERT INTO resource_events (resource_id, operation_id, task_id, transition, from_state, to_state, reason, tenant, details)
+             SELECT id, coalesce($4, current_operation_id), $9, $10, prev_state, state, $5, tenant, $12 FROM upd
          )
          SELECT * FROM upd",
     )
@@ -373,6 +381,8 @@ pub async fn transition(
     .bind(version)
     .bind(ending.task_id)
     .bind(transition.as_str())
+    .bind(ending.error_details)
+    .bind(ending.details)
     .fetch_optional(conn)
     .await
 }
@@ -413,7 +423,7 @@ pub async fn transition_many(
              FROM resources r JOIN u ON u.id = r.id
              WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r
          ), upd AS (
-             UPDATE resources r SET state = $6, error_message = NULL,
+             UPDATE resources r SET state = $6, error_message = NULL, error_details = NULL,
                     runtime_state = coalesce(prev.runtime_state, r.runtime_state),
                     action = CASE WHEN $7 THEN NULL ELSE r.action END,
                     action_details = CASE WHEN $7 THEN NULL ELSE r.action_details END,

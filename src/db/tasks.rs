@@ -65,6 +65,10 @@ pub struct Task {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// For a step that failed on a backend call: the backend's whole error
+    /// (message, class, HTTP status or exit code, the start of the reply).
+    #[sqlx(default)]
+    pub error_details: Option<Value>,
 }
 
 /// A step to insert.
@@ -604,4 +608,18 @@ pub async fn queue_depths(pool: &PgPool) -> sqlx::Result<Vec<(Queue, QueueDepth)
             (queue, depth)
         })
         .collect())
+}
+
+/// Stores a failed step's whole backend error (`tasks.error_details`).
+pub async fn set_error_details(
+    conn: &mut PgConnection,
+    id: Uuid,
+    details: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE tasks SET error_details = $2 WHERE id = $1")
+        .bind(id)
+        .bind(details)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

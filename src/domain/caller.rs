@@ -39,6 +39,17 @@ pub struct Caller {
     pub tenant: String,
     /// What it may do.
     pub role: Role,
+    /// The token it called with; `None` while the service runs open.
+    pub token: Option<TokenRef>,
+}
+
+/// A token, as the history names who did something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRef {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// Its name (a label for people; may be empty).
+    pub name: String,
 }
 
 impl Caller {
@@ -47,12 +58,23 @@ impl Caller {
         Self {
             tenant: String::new(),
             role: Role::Admin,
+            token: None,
         }
     }
 
     /// The tenant its reads and writes are confined to; `None` for an admin, who sees all.
     pub fn scope(&self) -> Option<&str> {
         (self.role != Role::Admin).then_some(self.tenant.as_str())
+    }
+
+    /// Who it is, for the history: its token's id and name, tenant and
+    /// role (`"token": null` while the service runs open).
+    pub fn actor(&self) -> serde_json::Value {
+        serde_json::json!({
+            "token": self.token,
+            "tenant": self.tenant,
+            "role": self.role.as_str(),
+        })
     }
 
     /// Whether it may change things.

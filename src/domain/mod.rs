@@ -8,7 +8,7 @@ mod name;
 mod operation;
 mod state;
 
-pub use caller::{Caller, Role};
+pub use caller::{Caller, Role, TokenRef};
 pub use field_error::FieldError;
 pub use limits::{MAX_DEPTH, MAX_JSON_BYTES, check_json};
 pub use name::{MAX_NAME_CHARS, NameError, ResourceName};

@@ -16,6 +16,12 @@ pub enum OperationKind {
     Delete,
     /// A named action: `schedule_updating`; success `set_ok`, failure `set_erred`.
     Action,
+    /// Adopts an existing backend object: inserts the resource; success
+    /// `set_ok`, failure (or cancel) removes the row again, its history kept.
+    Import,
+    /// Refreshes runtime state and status now: `schedule_updating`; success
+    /// `set_ok`, failure `set_erred`.
+    Pull,
 }
 
 /// Where an operation stands.
@@ -47,6 +53,8 @@ impl OperationKind {
             Self::Update => "update",
             Self::Delete => "delete",
             Self::Action => "action",
+            Self::Import => "import",
+            Self::Pull => "pull",
         }
     }
 }

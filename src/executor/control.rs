@@ -185,10 +185,14 @@ fn resumed_state(kind: OperationKind, tasks: &[db::tasks::Task], resource: Uuid)
         .find(|t| t.resource_id == Some(resource) && t.task_type == "state_transition")
         .is_some_and(|t| t.state == TaskState::Succeeded);
     match (kind, began) {
-        (OperationKind::Create, false) => ResourceState::CreationScheduled,
-        (OperationKind::Create, true) => ResourceState::Creating,
-        (OperationKind::Update | OperationKind::Action, false) => ResourceState::UpdateScheduled,
-        (OperationKind::Update | OperationKind::Action, true) => ResourceState::Updating,
+        (OperationKind::Create | OperationKind::Import, false) => ResourceState::CreationScheduled,
+        (OperationKind::Create | OperationKind::Import, true) => ResourceState::Creating,
+        (OperationKind::Update | OperationKind::Action | OperationKind::Pull, false) => {
+            ResourceState::UpdateScheduled
+        }
+        (OperationKind::Update | OperationKind::Action | OperationKind::Pull, true) => {
+            ResourceState::Updating
+        }
         (OperationKind::Delete, false) => ResourceState::DeletionScheduled,
         (OperationKind::Delete, true) => ResourceState::Deleting,
     }

@@ -1,6 +1,6 @@
 //! The delete executor: `schedule_deleting`.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -16,6 +16,8 @@ pub struct Delete<'c> {
     resource_id: Uuid,
     if_match: Option<i64>,
     scope: Option<String>,
+    /// For a forced delete: its request (`force`, `reason`, `actor`).
+    forced: Option<Value>,
 }
 
 impl<'c> Delete<'c> {
@@ -26,7 +28,15 @@ impl<'c> Delete<'c> {
             resource_id,
             if_match,
             scope: None,
+            forced: None,
         }
+    }
+
+    /// Forces it (admins only): if the chain fails, the record is removed
+    /// anyway, the failure left in the history. `details` say who asked.
+    pub fn forced(mut self, reason: &str, details: &Value) -> Self {
+        self.forced = Some(json!({"force": true, "reason": reason, "by": details}));
+        self
     }
 
     /// Confines it to the resources of `tenant` (`None`: every tenant's).
@@ -79,7 +89,7 @@ impl Executor for Delete<'_> {
             tasks,
             composite: !children.is_empty(),
             queue: kind.queue,
-            request: json!({}),
+            request: self.forced.clone().unwrap_or_else(|| json!({})),
             action: None,
         })
     }

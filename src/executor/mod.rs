@@ -12,7 +12,10 @@ mod action;
 pub mod control;
 mod create;
 mod delete;
+mod import;
+pub mod overrides;
 pub mod plan;
+mod pull;
 mod update;
 
 use serde_json::Value;
@@ -29,6 +32,8 @@ use crate::domain::{FieldError, OperationKind, Queue, ResourceState, Transition}
 pub use action::Action;
 pub use create::Create;
 pub use delete::Delete;
+pub use import::Import;
+pub use pull::{Pull, pull_step};
 pub use update::Update;
 
 /// Claims a step may use before it fails for good, unless the step says otherwise.

@@ -83,7 +83,8 @@ enum Decision {
         error: Option<String>,
     },
     Park(String),
-    Fail(String),
+    /// The message, and the backend's whole error when a call failed.
+    Fail(String, Option<serde_json::Value>),
 }
 
 /// Who claims next steps inline: the runner and its lease.
@@ -307,10 +308,13 @@ pub async fn record_batch(
                 db::tasks::park(&mut tx, step.task.id, &status).await?;
                 rec.throttle_waits += 1;
             }
-            Decision::Fail(error) => {
+            Decision::Fail(error, details) => {
                 tracing::warn!(task_id = %step.task.id, operation_id = %step.operation.id, %error, "step failed");
                 db::tasks::finish(&mut tx, step.task.id, TaskState::Failed, None, Some(&error))
                     .await?;
+                if let Some(details) = &details {
+                    db::tasks::set_error_details(&mut tx, step.task.id, details).await?;
+                }
                 if step.task.undo {
                     // An undo that fails leaves its resource erred, with
                     // its own message, and the compensation goes on.
@@ -432,9 +436,10 @@ async fn decide_all<'a>(
                 let state = db::resources::get(conn, step.resource_id())
                     .await?
                     .map_or_else(|| "gone".to_owned(), |r| r.state.to_string());
-                Decision::Fail(format!(
-                    "{transition} is not allowed: the resource is {state}"
-                ))
+                Decision::Fail(
+                    format!("{transition} is not allowed: the resource is {state}"),
+                    None,
+                )
             };
             decided.push((step, decision));
         }
@@ -562,12 +567,13 @@ async fn decide(
             status: Some(format!("retrying in {delay:.1?} after a transient failure")),
             error: Some(error),
         },
-        StepOutcome::Fail(error) => Decision::Fail(error),
+        StepOutcome::Fail(error) => Decision::Fail(error, None),
+        StepOutcome::BackendFailed { error, details } => Decision::Fail(error, Some(details)),
         // Applied by `decide_all`, a batch at a time.
         StepOutcome::Transition(transition) => {
-            Decision::Fail(format!("{transition} was not applied"))
+            Decision::Fail(format!("{transition} was not applied"), None)
         }
-        StepOutcome::Erred(_, error) => Decision::Fail(error),
+        StepOutcome::Erred(_, error) => Decision::Fail(error, None),
     })
 }
 

@@ -47,7 +47,12 @@ pub(super) async fn run(
                 delay,
             };
         }
-        Err(e) => return StepOutcome::Fail(e.to_string()),
+        Err(e) => {
+            return StepOutcome::BackendFailed {
+                error: e.to_string(),
+                details: e.to_json(method),
+            };
+        }
     };
     match step {
         Step::PollRuntimeState {

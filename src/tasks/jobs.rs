@@ -4,13 +4,17 @@
 //! resource only by a compare-and-set on the version it read with nothing in
 //! flight, so a job racing an operation always loses cleanly.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{JobOutcome, TaskContext};
-use crate::backend::{BackendCall, BackendError, ResourceView};
+use crate::backend::{BackendCall, ErrorClass, ResourceView};
 use crate::catalog::{Job, JobArgs};
 use crate::db;
 use crate::db::jobs::Prunable;
@@ -45,40 +49,91 @@ pub(super) async fn run(ctx: &TaskContext, args: JobArgs) -> JobOutcome {
     }
 }
 
-/// Refreshes the runtime state of stable resources through their kind's pull
-/// method: a vanished or erred backend object errs the resource; an erred
-/// resource whose object is healthy again is recovered.
+/// Pulls of one backend in flight at once, per pull job.
+const PULLS_PER_BACKEND: usize = 16;
+
+/// Refreshes the runtime state and status of stable resources through their
+/// kind's pull method, each kind at most every `pull_interval_s` (its
+/// catalog's; without one, every run). Pulls run in parallel, a batch at a
+/// time, at most [`PULLS_PER_BACKEND`] per backend. A changed runtime state
+/// or status is recorded with a `drift` event (before and after); a vanished
+/// or erred backend object errs the resource; an erred resource whose
+/// object is healthy again is recovered.
 async fn pull(ctx: &TaskContext) -> anyhow::Result<Value> {
-    let (mut seen, mut updated, mut erred, mut recovered, mut failed) = (0, 0, 0, 0, 0);
-    let mut after = None;
-    loop {
+    let mut tally = Tally::default();
+    let mut conn = ctx.pool.acquire().await?;
+    let last: HashMap<String, chrono::DateTime<chrono::Utc>> =
+        db::reconcile::kinds_pulled(&mut conn)
+            .await?
+            .into_iter()
+            .collect();
+    drop(conn);
+    let now = chrono::Utc::now();
+    let mut limits: HashMap<&str, Arc<Semaphore>> = HashMap::new();
+    for kind in ctx.catalog.kinds() {
+        if kind.pull_method.is_none() {
+            continue;
+        }
+        if let (Some(interval), Some(at)) = (kind.pull_interval, last.get(&kind.name))
+            && (now - *at).to_std().unwrap_or_default() < interval
+        {
+            continue;
+        }
         let mut conn = ctx.pool.acquire().await?;
-        let batch = db::resources::list_pullable(&mut conn, after, BATCH).await?;
+        db::reconcile::kind_pulled(&mut conn, &kind.name).await?;
         drop(conn);
-        let Some(last) = batch.last() else { break };
-        after = Some(last.id);
-        for resource in batch {
-            seen += 1;
-            match pull_one(ctx, &resource).await {
-                Ok(Pulled::Same) => {}
-                Ok(Pulled::Updated) => updated += 1,
-                Ok(Pulled::Erred) => erred += 1,
-                Ok(Pulled::Recovered) => recovered += 1,
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(resource_id = %resource.id, error = %e, "pull failed");
+        let limit = limits
+            .entry(kind.backend.as_str())
+            .or_insert_with(|| Arc::new(Semaphore::new(PULLS_PER_BACKEND)))
+            .clone();
+        let mut after = None;
+        loop {
+            let mut conn = ctx.pool.acquire().await?;
+            let batch =
+                db::reconcile::pullable_of_kind(&mut conn, &kind.name, after, BATCH).await?;
+            drop(conn);
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id);
+            let pulls = batch.iter().map(|resource| {
+                let limit = limit.clone();
+                async move {
+                    let _slot = limit.acquire().await;
+                    (resource.id, pull_one(ctx, resource).await)
+                }
+            });
+            for (resource_id, pulled) in futures::future::join_all(pulls).await {
+                tally.seen += 1;
+                match pulled {
+                    Ok(Pulled::Same) => {}
+                    Ok(Pulled::Drifted) => tally.drifted += 1,
+                    Ok(Pulled::Erred) => tally.erred += 1,
+                    Ok(Pulled::Recovered) => tally.recovered += 1,
+                    Err(e) => {
+                        tally.failed += 1;
+                        tracing::warn!(%resource_id, error = %e, "pull failed");
+                    }
                 }
             }
         }
     }
-    Ok(
-        json!({"seen": seen, "updated": updated, "erred": erred, "recovered": recovered, "failed": failed}),
-    )
+    Ok(json!({
+        "seen": tally.seen, "updated": tally.drifted, "erred": tally.erred,
+        "recovered": tally.recovered, "failed": tally.failed,
+    }))
+}
+
+#[derive(Default)]
+struct Tally {
+    seen: u64,
+    drifted: u64,
+    erred: u64,
+    recovered: u64,
+    failed: u64,
 }
 
 enum Pulled {
     Same,
-    Updated,
+    Drifted,
     Erred,
     Recovered,
 }
@@ -106,28 +161,49 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
     };
     let timeout = backend.timeout().unwrap_or(ctx.backend_timeout);
     let reply = tokio::time::timeout(timeout, backend.call(method, call)).await;
-    let (problem, healthy, runtime_state) = match reply {
+    let (problem, healthy, runtime_state, reported) = match reply {
         Err(_) => anyhow::bail!("{method} timed out"),
-        Ok(Err(BackendError::NotFound(message))) => (
-            Some(format!("the backend object is gone: {message}")),
+        Ok(Err(e)) if e.class() == ErrorClass::NotFound => (
+            Some(format!("the backend object is gone: {e}")),
             false,
+            None,
             None,
         ),
         Ok(Err(e)) => anyhow::bail!("{method}: {e}"),
         Ok(Ok(reply)) => match reply.runtime_state {
-            None => return Ok(Pulled::Same),
+            None if reply.status.is_none() => return Ok(Pulled::Same),
             Some(state) if kind.erred_runtime_states.contains(&state) => (
                 Some(format!("the backend reports runtime state {state}")),
                 false,
                 Some(state),
+                reply.status,
             ),
-            Some(state) => (
+            state => (
                 None,
-                kind.healthy_runtime_states.contains(&state),
-                Some(state),
+                state
+                    .as_ref()
+                    .is_some_and(|s| kind.healthy_runtime_states.contains(s)),
+                state,
+                reply.status,
             ),
         },
     };
+    // The status as the pull leaves it: the stored one with the reported keys merged in.
+    let mut status = resource.status.clone();
+    if let (Some(reported), Some(stored)) = (&reported, status.as_object_mut()) {
+        stored.extend(reported.clone());
+    }
+    let state_changed = runtime_state
+        .as_deref()
+        .is_some_and(|s| resource.runtime_state.as_deref() != Some(s));
+    let details = json!({
+        "before": {"runtime_state": resource.runtime_state, "status": resource.status},
+        "after": {
+            "runtime_state": runtime_state.as_deref().or(resource.runtime_state.as_deref()),
+            "status": status,
+            "gone": problem.is_some() && runtime_state.is_none(),
+        },
+    });
     let change = match (problem, healthy, resource.state) {
         (Some(message), _, ResourceState::Ok) => Some((Transition::SetErred, Some(message))),
         (None, true, ResourceState::Erred) => Some((Transition::Recover, None)),
@@ -138,6 +214,7 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
         let ending = db::resources::Ending {
             error_message: message.as_deref(),
             runtime_state: runtime_state.as_deref(),
+            details: Some(&details),
             ..db::resources::Ending::default()
         };
         let guard = Guard::Version(resource.version);
@@ -149,15 +226,17 @@ async fn pull_one(ctx: &TaskContext, resource: &Resource) -> anyhow::Result<Pull
             (Some(_), _) => Pulled::Erred,
         });
     }
-    match runtime_state {
-        Some(state) if resource.runtime_state.as_deref() != Some(state.as_str()) => {
-            let done =
-                db::resources::set_runtime_state(&mut conn, resource.id, resource.version, &state)
-                    .await?;
-            Ok(if done { Pulled::Updated } else { Pulled::Same })
-        }
-        _ => Ok(Pulled::Same),
+    if !state_changed && status == resource.status {
+        return Ok(Pulled::Same);
     }
+    let drift = db::reconcile::Drift {
+        runtime_state: runtime_state.as_deref().filter(|_| state_changed),
+        status: &status,
+        details: &details,
+    };
+    let done =
+        db::reconcile::record_drift(&mut conn, resource.id, resource.version, &drift).await?;
+    Ok(if done { Pulled::Drifted } else { Pulled::Same })
 }
 
 /// Errs resources left in a transitional state whose operation is gone,

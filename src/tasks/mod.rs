@@ -39,7 +39,9 @@ impl Outcome {
             Self::Step(StepOutcome::Retry { .. }) | Self::Job(JobOutcome::Retry { .. }) => {
                 "retried"
             }
-            Self::Step(StepOutcome::Fail(_) | StepOutcome::Erred(..))
+            Self::Step(
+                StepOutcome::Fail(_) | StepOutcome::Erred(..) | StepOutcome::BackendFailed { .. },
+            )
             | Self::Job(JobOutcome::Fail(_)) => "failed",
         }
     }
@@ -90,6 +92,14 @@ pub enum StepOutcome {
     },
     /// Failed for good: the operation fails with this message.
     Fail(String),
+    /// A backend call failed for good: as [`StepOutcome::Fail`], and the
+    /// backend's whole error is kept as the task's `error_details`.
+    BackendFailed {
+        /// The message, as [`StepOutcome::Fail`]'s.
+        error: String,
+        /// The error as [`crate::backend::BackendError::to_json`] writes it.
+        details: Value,
+    },
     /// The backend reports an erred runtime state: store it, then fail like [`StepOutcome::Fail`].
     Erred(BackendReply, String),
 }

@@ -472,6 +472,7 @@ async fn a_400_fails_the_step_at_once_with_the_problem_detail(pool: PgPool) {
         match backend
             .call("make", call_on("t", None, json!({}), json!({})))
             .await
+            .map_err(BackendError::into_plain)
         {
             Err(BackendError::Permanent(message)) => messages.push(message),
             other => panic!("{other:?}"),

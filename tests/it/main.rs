@@ -30,3 +30,4 @@ mod jobs;
 mod metrics;
 mod push;
 mod rabbitmq;
+mod reconcile;

@@ -29,7 +29,10 @@ use self::process::{
 };
 use self::reply::{parse_reply, request_body};
 use super::declared::{ExecDecl, MethodDecl, NotFound, Secret, expand, method_infos};
-use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
+use super::{
+    Backend, BackendCall, BackendError, BackendReply, CallDetails, MethodInfo, MethodRole,
+    details_body,
+};
 
 /// The largest reply read from stdout; a longer one fails the call.
 pub const MAX_REPLY: usize = 1024 * 1024;
@@ -247,6 +250,16 @@ impl ExecBackend {
                 status.signal().unwrap_or_default()
             ))),
         };
+        // A command that ended with a status other than 0 explains itself
+        // with it and its stderr.
+        let result = match (result, status.code()) {
+            (Err(e), Some(code)) if code != 0 => Err(e.with_details(CallDetails {
+                http_status: None,
+                exit_code: Some(code),
+                body: details_body(&err),
+            })),
+            (result, _) => result,
+        };
         Ran {
             status: Some(status),
             result,
@@ -358,9 +371,5 @@ impl Drop for Watch<'_> {
 }
 
 fn error_class(error: &BackendError) -> &'static str {
-    match error {
-        BackendError::Transient(_) | BackendError::TransientAfter { .. } => "transient",
-        BackendError::Permanent(_) => "permanent",
-        BackendError::NotFound(_) => "not_found",
-    }
+    error.class().as_str()
 }

@@ -21,8 +21,11 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 
 use super::declared::{HttpDecl, NotFound, StatusClass, expand, method_infos};
-use super::wire::{self, WireRequest};
-use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo};
+use super::wire::{self, WireListReply, WireListRequest, WireRequest};
+use super::{
+    Backend, BackendCall, BackendError, BackendReply, CallDetails, ListedObject, MethodInfo,
+    details_body,
+};
 use reply::{Body, ERROR_BODY_LIMIT, REPLY_LIMIT};
 use route::{Calling, Route, Templated, default_class};
 
@@ -223,6 +226,7 @@ impl HttpBackend {
             }
             StatusClass::NotFound => {
                 let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+                meter.body = Some(body.clone());
                 Err(Failure::NotFound(
                     reply::message(&body).unwrap_or_else(|| answered(method, status)),
                 ))
@@ -230,6 +234,7 @@ impl HttpBackend {
             StatusClass::Transient => {
                 let wait = reply::retry_after(response.headers(), SystemTime::now());
                 let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+                meter.body = Some(body.clone());
                 let message = match reply::message(&body) {
                     Some(detail) => format!("{}: {detail}", answered(method, status)),
                     None => answered(method, status),
@@ -238,6 +243,7 @@ impl HttpBackend {
             }
             StatusClass::Permanent => {
                 let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+                meter.body = Some(body.clone());
                 Err(Failure::Permanent(
                     reply::message(&body).unwrap_or_else(|| answered(method, status)),
                 ))
@@ -361,6 +367,8 @@ struct Meter<'a> {
     method: &'a str,
     started: Instant,
     status: Option<u16>,
+    /// The start of an error answer's body, for the error's details.
+    body: Option<Vec<u8>>,
     outcome: &'static str,
 }
 
@@ -393,6 +401,70 @@ impl Backend for HttpBackend {
         self.timeout
     }
 
+    async fn list(&self, method: &str, kind: &str) -> Result<Vec<ListedObject>, BackendError> {
+        let Some(Route {
+            calling: Calling::Generic { path },
+            ..
+        }) = self.routes.get(method)
+        else {
+            return Err(BackendError::Permanent(format!(
+                "backend `{}` has no generic method `{method}` to list with",
+                self.name
+            )));
+        };
+        let request = WireListRequest {
+            method: method.to_owned(),
+            idempotency_key: uuid::Uuid::new_v4(),
+            kind: kind.to_owned(),
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| BackendError::Permanent(format!("cannot encode the call: {e}")))?;
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .header(CONTENT_TYPE, "application/json")
+            .header("idempotency-key", request.idempotency_key.to_string())
+            .header(ACCEPT, "application/json, application/problem+json")
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                BackendError::Transient(format!(
+                    "cannot reach backend `{}` for `{method}`: {}",
+                    self.name,
+                    chain(&e)
+                ))
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = reply::read_prefix(response, ERROR_BODY_LIMIT).await;
+            let message = reply::message(&body).unwrap_or_else(|| answered(method, status));
+            let error = match default_class(status) {
+                StatusClass::NotFound => BackendError::NotFound(message),
+                StatusClass::Transient => BackendError::Transient(message),
+                _ => BackendError::Permanent(message),
+            };
+            return Err(error.with_details(CallDetails {
+                http_status: Some(status.as_u16()),
+                exit_code: None,
+                body: details_body(&body),
+            }));
+        }
+        let body = match reply::read_capped(response, REPLY_LIMIT).await {
+            Ok(Body::Whole(body)) => body,
+            Ok(Body::TooLarge) => {
+                return Err(BackendError::Permanent(format!(
+                    "bad reply from `{method}`: larger than 1 MiB"
+                )));
+            }
+            Err(e) => return Err(BackendError::Transient(chain(&e))),
+        };
+        let listed: WireListReply = serde_json::from_slice(&body)
+            .map_err(|e| BackendError::Permanent(format!("bad reply from `{method}`: {e}")))?;
+        Ok(listed.objects)
+    }
+
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError> {
         let (method, route) = self.routes.get_key_value(method).ok_or_else(|| {
             BackendError::Permanent(format!("backend `{}` has no method `{method}`", self.name))
@@ -408,6 +480,7 @@ impl Backend for HttpBackend {
             method,
             started: Instant::now(),
             status: None,
+            body: None,
             outcome: "abandoned",
         };
         let result = self.exchange(method, route, call, &mut meter).await;
@@ -415,6 +488,17 @@ impl Backend for HttpBackend {
             Ok(_) => "ok",
             Err(failure) => failure.class(),
         };
-        result.map_err(BackendError::from)
+        result.map_err(|failure| {
+            let error = BackendError::from(failure);
+            match meter.status {
+                // It answered: the status and the start of the body explain it.
+                Some(status) => error.with_details(CallDetails {
+                    http_status: Some(status),
+                    exit_code: None,
+                    body: meter.body.take().as_deref().and_then(details_body),
+                }),
+                None => error,
+            }
+        })
     }
 }

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::SimConfig;
 use super::SimStats;
-use super::model::{Kind, Loaded, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide};
-use crate::backend::{BackendCall, BackendReply};
+use super::model::{Kind, Loaded, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide, listed};
+use crate::backend::{BackendCall, BackendReply, ListedObject};
 
 /// The first successful effect under an idempotency key.
 #[derive(Debug)]
@@ -104,6 +104,47 @@ impl Memory {
                 .or_default();
             *max = (*max).max(created.in_flight);
         }
+    }
+
+    /// The live objects of the kind called `noun`, with what a pull reports.
+    pub(super) fn list(&mut self, now: Instant, noun: &str) -> Vec<ListedObject> {
+        self.settle(now);
+        let mut listed: Vec<ListedObject> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o.kind.noun() == noun)
+            .map(|(id, o)| listed(id, o))
+            .collect();
+        listed.sort_by(|a, b| a.backend_id.cmp(&b.backend_id));
+        listed
+    }
+
+    /// Changes an object behind everyone's back: its runtime state, and
+    /// attributes merged in. `false` if there is no such object.
+    pub(super) fn tamper(
+        &mut self,
+        now: Instant,
+        backend_id: &str,
+        state: Option<&'static str>,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        self.settle(now);
+        let Some(object) = self.objects.get_mut(backend_id) else {
+            return false;
+        };
+        if let Some(state) = state {
+            object.state = state;
+            object.pending = None;
+        }
+        if let Some(stored) = object.attributes.as_object_mut() {
+            stored.extend(attributes.clone());
+        }
+        true
+    }
+
+    /// Removes an object behind everyone's back; `false` if there was none.
+    pub(super) fn vanish(&mut self, backend_id: &str) -> bool {
+        self.objects.remove(backend_id).is_some()
     }
 
     /// Applies every transition that is due at `now`.

@@ -84,7 +84,9 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Backend, BackendCall, BackendError, BackendReply, MethodInfo, MethodRole};
+use super::{
+    Backend, BackendCall, BackendError, BackendReply, ListedObject, MethodInfo, MethodRole,
+};
 use memory::Memory;
 use model::{METHODS, Outcome, Plan, RUNTIME_STATES};
 
@@ -241,6 +243,39 @@ impl Sim {
         }
     }
 
+    /// Changes the object `backend_id` behind executord's back (as someone
+    /// at the cloud's console would): its runtime state, which must be one
+    /// the sim knows, and attributes merged in (`flavor`, `size_gb` are what
+    /// pulls report). `Ok(false)` if there is no such object.
+    pub async fn tamper(
+        &self,
+        backend_id: &str,
+        runtime_state: Option<&str>,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, BackendError> {
+        let state = match runtime_state {
+            Some(name) => Some(model::runtime_state(name).ok_or_else(|| {
+                BackendError::Permanent(format!("the sim has no runtime state {name}"))
+            })?),
+            None => None,
+        };
+        match &self.store {
+            Store::Memory(memory) => {
+                Ok(lock(memory).tamper(Instant::now(), backend_id, state, attributes))
+            }
+            Store::Shared(pool) => shared::tamper(pool, backend_id, state, attributes).await,
+        }
+    }
+
+    /// Removes the object `backend_id` behind executord's back. `Ok(false)`
+    /// if there was none.
+    pub async fn vanish(&self, backend_id: &str) -> Result<bool, BackendError> {
+        match &self.store {
+            Store::Memory(memory) => Ok(lock(memory).vanish(backend_id)),
+            Store::Shared(pool) => shared::vanish(pool, backend_id).await,
+        }
+    }
+
     /// How this cloud behaves.
     pub fn config(&self) -> &SimConfig {
         &self.config
@@ -380,6 +415,22 @@ impl Backend for Sim {
 
     fn runtime_states(&self) -> Vec<&str> {
         RUNTIME_STATES.to_vec()
+    }
+
+    async fn list(&self, method: &str, kind: &str) -> Result<Vec<ListedObject>, BackendError> {
+        *self.seen().calls.entry(method.to_owned()).or_default() += 1;
+        let noun = match model::Op::parse(method) {
+            Some((noun, model::Op::List)) => noun.noun(),
+            _ => {
+                return Err(BackendError::Permanent(format!(
+                    "sim backend has no list method {method} (for kind `{kind}`)"
+                )));
+            }
+        };
+        match &self.store {
+            Store::Memory(memory) => Ok(lock(memory).list(Instant::now(), noun)),
+            Store::Shared(pool) => shared::list(pool, noun).await,
+        }
     }
 
     async fn call(&self, method: &str, call: BackendCall) -> Result<BackendReply, BackendError> {

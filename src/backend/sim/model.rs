@@ -26,6 +26,7 @@ pub(super) static METHODS: &[MethodInfo] = &[
     method("update_instance", MethodRole::Effect),
     method("pull_instance", MethodRole::Pull),
     method("is_instance_deleted", MethodRole::Check),
+    method("list_instances", MethodRole::List),
     method("create_volume", MethodRole::Effect),
     method("extend_volume", MethodRole::Effect),
     method("update_volume", MethodRole::Effect),
@@ -45,6 +46,7 @@ pub(super) static METHODS: &[MethodInfo] = &[
     method("detach_floating_ip", MethodRole::Effect),
     method("pull_floating_ip", MethodRole::Pull),
     method("is_floating_ip_deleted", MethodRole::Check),
+    method("list_volumes", MethodRole::List),
 ];
 
 const fn method(name: &'static str, role: MethodRole) -> MethodInfo {
@@ -168,6 +170,8 @@ pub(super) enum Op {
     SetSecurityGroups,
     Pull,
     IsDeleted,
+    /// Lists the kind's objects: through [`crate::backend::Backend::list`] only.
+    List,
 }
 
 impl Op {
@@ -201,6 +205,8 @@ impl Op {
             "detach_floating_ip" => (Kind::FloatingIp, Op::Detach),
             "pull_floating_ip" => (Kind::FloatingIp, Op::Pull),
             "is_floating_ip_deleted" => (Kind::FloatingIp, Op::IsDeleted),
+            "list_instances" => (Kind::Instance, Op::List),
+            "list_volumes" => (Kind::Volume, Op::List),
             _ => return None,
         };
         Some(found)
@@ -210,6 +216,7 @@ impl Op {
         match self {
             Op::Pull => MethodRole::Pull,
             Op::IsDeleted => MethodRole::Check,
+            Op::List => MethodRole::List,
             _ => MethodRole::Effect,
         }
     }
@@ -242,6 +249,7 @@ impl Op {
             Op::SetSecurityGroups => "set the security groups of",
             Op::Pull => "pull",
             Op::IsDeleted => "check",
+            Op::List => "list",
         }
     }
 }
@@ -599,6 +607,9 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
             Op::Detach => self.detach(),
             Op::SetSecurityGroups => self.set_security_groups(),
             Op::Pull => self.pull(),
+            Op::List => Err(BackendError::Permanent(format!(
+                "`{method}` lists objects: it is not called on one"
+            ))),
             Op::IsDeleted => Ok(BackendReply {
                 done: Some(self.found().is_none()),
                 ..BackendReply::default()
@@ -920,9 +931,35 @@ impl<T: Copy + PartialOrd> Step<'_, T> {
         });
         Ok(BackendReply {
             runtime_state: Some(object.state.to_owned()),
-            status,
+            status: status.or_else(|| reported(object)),
             ..BackendReply::default()
         })
+    }
+}
+
+/// What a pull reports about an object besides its runtime state: its size
+/// (an instance's `flavor`, a volume's `size_gb`), when it has one.
+pub(super) fn reported<T>(object: &Object<T>) -> Option<Map<String, Value>> {
+    let key = match object.kind {
+        Kind::Instance => "flavor",
+        Kind::Volume => "size_gb",
+        Kind::Port | Kind::FloatingIp => return None,
+    };
+    let value = object.attributes.get(key)?;
+    Some(Map::from_iter([(key.to_owned(), value.clone())]))
+}
+
+/// An object as a list method reports it.
+pub(super) fn listed<T>(backend_id: &str, object: &Object<T>) -> crate::backend::ListedObject {
+    crate::backend::ListedObject {
+        backend_id: backend_id.to_owned(),
+        name: object
+            .attributes
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        runtime_state: Some(object.state.to_owned()),
+        status: reported(object),
     }
 }
 

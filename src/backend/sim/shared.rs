@@ -23,7 +23,7 @@ use super::model::{
     Kind, Loaded, Next, Object, ObjectWrite, Outcome, Plan, TenantLoad, decide, reply_from_json,
     reply_to_json, runtime_state,
 };
-use crate::backend::{BackendCall, BackendError};
+use crate::backend::{BackendCall, BackendError, ListedObject};
 
 /// The database time type.
 type Time = DateTime<Utc>;
@@ -377,6 +377,69 @@ pub(super) async fn stats(pool: &PgPool) -> Result<SimStats, BackendError> {
             .map(|(t, n)| (t, usize::try_from(n).unwrap_or(0)))
             .collect(),
     })
+}
+
+/// The live objects of the kind called `noun` at the database's time.
+pub(super) async fn list(pool: &PgPool, noun: &str) -> Result<Vec<ListedObject>, BackendError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT backend_id FROM sim_objects
+         WHERE kind = $1 AND NOT (next_state IS NOT DISTINCT FROM 'gone' AND next_at <= clock_timestamp())
+         ORDER BY backend_id",
+    )
+    .bind(noun)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| store_error(&e))?;
+    let now: Time = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| store_error(&e))?;
+    let mut listed = Vec::with_capacity(rows.len());
+    let mut conn = pool.acquire().await.map_err(|e| store_error(&e))?;
+    for (backend_id,) in rows {
+        if let Some(mut object) = load_object(&mut conn, &backend_id).await?
+            && object.settle(now)
+        {
+            listed.push(super::model::listed(&backend_id, &object));
+        }
+    }
+    Ok(listed)
+}
+
+/// Changes an object behind everyone's back: its runtime state (any pending
+/// transition dropped), and attributes merged in. `false` if there is none.
+pub(super) async fn tamper(
+    pool: &PgPool,
+    backend_id: &str,
+    state: Option<&str>,
+    attributes: &serde_json::Map<String, Value>,
+) -> Result<bool, BackendError> {
+    let done = sqlx::query(
+        "UPDATE sim_objects SET
+                runtime_state = coalesce($2, CASE WHEN next_at <= clock_timestamp() AND next_state <> 'gone'
+                                                  THEN next_state ELSE runtime_state END),
+                next_state = CASE WHEN $2::text IS NULL THEN next_state END,
+                next_at = CASE WHEN $2::text IS NULL THEN next_at END,
+                attributes = attributes || $3, updated_at = now()
+         WHERE backend_id = $1",
+    )
+    .bind(backend_id)
+    .bind(state)
+    .bind(Value::Object(attributes.clone()))
+    .execute(pool)
+    .await
+    .map_err(|e| store_error(&e))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes an object behind everyone's back; `false` if there was none.
+pub(super) async fn vanish(pool: &PgPool, backend_id: &str) -> Result<bool, BackendError> {
+    let done = sqlx::query("DELETE FROM sim_objects WHERE backend_id = $1")
+        .bind(backend_id)
+        .execute(pool)
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(done.rows_affected() == 1)
 }
 
 #[cfg(test)]

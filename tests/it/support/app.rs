@@ -158,11 +158,14 @@ impl TestApp {
     }
 
     pub fn over(engine: Engine) -> Self {
-        let router = executord::app::router(executord::app::AppState::new(
-            engine.pool.clone(),
-            engine.catalog.clone(),
-            engine.events.clone(),
-        ));
+        let router = executord::app::router(executord::app::AppState {
+            backends: engine.ctx.backends.clone(),
+            ..executord::app::AppState::new(
+                engine.pool.clone(),
+                engine.catalog.clone(),
+                engine.events.clone(),
+            )
+        });
         Self { engine, router }
     }
 
