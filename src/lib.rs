@@ -31,3 +31,4 @@ pub mod metrics;
 pub mod runner;
 pub mod server;
 pub mod tasks;
+pub mod ui;

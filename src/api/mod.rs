@@ -14,6 +14,7 @@ pub mod operations;
 pub mod paging;
 pub mod request_id;
 pub mod resources;
+pub mod system;
 
 use axum::Router;
 use utoipa::OpenApi;
@@ -68,6 +69,7 @@ fn problem_response(description: &str) -> utoipa::openapi::Response {
         (name = "operations", description = "Operation and task status"),
         (name = "kinds", description = "The catalog of kinds"),
         (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "system", description = "Queues, throttles, periodic jobs and the caller, for operators"),
     )
 )]
 struct ApiDoc;
@@ -81,6 +83,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(kinds::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(system::router())
         .split_for_parts();
     document_shared_errors(&mut openapi);
     document_optional_bodies(&mut openapi);

@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod operations;
 pub mod resources;
+pub mod system;
 pub mod tasks;
 pub mod throttle;
 pub mod tokens;
