@@ -145,7 +145,10 @@ function arrayField(name, schema, { pointer, required, value, id, errorEl, helpE
 /** The fields of an object schema's properties; read() gives the object (empty optional fields left out). */
 export function objectFields(schema, pointer, value = {}) {
   const required = new Set(schema.required || []);
-  const fields = Object.entries(schema.properties || {}).map(([name, sub]) => [
+  // Required fields first, each group in the schema's order.
+  const entries = Object.entries(schema.properties || {});
+  const ordered = [...entries.filter(([n]) => required.has(n)), ...entries.filter(([n]) => !required.has(n))];
+  const fields = ordered.map(([name, sub]) => [
     name, field(name, sub, { pointer: `${pointer}/${name}`, required: required.has(name), value: value[name] }),
   ]);
   return {
