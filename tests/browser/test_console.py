@@ -80,6 +80,15 @@ def test_cancel_a_running_operation(operator):
     expect(page.locator("#operation-state")).to_have_text("running", timeout=LIVE)
     expect(page.locator('.task[data-state="running"]')).to_be_visible(timeout=LIVE)
     shot(page, "operation-running")
+    operation = page.url
+    # The overview shows it: a running task, and a throttle slot in use.
+    page.get_by_role("link", name="Overview").click()
+    running = page.locator("section", has=page.get_by_role("heading", name="Running tasks"))
+    expect(running.get_by_role("link", name="backend method")).to_be_visible()
+    throttles = page.locator("section", has=page.get_by_role("heading", name="Throttle scopes"))
+    expect(throttles).to_contain_text("1/4")
+    shot(page, "overview-busy")
+    page.goto(operation)
     page.get_by_role("button", name="Cancel operation").click()
     page.get_by_role("dialog").get_by_role("button", name="Cancel it").click()
     expect(page.locator("#operation-state")).to_have_text("cancelled", timeout=LIVE)

@@ -47,7 +47,8 @@ function chart(data) {
 }
 
 /** /ui */
-export async function overviewPage({ main, signal }) {
+export async function overviewPage({ main, signal, session }) {
+  const admin = session.me && session.me.role === 'admin';
   const stats = h('div', { class: 'stats' });
   const queues = h('div');
   const running = h('div');
@@ -93,7 +94,7 @@ export async function overviewPage({ main, signal }) {
       { label: 'Status', class: 'wrap', cell: (t) => t.status || '' },
     ], { empty: 'Nothing is running.', caption: 'Running tasks' }));
     clear(throttles, table(o.throttle_scopes, [
-      { label: 'Scope', cell: (t) => [t.name, t.tenant ? h('span', { class: 'muted' }, ` (${t.tenant})`) : null] },
+      { label: 'Scope', cell: (t) => [t.name, admin && t.tenant ? h('span', { class: 'muted' }, ` (${t.tenant})`) : null] },
       { label: 'In use', cell: (t) => h('span', { class: 'meter' }, h('meter', { min: 0, max: t.limit, value: t.in_use, 'aria-label': `${t.in_use} of ${t.limit} slots in use` }), ` ${t.in_use}/${t.limit}`) },
       { label: 'Waiting', cell: (t) => String(t.waiting) },
       { label: 'Longest wait', cell: (t) => (t.oldest_waiting_since ? duration(between(t.oldest_waiting_since, null)) : '—') },
