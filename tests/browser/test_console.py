@@ -199,3 +199,46 @@ def test_every_page_fits_a_phone(browser):
     shot(page, "operation")
     page.console.assert_clean()
     page.context.close()
+
+
+def test_generated_forms_handle_booleans_limits_and_arrays_of_objects(operator):
+    """The form generator on a schema richer than the built-in kinds'."""
+    page = operator
+    page.goto("/ui/jobs")
+    expect(page.get_by_role("heading", name="Background jobs")).to_be_visible()
+    page.evaluate(
+        """async () => {
+            const src = document.querySelector('script[type=module]').src;
+            const form = await import(src.replace('app.js', 'form.js'));
+            const schema = {type: 'object', required: ['disks'], properties: {
+                public: {type: 'boolean'},
+                mode: {enum: ['fast', 'safe']},
+                disks: {type: 'array', items: {type: 'object', title: 'disk', required: ['size_gb'],
+                    properties: {size_gb: {type: 'integer', minimum: 1, maximum: 100}, ssd: {type: 'boolean'}}}},
+            }};
+            const fields = form.objectFields(schema, '/attributes');
+            const holder = document.createElement('form');
+            holder.id = 'probe';
+            holder.append(fields.el);
+            document.querySelector('main').replaceChildren(holder);
+            window.readProbe = () => fields.read();
+        }"""
+    )
+    probe = page.locator("#probe")
+    expect(probe.get_by_label("mode")).to_have_js_property("tagName", "SELECT")
+    probe.get_by_label("public").check()
+    probe.get_by_role("button", name="Add disk").click()
+    probe.get_by_role("button", name="Add disk").click()
+    sizes = probe.get_by_label("size gb")
+    expect(sizes).to_have_count(2)
+    expect(sizes.first).to_have_attribute("max", "100")
+    sizes.nth(0).fill("10")
+    sizes.nth(1).fill("20")
+    probe.get_by_label("ssd").nth(1).check()
+    probe.get_by_role("button", name=re.compile("^Remove item 1")).click()
+    probe.get_by_label("mode").select_option("safe")
+    assert page.evaluate("readProbe()") == {
+        "disks": [{"size_gb": 20, "ssd": True}],
+        "public": True,
+        "mode": "safe",
+    }
