@@ -66,6 +66,8 @@ pub struct RunningTaskResponse {
     /// The task type.
     #[serde(rename = "type")]
     pub task_type: String,
+    /// The backend method or state transition it runs, if it names one.
+    pub step: Option<String>,
     /// Its queue.
     pub queue: Queue,
     /// Times it was claimed.
@@ -169,6 +171,7 @@ async fn overview(
             resource_id: t.resource_id,
             resource_kind: t.resource_kind,
             task_type: t.task_type,
+            step: t.step,
             queue: t.queue,
             attempts: t.attempts,
             status: t.status,

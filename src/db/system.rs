@@ -53,6 +53,8 @@ pub struct RunningTask {
     pub resource_kind: Option<String>,
     /// Its type.
     pub task_type: String,
+    /// Its step: the backend method or transition it runs, if it names one.
+    pub step: Option<String>,
     /// Its queue.
     pub queue: Queue,
     /// Its claims so far.
@@ -74,6 +76,7 @@ pub async fn running_tasks(
 ) -> sqlx::Result<Vec<RunningTask>> {
     sqlx::query_as(
         "SELECT t.id, t.operation_id, t.job, o.resource_id, o.resource_kind, t.type AS task_type,
+                COALESCE(t.args ->> 'method', t.args ->> 'transition') AS step,
                 t.queue, t.attempts, t.status, t.worker, t.started_at
          FROM tasks t LEFT JOIN operations o ON o.id = t.operation_id
          WHERE t.state = 'running' AND ($1::text IS NULL OR o.tenant = $1)

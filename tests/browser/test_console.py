@@ -84,7 +84,7 @@ def test_cancel_a_running_operation(operator):
     # The overview shows it: a running task, and a throttle slot in use.
     page.get_by_role("link", name="Overview").click()
     running = page.locator("section", has=page.get_by_role("heading", name="Running tasks"))
-    expect(running.get_by_role("link", name="backend method")).to_be_visible()
+    expect(running.get_by_role("link", name="create_instance")).to_be_visible()
     throttles = page.locator("section", has=page.get_by_role("heading", name="Throttle scopes"))
     expect(throttles).to_contain_text("1/4")
     shot(page, "overview-busy")

@@ -86,7 +86,7 @@ export async function overviewPage({ main, signal, session }) {
       { label: 'Oldest wait', cell: (q) => (q.ready ? duration(q.oldest_ready_age_ms) : '—') },
     ], { caption: 'Queues' }));
     clear(running, table(o.running_tasks, [
-      { label: 'Task', cell: (t) => (t.operation_id ? h('a', { href: `/ui/operations/${t.operation_id}` }, t.type.replaceAll('_', ' ')) : `job ${t.job}`) },
+      { label: 'Task', cell: (t) => (t.operation_id ? h('a', { href: `/ui/operations/${t.operation_id}` }, t.step || t.type.replaceAll('_', ' ')) : `job ${t.job}`) },
       { label: 'Resource', cell: (t) => (t.resource_id ? h('a', { href: `/ui/resources/${t.resource_id}` }, `${t.resource_kind} ${shortId(t.resource_id)}`) : '—') },
       { label: 'Queue', cell: (t) => t.queue },
       { label: 'For', cell: (t) => duration(between(t.started_at, null)) },
