@@ -126,6 +126,7 @@ def test_lists_jobs_and_keyboard(operator):
     page.get_by_label("Name").fill("no-such-name")
     expect(page.get_by_text("No resources match.")).to_be_visible()
     page.get_by_label("Name").fill("browser")
+    expect(page.get_by_role("link", name="web-browser-1")).to_be_visible()
     shot(page, "resources")
     page.goto("/ui/jobs")
     expect(page.get_by_role("heading", name="Background jobs")).to_be_visible()
