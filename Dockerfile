@@ -17,6 +17,7 @@ RUN mkdir src \
 # build (COPY keeps the files' own, possibly older, modification times).
 COPY src ./src
 COPY migrations ./migrations
+COPY ui ./ui
 COPY openapi ./openapi
 # No database at image build time: sqlx query macros, if any, need .sqlx/.
 ENV SQLX_OFFLINE=true

@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = api::routes();
     let request_id = api::request_id::HEADER;
     api.merge(api::docs::router(doc))
+        .merge(crate::ui::router())
         .fallback(|| async { problem(StatusCode::NOT_FOUND, Some("no such route".into()), Vec::new()) })
         .method_not_allowed_fallback(|| async {
             problem(

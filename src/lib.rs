@@ -32,3 +32,4 @@ pub mod push;
 pub mod runner;
 pub mod server;
 pub mod tasks;
+pub mod ui;

@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod request_id;
 pub mod resources;
 pub mod stream;
+pub mod system;
 pub mod webhooks;
 
 use axum::Router;
@@ -73,6 +74,7 @@ fn problem_response(description: &str) -> utoipa::openapi::Response {
         (name = "kinds", description = "The catalog of kinds"),
         (name = "push", description = "Webhooks and the live event stream"),
         (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "system", description = "Queues, throttles, periodic jobs and the caller, for operators"),
     )
 )]
 struct ApiDoc;
@@ -90,6 +92,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(kinds::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(system::router())
         .split_for_parts();
     document_shared_errors(&mut openapi);
     document_optional_bodies(&mut openapi);

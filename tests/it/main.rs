@@ -9,6 +9,7 @@
 //!   backends, the PostgreSQL example and the fake cloud;
 //! - `rabbitmq`: the RabbitMQ example's request templates against a real
 //!   RabbitMQ (started by scripts/test);
+//! - `system`: the operator views and the console's routes;
 //! - `e2e`: the binary on its embedded database, the README's tour, CLI
 //!   commands beside a live service;
 //! - `crash`: kill -9, database restarts, SIGTERM, racing and slow clients
@@ -31,3 +32,4 @@ mod metrics;
 mod push;
 mod rabbitmq;
 mod reconcile;
+mod system;
