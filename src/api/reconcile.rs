@@ -148,6 +148,7 @@ async fn import_resource(
             headers(("Location" = String, description = "The operation's URL"))),
         (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another operation is in flight, or the resource has nothing to pull", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key already used for a different request", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn pull_resource(
     State(state): State<AppState>,

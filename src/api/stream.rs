@@ -76,13 +76,26 @@ pub struct StreamQuery {
     pub last_event_id: Option<i64>,
 }
 
+/// One event of the stream, as its fields arrive (`id:`, `event:`, `data:`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StreamEvent {
+    /// The history sequence number it resumes from (`Last-Event-ID`); on
+    /// the last event of a sequence number only.
+    id: Option<String>,
+    /// The event type, e.g. `operation.failed`.
+    event: Option<String>,
+    /// The payload: JSON, as a webhook's body (docs/WEBHOOKS.md).
+    data: String,
+}
+
 /// The event history as Server-Sent Events: `id:` is the event's `seq`,
 /// `event:` its type, `data:` the same JSON a webhook receives.
 #[utoipa::path(get, path = "/api/v1/events/stream", tag = "push",
     params(StreamQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses(
-        (status = 200, description = "The stream (`text/event-stream`); a comment every 15 s keeps it alive", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream (`text/event-stream`); a comment every 15 s keeps it alive", content_type = "text/event-stream", body = StreamEvent),
         (status = 422, description = "An unknown event type", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many streams open, or the database is unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
