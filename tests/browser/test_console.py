@@ -190,7 +190,10 @@ def test_every_page_fits_a_phone(browser):
     for name, url in pages.items():
         page.goto(url)
         expect(page.locator("main h1")).to_be_visible()
-        page.wait_for_load_state("networkidle")
+        # Not "networkidle": the page keeps its event stream open. Its
+        # first data is in once no section says it is loading.
+        expect(page.locator("main").get_by_text("Loading…")).to_have_count(0)
+        page.wait_for_load_state("load")
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"{name} is {overflow}px wider than the screen"
         shot(page, name)
