@@ -86,27 +86,7 @@ pub async fn insert(
         || chain
             .iter()
             .any(|t| t.resource_id != new.resource_id || t.next.len() > 1 || t.blocked_by > 1);
-    let mut ids = Vec::with_capacity(n);
-    let mut positions = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut args = Vec::with_capacity(n);
-    let mut queues = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut resources = Vec::with_capacity(n);
-    let mut nexts = Vec::with_capacity(n);
-    let mut blocked = Vec::with_capacity(n);
-    for (position, task) in chain.into_iter().enumerate() {
-        ids.push(Uuid::now_v7());
-        positions.push(i32::try_from(position).unwrap_or(i32::MAX));
-        types.push(task.task_type);
-        args.push(task.args);
-        queues.push(task.queue.as_str());
-        attempts.push(task.max_attempts);
-        resources.push(task.resource_id);
-        // A list of lists must be rectangular in PostgreSQL: each `next` goes as text.
-        nexts.push(next_literal(&task.next));
-        blocked.push(task.blocked_by);
-    }
+    let columns = TaskColumns::of(chain, 0);
     sqlx::query_as(
         "WITH op AS (
              INSERT INTO operations (id, resource_id, resource_kind, kind, action, state, request, step_count, tenant, graph)
@@ -133,17 +113,17 @@ pub async fn insert(
     .bind(new.request)
     .bind(i32::try_from(n).unwrap_or(i32::MAX))
     .bind(new.tenant)
-    .bind(ids)
-    .bind(positions)
-    .bind(types)
-    .bind(args)
-    .bind(queues)
-    .bind(attempts)
+    .bind(columns.ids)
+    .bind(columns.positions)
+    .bind(columns.types)
+    .bind(columns.args)
+    .bind(columns.queues)
+    .bind(columns.attempts)
     .bind(super::TASKS_CHANNEL)
     .bind(queue.as_str())
-    .bind(resources)
-    .bind(nexts)
-    .bind(blocked)
+    .bind(columns.resources)
+    .bind(columns.nexts)
+    .bind(columns.blocked)
     .bind(graph)
     .fetch_one(conn)
     .await
@@ -218,26 +198,7 @@ pub async fn add_compensation(
 ) -> sqlx::Result<()> {
     let n = tasks.len();
     let first = operation.step_count;
-    let mut ids = Vec::with_capacity(n);
-    let mut positions = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut args = Vec::with_capacity(n);
-    let mut queues = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut resources = Vec::with_capacity(n);
-    let mut nexts = Vec::with_capacity(n);
-    let mut blocked = Vec::with_capacity(n);
-    for (i, task) in tasks.into_iter().enumerate() {
-        ids.push(Uuid::now_v7());
-        positions.push(first + i32::try_from(i).unwrap_or(i32::MAX));
-        types.push(task.task_type);
-        args.push(task.args);
-        queues.push(task.queue.as_str());
-        attempts.push(task.max_attempts);
-        resources.push(task.resource_id);
-        nexts.push(next_literal(&task.next));
-        blocked.push(task.blocked_by);
-    }
+    let columns = TaskColumns::of(tasks, first);
     sqlx::query(
         "WITH chain AS (
              INSERT INTO tasks (id, operation_id, position, type, args, queue, max_attempts, state,
@@ -253,15 +214,15 @@ pub async fn add_compensation(
          WHERE id = $1",
     )
     .bind(operation.id)
-    .bind(ids)
-    .bind(positions)
-    .bind(types)
-    .bind(args)
-    .bind(queues)
-    .bind(attempts)
-    .bind(resources)
-    .bind(nexts)
-    .bind(blocked)
+    .bind(columns.ids)
+    .bind(columns.positions)
+    .bind(columns.types)
+    .bind(columns.args)
+    .bind(columns.queues)
+    .bind(columns.attempts)
+    .bind(columns.resources)
+    .bind(columns.nexts)
+    .bind(columns.blocked)
     .bind(first)
     .bind(i32::try_from(n).unwrap_or(i32::MAX))
     .execute(conn)
@@ -349,8 +310,54 @@ pub async fn finish(
     Ok(done.rows_affected() == 1)
 }
 
+/// New tasks as columns, for one `INSERT … SELECT FROM UNNEST`.
+struct TaskColumns {
+    ids: Vec<Uuid>,
+    positions: Vec<i32>,
+    types: Vec<&'static str>,
+    args: Vec<Value>,
+    queues: Vec<&'static str>,
+    attempts: Vec<i32>,
+    resources: Vec<Uuid>,
+    nexts: Vec<String>,
+    blocked: Vec<i32>,
+}
+
+impl TaskColumns {
+    /// `tasks`, numbered from `first`.
+    fn of(tasks: Vec<NewTask>, first: i32) -> Self {
+        let n = tasks.len();
+        let mut columns = Self {
+            ids: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            args: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            resources: Vec::with_capacity(n),
+            nexts: Vec::with_capacity(n),
+            blocked: Vec::with_capacity(n),
+        };
+        for (i, task) in tasks.into_iter().enumerate() {
+            columns.ids.push(Uuid::now_v7());
+            columns
+                .positions
+                .push(first.saturating_add(i32::try_from(i).unwrap_or(i32::MAX)));
+            columns.types.push(task.task_type);
+            columns.args.push(task.args);
+            columns.queues.push(task.queue.as_str());
+            columns.attempts.push(task.max_attempts);
+            columns.resources.push(task.resource_id);
+            // A list of lists must be rectangular in PostgreSQL: each `next` goes as text.
+            columns.nexts.push(next_literal(&task.next));
+            columns.blocked.push(task.blocked_by);
+        }
+        columns
+    }
+}
+
 /// A list of positions as PostgreSQL writes an `integer[]` literal: `{3,4}`.
-pub(crate) fn next_literal(next: &[i32]) -> String {
+fn next_literal(next: &[i32]) -> String {
     let items: Vec<String> = next.iter().map(i32::to_string).collect();
     format!("{{{}}}", items.join(","))
 }
