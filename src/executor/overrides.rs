@@ -80,6 +80,18 @@ pub async fn unlink(
         details: Some(&details),
         task_id: None,
     };
+    // A composite's children are forgotten with it: none outlives its parent.
+    let children = db::resources::lock_children(conn, id).await?;
+    if let Some(busy) = children.iter().find(|c| c.current_operation_id.is_some()) {
+        return Err(ExecutorError::Conflict(format!(
+            "Its child {} has an operation in flight",
+            busy.id
+        )));
+    }
+    for child in &children {
+        let guard = ForgetGuard::Version(child.version);
+        db::reconcile::forget(conn, child.id, guard, &why).await?;
+    }
     if db::reconcile::forget(conn, id, ForgetGuard::Version(resource.version), &why).await? {
         Ok(())
     } else {

@@ -421,3 +421,32 @@ async fn independent_steps_run_at_once(pool: PgPool) {
         }
     }
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn unlinking_a_server_forgets_its_children_and_leaves_the_cloud_alone(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let created = app
+        .post_json("/api/v1/resources", server("web-1", json!({})))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    app.run_until_idle().await;
+    let unlinked = app
+        .post_json(
+            &format!("/api/v1/resources/{id}/unlink"),
+            json!({"reason": "moved to another service"}),
+        )
+        .await;
+    assert_eq!(unlinked.status, 204, "{}", unlinked.body);
+    for child in created.body["children"].as_array().unwrap() {
+        let child = child["id"].as_str().unwrap();
+        assert_eq!(
+            app.get(&format!("/api/v1/resources/{child}")).await.status,
+            404
+        );
+    }
+    assert_eq!(
+        objects(&app).await,
+        5,
+        "the backend objects were not touched"
+    );
+}
