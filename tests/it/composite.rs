@@ -450,3 +450,38 @@ async fn unlinking_a_server_forgets_its_children_and_leaves_the_cloud_alone(pool
         "the backend objects were not touched"
     );
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_child_s_bad_attributes_are_a_422_pointing_into_the_parent_s_request(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let body = server(
+        "web-1",
+        json!({"volumes": [{"size_gb": 10}, {"size_gb": 0}, {"size": 5}]}),
+    );
+    let refused = app.post_json("/api/v1/resources", body).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let pointers: Vec<&str> = refused.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/attributes/volumes/1/size_gb"),
+        "{pointers:?}"
+    );
+    assert!(
+        pointers
+            .iter()
+            .any(|p| p.starts_with("/attributes/volumes/2")),
+        "{pointers:?}"
+    );
+    assert!(
+        !pointers
+            .iter()
+            .any(|p| p.starts_with("/attributes/volumes/0")),
+        "{pointers:?}"
+    );
+    let listed = app.get("/api/v1/resources").await;
+    assert_eq!(listed.body["items"], json!([]), "nothing was created");
+}
