@@ -288,15 +288,16 @@ impl Env {
                 "tasks",
                 format!(
                     "{series}
-                     INSERT INTO tasks (id, operation_id, position, type, args, queue, state, attempts,
+                     INSERT INTO tasks (id, operation_id, resource_id, position, type, args, queue, state, attempts,
                                         max_attempts, run_at, worker, created_at, updated_at, started_at, finished_at)
-                     SELECT {t}, {o}, 0, 'state_transition',
+                     SELECT {t}, {o}, {r}, 0, 'state_transition',
                             '{{\"type\": \"state_transition\", \"transition\": \"begin_creating\"}}'::jsonb,
                             'regular', 'succeeded', 1, 5, s.at, 'history', s.at, s.at + interval '3 ms',
                             s.at + interval '1 ms', s.at + interval '3 ms'
                      FROM s",
                     t = v7("t"),
-                    o = v7("o")
+                    o = v7("o"),
+                    r = v7("r")
                 ),
             ),
         ];
