@@ -179,6 +179,7 @@ async fn main() -> Result<()> {
                     warmup: 10,
                     steps: 10,
                     history: 0,
+                    keep_history: false,
                 };
                 // Alternated, so drift on a shared machine (load, the disk's
                 // speed) falls on both alike.

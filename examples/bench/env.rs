@@ -223,6 +223,31 @@ impl Env {
         Ok(())
     }
 
+    /// How many finished operations of the history (`prefill_history`) are in the tables.
+    pub(crate) async fn history_len(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM operations WHERE resource_kind = 'noop1' AND state = 'succeeded'",
+        )
+        .fetch_one(&self.client)
+        .await?)
+    }
+
+    /// Deletes what runs of `kind` made: its operations (their tasks go
+    /// with them), its resources and their events, and the simulated or
+    /// throttling state nothing else uses.
+    pub(crate) async fn forget_kind(&self, kind: &str) -> Result<()> {
+        sqlx::query(
+            "WITH gone AS (DELETE FROM resources WHERE kind = $1 RETURNING id),
+                  events AS (DELETE FROM resource_events WHERE resource_id IN (SELECT id FROM gone))
+             DELETE FROM operations WHERE resource_kind = $1",
+        )
+        .bind(kind)
+        .execute(&self.client)
+        .await
+        .context("deleting the runs before")?;
+        Ok(())
+    }
+
     /// A `CHECKPOINT`, so no run meets one owed from before it.
     async fn checkpoint(&self) {
         if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(&self.client).await {
