@@ -25,6 +25,10 @@ mod engine;
 mod env;
 #[path = "bench/http.rs"]
 mod http;
+#[path = "bench/receiver.rs"]
+mod receiver;
+#[path = "bench/seed.rs"]
+mod seed;
 #[path = "bench/stats.rs"]
 mod stats;
 
@@ -81,6 +85,11 @@ enum Command {
     },
     /// W3: the HTTP load against a running service (start it with scripts/bench w3).
     W3(http::W3Args),
+    /// Put finished operations in a service's history: copies of a real
+    /// resource's (the decay benchmark, `scripts/bench decay`).
+    Seed(seed::SeedArgs),
+    /// A webhook receiver that answers 200 at once (`scripts/bench push`).
+    Receiver(receiver::ReceiverArgs),
 }
 
 /// Runs `env.args.runs` runs of a workload and prints the summary.
@@ -109,6 +118,8 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::W3(args) => http::w3(&args).await,
+        Command::Seed(args) => seed::seed(&args).await,
+        Command::Receiver(args) => receiver::receiver(&args).await,
         // with_env prints the description.
         Command::Info { env } => with_env(env, 10, |_| async { Ok(()) }).await,
         Command::W1 { env, w1 } => {
@@ -168,6 +179,7 @@ async fn main() -> Result<()> {
                     warmup: 10,
                     steps: 10,
                     history: 0,
+                    keep_history: false,
                 };
                 // Alternated, so drift on a shared machine (load, the disk's
                 // speed) falls on both alike.

@@ -64,6 +64,11 @@ pub(crate) struct W4Args {
     /// freshly emptied ones.
     #[arg(long, default_value_t = 0)]
     pub(crate) history: i64,
+    /// With --history: fill the history once, and before each later run
+    /// delete only what the runs before it made (their chains' operations,
+    /// tasks, events and resources), so a large history is not rebuilt per run.
+    #[arg(long)]
+    pub(crate) keep_history: bool,
 }
 
 /// A running runner and the switch that stops it.
@@ -326,12 +331,17 @@ async fn finished(
 
 /// One W4 run.
 pub(crate) async fn w4(env: &Env, args: &W4Args) -> Result<Metrics> {
-    env.reset().await?;
-    if args.history > 0 {
-        env.prefill_history(args.history).await?;
-        env.settle().await?;
-    }
     let kind = format!("noop{}", args.steps);
+    if args.history > 0 && args.keep_history && env.history_len().await? >= args.history {
+        env.forget_kind(&kind).await?;
+        env.settle().await?;
+    } else {
+        env.reset().await?;
+        if args.history > 0 {
+            env.prefill_history(args.history).await?;
+            env.settle().await?;
+        }
+    }
     ensure!(
         env.catalog.kind(&kind).is_some(),
         "no kind {kind} in the bench catalog"

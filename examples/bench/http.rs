@@ -21,7 +21,10 @@ use crate::stats::{Latency, percentile, sorted};
 /// W3 against a running service.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct W3Args {
-    /// The service, e.g. http://127.0.0.1:8080 (plain HTTP only).
+    /// The service, e.g. http://127.0.0.1:8080 (plain HTTP only). Several,
+    /// comma-separated, spread the clients over them round-robin (client i
+    /// talks to URL i mod n), as a simple load balancer in front of several
+    /// API processes would.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub(crate) base_url: String,
     /// Concurrent clients, each with its own keep-alive connection.
@@ -196,7 +199,7 @@ struct Seen {
 
 struct Shared {
     args: W3Args,
-    addr: String,
+    addrs: Vec<String>,
     next: AtomicUsize,
     total: usize,
     origin: Instant,
@@ -296,8 +299,8 @@ async fn one(shared: &Shared, conn: &mut Conn, n: usize, seen: &mut Seen) -> Rec
     }
 }
 
-async fn client(shared: Arc<Shared>) -> Seen {
-    let mut conn = Conn::new(&shared.addr);
+async fn client(shared: Arc<Shared>, addr: String) -> Seen {
+    let mut conn = Conn::new(&addr);
     let mut seen = Seen::default();
     loop {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -309,18 +312,19 @@ async fn client(shared: Arc<Shared>) -> Seen {
     }
 }
 
-async fn go(args: &W3Args, addr: &str, total: usize, prefix: &str) -> Result<(Seen, f64)> {
+async fn go(args: &W3Args, addrs: &[String], total: usize, prefix: &str) -> Result<(Seen, f64)> {
     let shared = Arc::new(Shared {
         args: args.clone(),
-        addr: addr.to_owned(),
+        addrs: addrs.to_vec(),
         next: AtomicUsize::new(0),
         total,
         origin: Instant::now(),
         prefix: prefix.to_owned(),
     });
     let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.min(total).max(1) {
-        clients.spawn(client(shared.clone()));
+    for i in 0..args.concurrency.min(total).max(1) {
+        let addr = shared.addrs[i % shared.addrs.len()].clone();
+        clients.spawn(client(shared.clone(), addr));
     }
     let mut all = Seen::default();
     while let Some(seen) = clients.join_next().await {
@@ -394,15 +398,20 @@ fn summary_ms(values: &[f64]) -> Value {
 
 /// Runs W3 once and prints loadgen.py's JSON (and one summary line on stderr).
 pub(crate) async fn w3(args: &W3Args) -> Result<()> {
-    let addr = args
+    let addrs = args
         .base_url
-        .trim_end_matches('/')
-        .strip_prefix("http://")
-        .context("--base-url must start with http://")?
-        .to_owned();
+        .split(',')
+        .map(|url| {
+            url.trim()
+                .trim_end_matches('/')
+                .strip_prefix("http://")
+                .map(str::to_owned)
+                .context("every --base-url must start with http://")
+        })
+        .collect::<Result<Vec<String>>>()?;
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     if args.warmup > 0 {
-        let (seen, _) = go(args, &addr, args.warmup, &format!("{prefix}-warm")).await?;
+        let (seen, _) = go(args, &addrs, args.warmup, &format!("{prefix}-warm")).await?;
         let bad = seen.records.iter().filter(|r| r.t_ok.is_none()).count();
         eprintln!("warm-up: {} resources, {bad} not OK", args.warmup);
     }
@@ -425,7 +434,7 @@ pub(crate) async fn w3(args: &W3Args) -> Result<()> {
         None => None,
     };
     let cpu0 = crate::env::process_cpu(None);
-    let (seen, wall) = go(args, &addr, args.total, &prefix).await?;
+    let (seen, wall) = go(args, &addrs, args.total, &prefix).await?;
     let cpu = crate::env::process_cpu(None) - cpu0;
     if let Some(s) = sampler {
         s.abort();
