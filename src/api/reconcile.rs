@@ -129,14 +129,7 @@ async fn import_resource(
         request.attributes,
     )?
     .for_tenant(&caller.tenant);
-    let mut tx = state.pool.begin().await?;
-    if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
-        return Ok(replay);
-    }
-    let applied = import.apply(&mut tx).await?;
-    let location = format!("/api/v1/resources/{}", applied.resource.id);
-    let body = ResourceResponse::from(applied.resource);
-    idempotency::commit(tx, key.as_ref(), StatusCode::CREATED, &body, &location).await
+    super::resources::created(&state, key, import).await
 }
 
 /// Pull a resource now: an operation that refreshes its runtime state and status.

@@ -18,6 +18,7 @@ use super::operations::{OperationList, OperationResponse, Page, WaitQuery, until
 use super::paging::{PageQuery, page_limit};
 use super::reconcile::DeleteQuery;
 use crate::app::AppState;
+use crate::catalog::Catalog;
 use crate::db;
 use crate::db::resources::{ChildSummary, Resource};
 use crate::domain::{Caller, ResourceState};
@@ -77,12 +78,25 @@ pub struct ResourceResponse {
 }
 
 impl ResourceResponse {
-    /// Reads the children of `items` and puts each with its parent.
+    /// Reads the children of the composite ones among `items` and puts each
+    /// with its parent (no query when none is of a kind with children).
     async fn with_children(
         conn: &mut sqlx::PgConnection,
+        catalog: &Catalog,
         items: &mut [ResourceResponse],
     ) -> sqlx::Result<()> {
-        let ids: Vec<Uuid> = items.iter().map(|r| r.id).collect();
+        let ids: Vec<Uuid> = items
+            .iter()
+            .filter(|r| {
+                catalog
+                    .kind(&r.kind)
+                    .is_some_and(|k| !k.children.is_empty())
+            })
+            .map(|r| r.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
         for child in db::resources::children_of(conn, &ids).await? {
             if let Some(parent) = items.iter_mut().find(|r| Some(r.id) == child.parent_id) {
                 parent.children.push(child);
@@ -225,14 +239,24 @@ async fn create_resource(
         request.attributes,
     )?
     .for_tenant(&caller.tenant);
+    created(&state, key, create).await
+}
+
+/// Applies a create or import executor and answers 201 with the new
+/// resource (and its children).
+pub(super) async fn created<E: Executor + Sync + Send>(
+    state: &AppState,
+    key: Option<Idempotency>,
+    executor: E,
+) -> Result<Response, ApiError> {
     let mut tx = state.pool.begin().await?;
     if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
         return Ok(replay);
     }
-    let applied = create.apply(&mut tx).await?;
+    let applied = executor.apply(&mut tx).await?;
     let location = format!("/api/v1/resources/{}", applied.resource.id);
     let mut body = [ResourceResponse::from(applied.resource)];
-    ResourceResponse::with_children(&mut tx, &mut body).await?;
+    ResourceResponse::with_children(&mut tx, &state.catalog, &mut body).await?;
     let [body] = body;
     idempotency::commit(tx, key.as_ref(), StatusCode::CREATED, &body, &location).await
 }
@@ -283,7 +307,7 @@ async fn list_resources(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     let mut items: Vec<ResourceResponse> = rows.into_iter().map(ResourceResponse::from).collect();
-    ResourceResponse::with_children(&mut conn, &mut items).await?;
+    ResourceResponse::with_children(&mut conn, &state.catalog, &mut items).await?;
     Ok(axum::Json(ResourceList { items, next_cursor }))
 }
 
@@ -305,25 +329,24 @@ async fn get_resource(
     let deadline = query.deadline()?;
     // Subscribe before reading, so a finish between the read and the wait is not missed.
     let mut finished = state.events.subscribe_finished();
-    let resource = loop {
+    let (resource, mut conn) = loop {
         let mut conn = state.pool.acquire().await?;
         let resource = db::resources::get_in(&mut conn, id, caller.scope())
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no resource with id {id}")))?;
-        drop(conn);
         match resource.current_operation_id {
             Some(operation)
                 if tokio::time::Instant::now() < deadline && !state.events.is_stopping() =>
             {
+                drop(conn);
                 until_finished(&state, &mut finished, operation, deadline).await;
             }
-            _ => break resource,
+            _ => break (resource, conn),
         }
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", resource.version)).ok();
     let mut body = [ResourceResponse::from(resource)];
-    let mut conn = state.pool.acquire().await?;
-    ResourceResponse::with_children(&mut conn, &mut body).await?;
+    ResourceResponse::with_children(&mut conn, &state.catalog, &mut body).await?;
     drop(conn);
     let [body] = body;
     let mut response = axum::Json(body).into_response();
