@@ -187,10 +187,18 @@ pub struct Claimed {
 /// A message is due only when no earlier message of its subscription and
 /// resource is still pending (order per resource), and `SKIP LOCKED` keeps
 /// two processes from claiming one message.
+///
+/// The claim's commit does not wait for its flush to disk
+/// (`synchronous_commit` off for its own transaction, as the runner's task
+/// claim does): a claim lost in a database crash only lets
+/// the message be claimed again sooner, which at-least-once allows.
 pub async fn claim(pool: &PgPool, limit: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
-        "WITH due AS (
-             SELECT m.seq FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
+        "WITH quick AS (
+             SELECT set_config('synchronous_commit', 'off', true)
+         ), due AS (
+             SELECT m.seq FROM quick, webhook_messages m
+             JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
              WHERE m.state = 'pending' AND m.next_attempt_at <= now()
                AND (m.lease_until IS NULL OR m.lease_until < now())
                AND NOT EXISTS (
@@ -212,19 +220,21 @@ pub async fn claim(pool: &PgPool, limit: i64, lease_ms: i64) -> sqlx::Result<Vec
     .await
 }
 
-/// An attempt to record.
+/// What became of one attempt to send a message.
 #[derive(Debug)]
-pub struct Attempt<'a> {
+pub struct Sent {
     /// The message.
-    pub message: &'a Claimed,
+    pub message: Claimed,
     /// `delivered`, `failed`, `refused` (the address is not allowed) or `gone` (410).
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     /// The receiver's status code, if it answered.
     pub status_code: Option<i32>,
     /// How long it took.
     pub duration_ms: i64,
     /// What went wrong.
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
+    /// What becomes of the message.
+    pub then: Then,
 }
 
 /// What becomes of the message after an attempt.
@@ -238,40 +248,80 @@ pub enum Then {
     GiveUp,
 }
 
-/// Records an attempt and what becomes of its message, in one transaction.
-pub async fn record(pool: &PgPool, attempt: &Attempt<'_>, then: Then) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
+/// Records attempts and what becomes of their messages, all in one
+/// statement (attempts of messages deleted meanwhile, with their
+/// subscription, are dropped). Its commit does not wait for the flush
+/// (`synchronous_commit = off`): an attempt lost in a database crash leaves
+/// its message pending under a lease that runs out, and it is sent again
+/// with the same `webhook-id`, which at-least-once allows.
+pub async fn record(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<()> {
+    let mut seqs = Vec::with_capacity(sent.len());
+    let mut ids = Vec::with_capacity(sent.len());
+    let mut webhook_ids = Vec::with_capacity(sent.len());
+    let mut message_ids = Vec::with_capacity(sent.len());
+    let mut event_types = Vec::with_capacity(sent.len());
+    let mut outcomes = Vec::with_capacity(sent.len());
+    let mut status_codes = Vec::with_capacity(sent.len());
+    let mut durations = Vec::with_capacity(sent.len());
+    let mut errors = Vec::with_capacity(sent.len());
+    let mut states = Vec::with_capacity(sent.len());
+    let mut nexts = Vec::with_capacity(sent.len());
+    for s in sent {
+        let (state, next): (&str, Option<DateTime<Utc>>) = match s.then {
+            Then::Delivered => ("delivered", None),
+            Then::RetryAt(at) => ("pending", Some(at)),
+            Then::GiveUp => ("failed", None),
+        };
+        seqs.push(s.message.seq);
+        ids.push(Uuid::now_v7());
+        webhook_ids.push(s.message.webhook_id);
+        message_ids.push(s.message.id);
+        event_types.push(s.message.event_type.as_str());
+        outcomes.push(s.outcome);
+        status_codes.push(s.status_code);
+        durations.push(s.duration_ms);
+        errors.push(s.error.as_deref());
+        states.push(state);
+        nexts.push(next);
+    }
     sqlx::query(
-        "INSERT INTO webhook_attempts (id, webhook_id, message_id, event_type, outcome, status_code, duration_ms, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "WITH quick AS (
+             SELECT set_config('synchronous_commit', 'off', true)
+         ), sent AS (
+             SELECT s.* FROM quick, unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                  $6::text[], $7::int[], $8::bigint[], $9::text[], $10::text[],
+                                  $11::timestamptz[])
+                 AS s(seq, id, webhook_id, message_id, event_type, outcome, status_code,
+                      duration_ms, error, state, next_attempt_at)
+         ), updated AS (
+             UPDATE webhook_messages m SET attempts = m.attempts + 1, lease_until = NULL,
+                    state = s.state, next_attempt_at = COALESCE(s.next_attempt_at, m.next_attempt_at),
+                    finished_at = CASE WHEN s.state = 'pending' THEN NULL ELSE now() END
+             FROM sent s WHERE m.seq = s.seq
+             RETURNING m.seq
+         )
+         -- Only for messages still there: a subscription deleted meanwhile
+         -- took its messages with it.
+         INSERT INTO webhook_attempts (id, webhook_id, message_id, event_type, outcome,
+                                       status_code, duration_ms, error)
+         SELECT s.id, s.webhook_id, s.message_id, s.event_type, s.outcome, s.status_code,
+                s.duration_ms, s.error
+         FROM sent s JOIN updated USING (seq)",
     )
-    .bind(Uuid::now_v7())
-    .bind(attempt.message.webhook_id)
-    .bind(attempt.message.id)
-    .bind(&attempt.message.event_type)
-    .bind(attempt.outcome)
-    .bind(attempt.status_code)
-    .bind(attempt.duration_ms)
-    .bind(attempt.error)
-    .execute(&mut *tx)
+    .bind(seqs)
+    .bind(ids)
+    .bind(webhook_ids)
+    .bind(message_ids)
+    .bind(event_types)
+    .bind(outcomes)
+    .bind(status_codes)
+    .bind(durations)
+    .bind(errors)
+    .bind(states)
+    .bind(nexts)
+    .execute(pool)
     .await?;
-    let (state, next): (&str, Option<DateTime<Utc>>) = match then {
-        Then::Delivered => ("delivered", None),
-        Then::RetryAt(at) => ("pending", Some(at)),
-        Then::GiveUp => ("failed", None),
-    };
-    sqlx::query(
-        "UPDATE webhook_messages SET attempts = attempts + 1, lease_until = NULL, state = $2,
-                next_attempt_at = COALESCE($3, next_attempt_at),
-                finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END
-         WHERE seq = $1",
-    )
-    .bind(attempt.message.seq)
-    .bind(state)
-    .bind(next)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// A row of `webhook_attempts`.

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::address::{CheckedResolver, check_url};
 use super::{PushConfig, message_id, sign};
-use crate::db::webhooks::{self, Attempt, Claimed, Then};
 
-/// Messages claimed at once by one process.
-const BATCH: i64 = 32;
+use crate::db::webhooks::{self, Claimed, Sent, Then};
+
+/// Messages one process sends at once.
+const IN_FLIGHT: usize = 64;
 /// The longest wait between looks at the outbox.
 const IDLE: Duration = Duration::from_millis(500);
 /// The longest delay between two attempts.
@@ -51,50 +53,86 @@ impl Deliverer {
         })
     }
 
-    /// Delivers until `stopping` turns true.
+    /// Delivers until `stopping` turns true, then finishes and records the
+    /// sends under way.
+    ///
+    /// A pipeline, not rounds: up to 64 POSTs run at once, the outbox is
+    /// claimed again whenever half of them are free (or after half a
+    /// second), and the attempts that have ended are recorded together, in
+    /// one statement, whenever one ends. A slow receiver therefore holds one
+    /// slot, not everyone's next messages, and a busy outbox costs one
+    /// claim and one recording per batch rather than per message.
     pub async fn run(self, mut stopping: watch::Receiver<bool>) {
+        let mut sending: JoinSet<Sent> = JoinSet::new();
+        let mut waited_out = true;
         loop {
-            if *stopping.borrow() {
-                return;
-            }
-            let claimed = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook delivery round failed");
-                    0
+            let stop = *stopping.borrow();
+            let free = IN_FLIGHT - sending.len();
+            let mut claimed = 0;
+            if !stop && free > 0 && (free >= IN_FLIGHT / 2 || waited_out) {
+                match self.claim(free).await {
+                    Ok(messages) => {
+                        claimed = messages.len();
+                        for message in messages {
+                            let this = self.clone();
+                            sending.spawn(async move { this.send(message).await });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming webhook messages failed"),
                 }
-            };
-            if claimed as i64 == BATCH {
+            }
+            if sending.is_empty() {
+                if stop {
+                    return;
+                }
+                if claimed == 0 {
+                    tokio::select! {
+                        () = tokio::time::sleep(IDLE) => {}
+                        _ = stopping.changed() => {}
+                    }
+                }
+                waited_out = true;
                 continue;
             }
+            // Wait for a send to end (or for IDLE, to claim for the free
+            // slots), then take every one that has ended.
+            let mut ended = Vec::new();
+            waited_out = false;
             tokio::select! {
-                () = tokio::time::sleep(IDLE) => {}
-                _ = stopping.changed() => {}
+                joined = sending.join_next() => ended.extend(joined),
+                () = tokio::time::sleep(IDLE) => waited_out = true,
+            }
+            while let Some(joined) = sending.try_join_next() {
+                ended.push(joined);
+            }
+            let sent: Vec<Sent> = ended
+                .into_iter()
+                .filter_map(|joined| {
+                    joined
+                        .inspect_err(
+                            |e| tracing::warn!(error = %e, "a webhook delivery task failed"),
+                        )
+                        .ok()
+                })
+                .collect();
+            if !sent.is_empty()
+                && let Err(e) = webhooks::record(&self.pool, &sent).await
+            {
+                // Their leases run out and they are sent again (same
+                // `webhook-id`): at least once.
+                tracing::warn!(error = %e, count = sent.len(), "recording webhook attempts failed");
             }
         }
     }
 
-    /// Claims due messages and sends them, each in its own task; returns how
-    /// many it claimed.
-    pub async fn round(&self) -> anyhow::Result<usize> {
+    /// Claims up to `limit` due messages.
+    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Claimed>> {
         let lease_ms = i64::try_from(self.config.timeout.as_millis() * 3).unwrap_or(i64::MAX);
-        let claimed = webhooks::claim(&self.pool, BATCH, lease_ms).await?;
-        let n = claimed.len();
-        let sends = claimed.into_iter().map(|message| {
-            let this = self.clone();
-            tokio::spawn(async move { this.send(message).await })
-        });
-        for sent in futures::future::join_all(sends).await {
-            match sent {
-                Ok(Err(e)) => tracing::warn!(error = %e, "recording a webhook attempt failed"),
-                Err(e) => tracing::warn!(error = %e, "a webhook delivery task failed"),
-                Ok(Ok(())) => {}
-            }
-        }
-        Ok(n)
+        webhooks::claim(&self.pool, i64::try_from(limit).unwrap_or(1), lease_ms).await
     }
 
-    async fn send(&self, message: Claimed) -> sqlx::Result<()> {
+    /// Sends one message; what became of it, to record.
+    async fn send(&self, message: Claimed) -> Sent {
         let started = Instant::now();
         let (outcome, status_code, error) = self.post(&message).await;
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -105,27 +143,29 @@ impl Deliverer {
             _ => self.retry(&message),
         };
         if outcome == "gone" {
-            webhooks::disable(
+            if let Err(e) = webhooks::disable(
                 &self.pool,
                 message.webhook_id,
                 "the receiver answered 410 Gone",
             )
-            .await?;
+            .await
+            {
+                tracing::warn!(error = %e, webhook_id = %message.webhook_id, "disabling a subscription failed");
+            }
             tracing::warn!(webhook_id = %message.webhook_id, "a receiver answered 410: subscription disabled");
         }
         if matches!(then, Then::GiveUp) && outcome != "gone" {
             tracing::warn!(webhook_id = %message.webhook_id, message_id = %message.id,
                 "gave up on a webhook message after its retry window");
         }
-        let error: Option<String> = error.map(|e| e.chars().take(ERROR_CHARS).collect());
-        let attempt = Attempt {
-            message: &message,
+        Sent {
+            message,
             outcome,
             status_code,
             duration_ms,
-            error: error.as_deref(),
-        };
-        webhooks::record(&self.pool, &attempt, then).await
+            error: error.map(|e| e.chars().take(ERROR_CHARS).collect()),
+            then,
+        }
     }
 
     /// One POST: its outcome, the status code and the error.

@@ -35,6 +35,120 @@ fn instance(name: &str) -> Value {
     json!({"kind": "instance", "name": name, "attributes": {"tenant": "acme", "flavor": "small"}})
 }
 
+/// The deliverer records a batch of attempts in one statement: each message
+/// gets its attempt and its next state, a claimed message is not claimed
+/// again, and a subscription deleted while its messages were in flight
+/// (taking them with it) fails none of the others' records.
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_batch_of_attempts_is_recorded_at_once_and_a_subscription_deleted_meanwhile_spoils_none(
+    pool: PgPool,
+) {
+    use executord::db::webhooks::{self, NewWebhook, Sent, Then};
+
+    let mut conn = pool.acquire().await.unwrap();
+    let events = vec!["operation.succeeded".to_owned()];
+    let (kept, deleted) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for id in [kept, deleted] {
+        webhooks::insert(
+            &mut conn,
+            &NewWebhook {
+                id,
+                tenant: "acme",
+                url: "http://192.0.2.1/hook",
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                events: &events,
+                description: "",
+            },
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            sqlx::query(
+                "INSERT INTO webhook_messages (webhook_id, tenant, resource_id, event_type, payload)
+                 VALUES ($1, 'acme', $2, 'operation.succeeded', '{}')",
+            )
+            .bind(id)
+            .bind(uuid::Uuid::now_v7())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+    }
+    let mut claimed = webhooks::claim(&pool, 10, 30_000).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    claimed.sort_by_key(|m| m.seq);
+    assert!(webhooks::claim(&pool, 10, 30_000).await.unwrap().is_empty());
+    assert!(webhooks::delete_in(&mut conn, deleted, None).await.unwrap());
+
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut delivered_first = true;
+    let sent: Vec<Sent> = claimed
+        .into_iter()
+        .map(|message| {
+            let ok =
+                std::mem::replace(&mut delivered_first, false) || message.webhook_id == deleted;
+            Sent {
+                message,
+                outcome: if ok { "delivered" } else { "failed" },
+                status_code: Some(if ok { 200 } else { 503 }),
+                duration_ms: 3,
+                error: (!ok).then(|| "the receiver answered 503".to_owned()),
+                then: if ok {
+                    Then::Delivered
+                } else {
+                    Then::RetryAt(later)
+                },
+            }
+        })
+        .collect();
+    webhooks::record(&pool, &sent).await.unwrap();
+
+    let rows: Vec<(String, i32, bool, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT state, attempts, lease_until IS NULL, next_attempt_at FROM webhook_messages ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the deleted subscription's messages went with it"
+    );
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1, rows[0].2),
+        ("delivered", 1, true)
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1, rows[1].2),
+        ("pending", 1, true)
+    );
+    let due = rows[1].3.unwrap();
+    assert!(
+        (due - later).num_milliseconds().abs() < 1000,
+        "{due} {later}"
+    );
+    let attempts: Vec<(uuid::Uuid, String, Option<i32>, Option<String>)> = sqlx::query_as(
+        "SELECT webhook_id, outcome, status_code, error FROM webhook_attempts ORDER BY outcome",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts,
+        [
+            (kept, "delivered".to_owned(), Some(200), None),
+            (
+                kept,
+                "failed".to_owned(),
+                Some(503),
+                Some("the receiver answered 503".to_owned())
+            ),
+        ]
+    );
+    // Not due for an hour: nothing to claim.
+    assert!(webhooks::claim(&pool, 10, 30_000).await.unwrap().is_empty());
+}
+
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn fleet_views_list_every_resource_s_operations_and_events_within_the_tenant(pool: PgPool) {
     let app = TestApp::new(pool);
@@ -776,6 +890,58 @@ fn a_receiver_that_fails_first_gets_every_event_signed_in_order_and_kill_9_befor
     assert_eq!(h.count("SELECT count(*) FROM webhook_messages WHERE state = 'pending' AND webhook_id IN (SELECT id FROM webhooks WHERE enabled)"), 0);
     let metrics = call(api.port, "", "GET", "/metrics", None);
     assert_eq!(metrics.status, 200);
+}
+
+#[test]
+fn a_receiver_that_never_answers_holds_back_no_other_subscription() {
+    let h = Harness::new("push-silent");
+    let flags = ["--webhook-allow-private", "--webhook-timeout-secs", "10"];
+    let api = h.api_with("api", &flags);
+    let _worker = h.worker("worker-1", &flags);
+    // Connections to it complete (the kernel's backlog) and are never answered:
+    // each POST to it holds its send for the whole 10 s timeout.
+    let silent = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let port = free_port();
+    let receiver = Receiver::start(port, 0);
+    for url in [
+        format!("http://127.0.0.1:{silent_port}/hook"),
+        format!("http://127.0.0.1:{port}/hook"),
+    ] {
+        let hook = call(
+            api.port,
+            "",
+            "POST",
+            "/api/v1/webhooks",
+            Some(&json!({"url": url, "events": ["operation.succeeded", "resource.state_changed"]})),
+        );
+        assert_eq!(hook.status, 201, "{}", hook.body);
+    }
+
+    for i in 0..3 {
+        let (_, operation) = api.create_instance(
+            &format!("vm-{i}"),
+            &json!({"tenant": "acme", "flavor": "small"}),
+        );
+        wait_until(Duration::from_secs(30), "the create to succeed", || {
+            api.call("GET", &format!("/api/v1/operations/{operation}"), None)
+                .body["state"]
+                == "succeeded"
+        });
+        // Well inside the silent receiver's 10 s: its sends do not hold back
+        // this subscription's.
+        wait_until(
+            Duration::from_secs(5),
+            "the answering receiver to get the operation's end",
+            || {
+                receiver
+                    .got()
+                    .iter()
+                    .any(|m| m.body.contains("operation.succeeded") && m.body.contains(&operation))
+            },
+        );
+    }
+    drop(silent);
 }
 
 /// Reads Server-Sent Events from a raw socket until `done` says so.
