@@ -97,6 +97,13 @@ pub struct ServeArgs {
     #[arg(long, env = "EXECUTORD_HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=30))]
     pub header_read_timeout_secs: u64,
+    /// Seconds a response may wait for a client that reads nothing (its
+    /// socket full): then the connection is closed. Keeps a client that
+    /// stops reading, an event stream's included, from holding a connection
+    /// (and a stream slot) for ever.
+    #[arg(long, env = "EXECUTORD_WRITE_STALL_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub write_stall_timeout_secs: u64,
     /// Most open client connections. At the cap a new connection closes the
     /// oldest idle one; when all are busy, new ones wait in the kernel's
     /// backlog. The default, 512, stays well under the common soft limit of
@@ -121,6 +128,7 @@ impl ServeArgs {
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            write_stall_timeout: Duration::from_secs(self.write_stall_timeout_secs),
             max_connections: self.max_connections,
         }
     }

@@ -8,6 +8,11 @@
 //!   idle after a response (its `State::idle` re-arms it, hyperium/hyper#3828;
 //!   read in hyper 1.12). Bytes trickling in do not restart it; when it
 //!   fires, hyper closes the connection without an answer.
+//! - A response that cannot be written for
+//!   [`ServerConfig::write_stall_timeout`] (the client reads nothing and its
+//!   socket is full) closes its connection: a client that stops reading,
+//!   an event stream's included, does not hold its connection (one of
+//!   [`ServerConfig::max_connections`]; for a stream, one of its slots too).
 //! - At most [`ServerConfig::max_connections`] connections are open. At the
 //!   cap, a new connection closes the oldest one with no request in flight
 //!   (one still sending its head, or idle between requests); when every
@@ -37,6 +42,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
@@ -73,6 +79,8 @@ pub struct ServerConfig {
     /// The time a client has to send a request's head; also how long an
     /// idle kept-alive connection stays open.
     pub header_read_timeout: Duration,
+    /// How long a write may wait for a client that reads nothing.
+    pub write_stall_timeout: Duration,
     /// The most open connections.
     pub max_connections: usize,
 }
@@ -114,7 +122,7 @@ pub async fn serve(
             break;
         };
         tokio::spawn(serve_connection(
-            stream,
+            StallGuard::new(stream, config.write_stall_timeout),
             app.clone(),
             http.clone(),
             graceful.watcher(),
@@ -198,7 +206,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// Serves one connection until it ends, times out, or is evicted.
 async fn serve_connection(
-    stream: TcpStream,
+    stream: StallGuard<TcpStream>,
     app: Router,
     http: Arc<http1::Builder>,
     watcher: Watcher,
@@ -214,7 +222,10 @@ async fn serve_connection(
     tokio::select! {
         result = connection => {
             if let Err(e) = result {
-                if e.is_timeout() {
+                if stalled(&e) {
+                    crate::metrics::http_connection_closed("write_stalled");
+                    tracing::info!("a client read nothing for the write stall timeout: connection closed");
+                } else if e.is_timeout() {
                     crate::metrics::http_connection_closed("header_timeout");
                 }
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -224,6 +235,112 @@ async fn serve_connection(
             crate::metrics::http_connection_closed("evicted");
             tracing::debug!("idle connection closed to make room for a new one");
         }
+    }
+}
+
+/// Whether hyper's error is a [`StallGuard`]'s.
+fn stalled(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.get_ref().is_some_and(|inner| inner.is::<WriteStalled>()))
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The error a [`StallGuard`] fails a write with.
+#[derive(Debug, thiserror::Error)]
+#[error("the client read nothing for the write stall timeout")]
+struct WriteStalled;
+
+/// A connection whose writes fail once they have waited `limit` for the
+/// client to read: the timer starts when a write cannot go on, and any
+/// progress stops it.
+struct StallGuard<S> {
+    inner: S,
+    limit: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> StallGuard<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// What a write that returned `polled` comes to: progress stops the
+    /// timer; waiting starts it, and fails once it has run out.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                WriteStalled,
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

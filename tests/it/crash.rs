@@ -969,6 +969,81 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A client that asks and never reads: once the socket buffers between it
+/// and the service are full, the response cannot be written. After the write
+/// stall timeout the service closes the connection (and counts it), so such
+/// clients cannot hold the connection cap or the event stream's slots.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_write_stall_timeout() {
+    const REQUESTS: usize = 40;
+    let h = Harness::new("stalled-reader");
+    let api = h.api_with("api", &["--write-stall-timeout-secs", "2"]);
+    let port = api.port;
+    const ASSET: &str = "/docs/swagger-ui-bundle.js";
+    let fetch = |path: &str| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        raw
+    };
+    let one = fetch(ASSET);
+    assert!(
+        one.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&one[..one.len().min(200)])
+    );
+    let size = one.len();
+    assert!(
+        size > 500_000,
+        "a large response to fill the buffers: {size} bytes"
+    );
+    // Far more than the kernel buffers on both sides hold.
+    let asks = format!("GET {ASSET} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(REQUESTS);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(asks.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let metrics = String::from_utf8(fetch("/metrics")).unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "executord_http_connections_closed_total{reason=\"write_stalled\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // What had been written before the close is there to read, then the end.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let ended = loop {
+        match client.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended,
+        "the service closed the connection ({got} bytes read)"
+    );
+    assert!(
+        got < size * REQUESTS,
+        "cut off after {got} of {} bytes",
+        size * REQUESTS
+    );
+}
+
 #[test]
 fn a_slow_loris_flood_cannot_starve_normal_requests_and_stalled_clients_are_cut_off() {
     const CAP: usize = 64;
