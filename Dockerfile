@@ -15,6 +15,7 @@ RUN mkdir src \
 
 # Then the real source. `touch` makes cargo see it as newer than the dummy's
 # build (COPY keeps the files' own, possibly older, modification times).
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY ui ./ui
