@@ -96,25 +96,19 @@ impl Deliverer {
             }
             // Wait for a send to end (or for IDLE, to claim for the free
             // slots), then take every one that has ended.
-            let mut ended = Vec::new();
+            let mut sent = Vec::new();
+            let mut take = |joined: Result<Sent, tokio::task::JoinError>| match joined {
+                Ok(one) => sent.push(one),
+                Err(e) => tracing::warn!(error = %e, "a webhook delivery task failed"),
+            };
             waited_out = false;
             tokio::select! {
-                joined = sending.join_next() => ended.extend(joined),
+                joined = sending.join_next() => joined.into_iter().for_each(&mut take),
                 () = tokio::time::sleep(IDLE) => waited_out = true,
             }
             while let Some(joined) = sending.try_join_next() {
-                ended.push(joined);
+                take(joined);
             }
-            let sent: Vec<Sent> = ended
-                .into_iter()
-                .filter_map(|joined| {
-                    joined
-                        .inspect_err(
-                            |e| tracing::warn!(error = %e, "a webhook delivery task failed"),
-                        )
-                        .ok()
-                })
-                .collect();
             if !sent.is_empty()
                 && let Err(e) = webhooks::record(&self.pool, &sent).await
             {
