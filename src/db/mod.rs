@@ -16,8 +16,8 @@ pub mod webhooks;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 
 use crate::domain::Queue;
 
@@ -37,12 +37,31 @@ pub const CANCEL_CHANNEL: &str = "executord_cancel";
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A connection idle for longer than this is pinged before it is handed out.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Opens a pool of at most `max_connections` to `url`.
+///
+/// A connection handed out is checked with a ping only if it sat idle for a
+/// second or more (the pool's own default pings before every
+/// statement: a round trip each, the same count as the statements). One that
+/// broke meanwhile fails its statement, and the pool drops it: a request
+/// answers 503, a runner's claim is made again, an outcome's lease expires
+/// and its step runs again, as after any lost connection.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options.application_name("executord"))
         .await
         .context("connecting to PostgreSQL")
