@@ -16,8 +16,9 @@ pub mod webhooks;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::domain::Queue;
 
@@ -65,6 +66,39 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .connect_with(options.application_name("executord"))
         .await
         .context("connecting to PostgreSQL")
+}
+
+/// A connection that one loop (the runner's recorder, a queue's claims)
+/// keeps between its statements while it is busy. PostgreSQL prepares and
+/// plans a statement per connection: run on whichever connection of the
+/// pool is free, each of the loop's statements is planned on every one of
+/// them in turn (five custom plans each before a generic one, and again
+/// after every `ANALYZE`); kept on one, about once.
+#[derive(Debug)]
+pub struct Held {
+    pool: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Held {
+    /// Nothing held yet; connections come from `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, conn: None }
+    }
+
+    /// The held connection, taken from the pool first if none is held.
+    pub async fn get(&mut self) -> sqlx::Result<&mut PgConnection> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.acquire().await?);
+        }
+        self.conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    /// Gives the connection back to the pool: when the loop goes idle, or
+    /// after an error (the next [`Held::get`] takes a checked one).
+    pub fn release(&mut self) {
+        self.conn = None;
+    }
 }
 
 /// Applies pending migrations.

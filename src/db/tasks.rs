@@ -135,7 +135,7 @@ macro_rules! target_column {
 /// same idempotency key, exactly as after a lease expiry. Any outcome's
 /// commit flushes the claim before it, since the log is flushed in order.
 pub async fn claim(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     queue: Queue,
     limit: i64,
     lease_ms: i64,
@@ -165,7 +165,7 @@ pub async fn claim(
     .bind(limit)
     .bind(lease_ms)
     .bind(worker)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
@@ -558,10 +558,13 @@ pub async fn list_for_operations(
 }
 
 /// When the next ready task of `queue` falls due, if any is ready.
-pub async fn next_due(pool: &PgPool, queue: Queue) -> sqlx::Result<Option<DateTime<Utc>>> {
+pub async fn next_due(
+    conn: impl sqlx::PgExecutor<'_>,
+    queue: Queue,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("SELECT min(run_at) FROM tasks WHERE state = 'ready' AND queue = $1")
         .bind(queue)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
 }
 

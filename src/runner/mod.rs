@@ -37,6 +37,10 @@ pub const MAX_INLINE_STEPS: usize = 64;
 /// Most outcomes recorded in one transaction.
 pub const MAX_BATCH: usize = 256;
 
+/// How long the recorder and a queue's claims keep their connection while
+/// they have nothing to do, before it goes back to the pool.
+const HOLD_WHILE_IDLE: Duration = Duration::from_millis(500);
+
 type Answer = Option<(Recorded, Option<Claimed>)>;
 type Outcomes = mpsc::UnboundedReceiver<(record::Item, oneshot::Sender<Answer>)>;
 
@@ -171,7 +175,19 @@ impl Runner {
     }
 
     async fn recorder_loop(self, mut receiver: Outcomes) {
-        while let Some(first) = receiver.recv().await {
+        let mut held = db::Held::new(self.pool().clone());
+        loop {
+            let first = match tokio::time::timeout(HOLD_WHILE_IDLE, receiver.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => break,
+                Err(_) => {
+                    held.release();
+                    match receiver.recv().await {
+                        Some(first) => first,
+                        None => break,
+                    }
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
@@ -179,12 +195,16 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            self.record(batch).await;
+            self.record(&mut held, batch).await;
         }
     }
 
     /// Records a batch, answers its slots, then announces what it made ready or ended.
-    async fn record(&self, batch: Vec<(record::Item, oneshot::Sender<Answer>)>) {
+    async fn record(
+        &self,
+        held: &mut db::Held,
+        batch: Vec<(record::Item, oneshot::Sender<Answer>)>,
+    ) {
         let (items, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let cont = record::Continue {
             lease_ms: self.inner.config.lease_ms(),
@@ -192,7 +212,7 @@ impl Runner {
         };
         let ctx = &self.inner.ctx;
         crate::metrics::outcomes_recorded(items.len());
-        let settled = record::record_all(&ctx.pool, &ctx.catalog, &items, Some(cont)).await;
+        let settled = record::record_all(held, &ctx.catalog, &items, Some(cont)).await;
         for (result, answer) in settled.results.into_iter().zip(answers) {
             let _ = answer.send(result);
         }
@@ -211,21 +231,31 @@ impl Runner {
     ) {
         let slots = Arc::new(Semaphore::new(self.inner.config.concurrency(queue)));
         let mut in_flight = JoinSet::new();
+        let mut held = db::Held::new(self.pool().clone());
+        let mut found_work = tokio::time::Instant::now();
         while !*shutdown.borrow() {
             while in_flight.try_join_next().is_some() {}
             let free = slots.available_permits();
             let mut wait = self.inner.config.poll_interval;
             if free > 0 {
-                match db::tasks::claim(
-                    self.pool(),
-                    queue,
-                    free as i64,
-                    self.inner.config.lease_ms(),
-                    &self.inner.worker,
-                )
-                .await
-                {
+                let claimed = match held.get().await {
+                    Ok(conn) => {
+                        db::tasks::claim(
+                            conn,
+                            queue,
+                            free as i64,
+                            self.inner.config.lease_ms(),
+                            &self.inner.worker,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match claimed {
                     Ok(claimed) => {
+                        if !claimed.is_empty() {
+                            found_work = tokio::time::Instant::now();
+                        }
                         let full = claimed.len() == free;
                         for claimed in claimed {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -241,12 +271,21 @@ impl Runner {
                         if full {
                             continue;
                         }
-                        if let Ok(Some(due)) = db::tasks::next_due(self.pool(), queue).await {
-                            let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-                            wait = wait.min(until);
+                        let due = match held.get().await {
+                            Ok(conn) => db::tasks::next_due(conn, queue).await,
+                            Err(e) => Err(e),
+                        };
+                        match due {
+                            Ok(Some(due)) => {
+                                let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                                wait = wait.min(until);
+                            }
+                            Ok(None) => {}
+                            Err(_) => held.release(),
                         }
                     }
                     Err(e) => {
+                        held.release();
                         tracing::warn!(queue = queue.as_str(), error = %e, "claiming ready tasks failed");
                     }
                 }
@@ -254,10 +293,28 @@ impl Runner {
             if wait.is_zero() {
                 continue;
             }
-            tokio::select! {
-                () = self.inner.events.woken(queue) => {}
-                () = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
+            // The connection stays held while claims find work (under load
+            // the next comes within milliseconds) and goes back to the pool
+            // once they have found none for a while, however often they poll.
+            let keep = HOLD_WHILE_IDLE.saturating_sub(found_work.elapsed());
+            let first = if keep.is_zero() {
+                held.release();
+                wait
+            } else {
+                wait.min(keep)
+            };
+            let woken = tokio::select! {
+                () = self.inner.events.woken(queue) => true,
+                () = tokio::time::sleep(first) => false,
+                _ = shutdown.changed() => true,
+            };
+            if !woken && wait > first {
+                held.release();
+                tokio::select! {
+                    () = self.inner.events.woken(queue) => {}
+                    () = tokio::time::sleep(wait - first) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
         }
         while in_flight.join_next().await.is_some() {}

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use serde_json::json;
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
@@ -111,7 +111,9 @@ pub async fn record(
         outcome,
         go_on: false,
     };
-    let recording = record_batch(pool, catalog, std::slice::from_ref(&item), None).await?;
+    let mut conn = pool.acquire().await.context("taking a connection")?;
+    let recording = record_batch(&mut conn, catalog, std::slice::from_ref(&item), None).await?;
+    drop(conn);
     let ready: Vec<Queue> = recording.ready.iter().copied().collect();
     db::announce(pool, "-", &ready, recording.finished()).await?;
     Ok(recording.results.first().map_or(Recorded::Fenced, |r| r.0))
@@ -130,17 +132,18 @@ pub struct Settled {
     pub finished: Vec<Uuid>,
 }
 
-/// Records `items` in one transaction, as [`record_batch`]; if that
-/// transaction fails, records each alone, so one outcome that cannot be
-/// recorded does not hold up the others.
+/// Records `items` in one transaction on `held`, as [`record_batch`]; if
+/// that transaction fails, records each alone, so one outcome that cannot be
+/// recorded does not hold up the others. After a failure the connection goes
+/// back to the pool (it may be the cause), and each retry takes a checked one.
 pub async fn record_all(
-    pool: &sqlx::PgPool,
+    held: &mut db::Held,
     catalog: &Catalog,
     items: &[Item],
     cont: Option<Continue<'_>>,
 ) -> Settled {
     let mut settled = Settled::default();
-    let e = match record_batch(pool, catalog, items, cont).await {
+    let e = match batch_on(held, catalog, items, cont).await {
         Ok(recording) => {
             settled.add(recording);
             return settled;
@@ -158,7 +161,7 @@ pub async fn record_all(
         "recording a batch failed; recording its outcomes one by one"
     );
     for item in items {
-        match record_batch(pool, catalog, std::slice::from_ref(item), cont).await {
+        match batch_on(held, catalog, std::slice::from_ref(item), cont).await {
             Ok(recording) => settled.add(recording),
             Err(e) => {
                 tracing::warn!(task_id = %item.task_id, error = format!("{e:#}"), "recording failed; the lease will expire");
@@ -167,6 +170,24 @@ pub async fn record_all(
         }
     }
     settled
+}
+
+/// [`record_batch`] on the connection `held`, which is given back to the
+/// pool if recording fails.
+async fn batch_on(
+    held: &mut db::Held,
+    catalog: &Catalog,
+    items: &[Item],
+    cont: Option<Continue<'_>>,
+) -> anyhow::Result<Recording> {
+    let done = match held.get().await {
+        Ok(conn) => record_batch(conn, catalog, items, cont).await,
+        Err(e) => Err(anyhow::Error::new(e).context("taking a connection")),
+    };
+    if done.is_err() {
+        held.release();
+    }
+    done
 }
 
 impl Settled {
@@ -198,7 +219,7 @@ impl HeldStep<'_> {
 /// so it is not lost). The caller announces [`Recording::ready`] and
 /// [`Recording::finished`] after the commit.
 pub async fn record_batch(
-    pool: &sqlx::PgPool,
+    conn: &mut PgConnection,
     catalog: &Catalog,
     items: &[Item],
     cont: Option<Continue<'_>>,
@@ -207,7 +228,7 @@ pub async fn record_batch(
     // a second; PostgreSQL would plan some afresh at every call for a batch
     // of one (a custom plan for one row looks cheaper than the generic plan
     // for ten), which costs more than running them.
-    let mut tx = pool
+    let mut tx = conn
         .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
         .await
         .context("beginning the outcome transaction")?;

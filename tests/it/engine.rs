@@ -318,9 +318,14 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
             go_on: false,
         },
     ];
-    let recording = record::record_batch(&engine.pool, &engine.catalog, &items, None)
-        .await
-        .unwrap();
+    let recording = record::record_batch(
+        &mut engine.pool.acquire().await.unwrap(),
+        &engine.catalog,
+        &items,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(recording.results.iter().all(|r| r.0 == Recorded::Applied));
 
     let ra = engine.resource(a.resource.id).await.unwrap();
@@ -379,9 +384,14 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
         lease_ms: 5000,
         worker: "batch",
     };
-    let recording = record::record_batch(&engine.pool, &engine.catalog, &items, Some(cont))
-        .await
-        .unwrap();
+    let recording = record::record_batch(
+        &mut engine.pool.acquire().await.unwrap(),
+        &engine.catalog,
+        &items,
+        Some(cont),
+    )
+    .await
+    .unwrap();
 
     let applied_or_fenced: Vec<Recorded> = recording.results.iter().map(|r| r.0).collect();
     assert_eq!(
@@ -491,16 +501,27 @@ async fn an_outcome_that_cannot_be_recorded_does_not_hold_up_its_batch(pool: PgP
     ];
     // Together, the batch's transaction fails and nothing of it is applied.
     assert!(
-        record::record_batch(&engine.pool, &engine.catalog, &items, None)
-            .await
-            .is_err()
+        record::record_batch(
+            &mut engine.pool.acquire().await.unwrap(),
+            &engine.catalog,
+            &items,
+            None
+        )
+        .await
+        .is_err()
     );
     assert_eq!(
         engine.resource(good.resource.id).await.unwrap().state,
         ResourceState::CreationScheduled
     );
 
-    let settled = record::record_all(&engine.pool, &engine.catalog, &items, None).await;
+    let settled = record::record_all(
+        &mut executord::db::Held::new(engine.pool.clone()),
+        &engine.catalog,
+        &items,
+        None,
+    )
+    .await;
     assert_eq!(settled.results.len(), 2);
     assert_eq!(
         settled.results[0].as_ref().map(|r| r.0),
@@ -603,6 +624,45 @@ async fn twenty_creations_in_one_tenant_never_hold_more_than_four_slots(pool: Pg
         "the limit is used in full, never exceeded"
     );
     assert_eq!(engine.count("throttle_slots").await, 0);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_runner_keeps_its_connections_while_busy_and_gives_them_back_when_idle(pool: PgPool) {
+    let engine = Engine::with(pool, SimConfig::instant(), None, fast_runner_config());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(engine.runner.clone().run(vec![Queue::Regular], stopped));
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let tenant = format!("t{i}");
+        ids.push(
+            engine
+                .create("instance", &format!("vm-{i}"), instance(&tenant))
+                .await
+                .resource
+                .id,
+        );
+    }
+    for _ in 0..400 {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM resources WHERE state = 'ok'")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+        if done == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Busy a moment ago: the claims and the recorder still hold theirs.
+    let held_busy = engine.pool.size() as usize - engine.pool.num_idle();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held_idle = engine.pool.size() as usize - engine.pool.num_idle();
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+    for id in ids {
+        assert_eq!(engine.resource(id).await.unwrap().state, ResourceState::Ok);
+    }
+    assert!(held_busy >= 1, "nothing held right after the work");
+    assert_eq!(held_idle, 0, "connections held by an idle runner");
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
