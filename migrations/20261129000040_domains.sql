@@ -7,9 +7,10 @@
 -- constants of the IN lists. A domain's constraint is read once per
 -- connection and checked only where a value is assigned to such a column.
 --
--- Each column becomes a domain without a constraint first (no rewrite of the
--- table, its indexes kept), then the domain gets its rule, which checks the
--- rows already there (a read).
+-- Each column becomes a domain without a constraint first (the table is not
+-- rewritten; indexes on the column or naming it in their predicate are
+-- rebuilt), then the domain gets its rule, which checks the rows already
+-- there (a read).
 
 CREATE DOMAIN resource_state AS text;
 CREATE DOMAIN operation_kind AS text;
