@@ -1321,36 +1321,25 @@ fn over_long_uris_and_over_large_heads_get_414_and_431_problem_json() {
 fn connections_the_database_closed_while_idle_are_replaced_before_use() {
     let h = Harness::new("idle-closed");
     let api = h.api("api");
-    for _ in 0..8 {
-        let reply = try_http(
-            api.port,
-            "GET",
-            "/api/v1/resources",
-            None,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(reply.status, 200, "{}", reply.body);
-    }
+    let list = |when: &str| {
+        for _ in 0..8 {
+            let reply = try_http(
+                api.port,
+                "GET",
+                "/api/v1/resources",
+                None,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            assert_eq!(reply.status, 200, "{when}: {}", reply.body);
+        }
+    };
+    list("before");
     let closed = h.count(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
          WHERE application_name = 'executord' AND query NOT ILIKE '%LISTEN%'",
     );
     assert!(closed >= 1, "the API holds no pooled connection to close");
     std::thread::sleep(Duration::from_millis(1500));
-    for _ in 0..8 {
-        let reply = try_http(
-            api.port,
-            "GET",
-            "/api/v1/resources",
-            None,
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(
-            reply.status, 200,
-            "after {closed} connections were closed: {}",
-            reply.body
-        );
-    }
+    list(&format!("after {closed} connections were closed"));
 }
