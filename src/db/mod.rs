@@ -44,11 +44,12 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Opens a pool of at most `max_connections` to `url`.
 ///
 /// A connection handed out is checked with a ping only if it sat idle for a
-/// second or more (the pool's own default pings before every
-/// statement: a round trip each, the same count as the statements). One that
-/// broke meanwhile fails its statement, and the pool drops it: a request
-/// answers 503, a runner's claim is made again, an outcome's lease expires
-/// and its step runs again, as after any lost connection.
+/// second or more; the pool's default pings before every hand-out, a round
+/// trip each (sqlx also pings every connection given back, in a task of its
+/// own, which cannot be turned off; [`Held`] saves both). One that broke
+/// meanwhile fails its statement, and the pool drops it: a request answers
+/// 503, a runner's claim is made again, an outcome's lease expires and its
+/// step runs again, as after any lost connection.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
     PgPoolOptions::new()
