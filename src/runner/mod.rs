@@ -238,19 +238,12 @@ impl Runner {
             let free = slots.available_permits();
             let mut wait = self.inner.config.poll_interval;
             if free > 0 {
-                let claimed = match held.get().await {
-                    Ok(conn) => {
-                        db::tasks::claim(
-                            conn,
-                            queue,
-                            free as i64,
-                            self.inner.config.lease_ms(),
-                            &self.inner.worker,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let claimed = async {
+                    let lease_ms = self.inner.config.lease_ms();
+                    let conn = held.get().await?;
+                    db::tasks::claim(conn, queue, free as i64, lease_ms, &self.inner.worker).await
+                }
+                .await;
                 match claimed {
                     Ok(claimed) => {
                         if !claimed.is_empty() {
@@ -271,11 +264,8 @@ impl Runner {
                         if full {
                             continue;
                         }
-                        let due = match held.get().await {
-                            Ok(conn) => db::tasks::next_due(conn, queue).await,
-                            Err(e) => Err(e),
-                        };
-                        match due {
+                        let due = async { db::tasks::next_due(held.get().await?, queue).await };
+                        match due.await {
                             Ok(Some(due)) => {
                                 let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
                                 wait = wait.min(until);
@@ -303,21 +293,27 @@ impl Runner {
             } else {
                 wait.min(keep)
             };
-            let woken = tokio::select! {
-                () = self.inner.events.woken(queue) => true,
-                () = tokio::time::sleep(first) => false,
-                _ = shutdown.changed() => true,
-            };
-            if !woken && wait > first {
+            if !self.nap(queue, &mut shutdown, first).await && wait > first {
                 held.release();
-                tokio::select! {
-                    () = self.inner.events.woken(queue) => {}
-                    () = tokio::time::sleep(wait - first) => {}
-                    _ = shutdown.changed() => {}
-                }
+                self.nap(queue, &mut shutdown, wait - first).await;
             }
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Sleeps up to `limit`; whether it was woken first (work for `queue`,
+    /// or shutdown).
+    async fn nap(
+        &self,
+        queue: Queue,
+        shutdown: &mut watch::Receiver<bool>,
+        limit: Duration,
+    ) -> bool {
+        tokio::select! {
+            () = self.inner.events.woken(queue) => true,
+            () = tokio::time::sleep(limit) => false,
+            _ = shutdown.changed() => true,
+        }
     }
 
     async fn reaper(self, mut shutdown: watch::Receiver<bool>) {

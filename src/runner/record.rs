@@ -180,10 +180,11 @@ async fn batch_on(
     items: &[Item],
     cont: Option<Continue<'_>>,
 ) -> anyhow::Result<Recording> {
-    let done = match held.get().await {
-        Ok(conn) => record_batch(conn, catalog, items, cont).await,
-        Err(e) => Err(anyhow::Error::new(e).context("taking a connection")),
-    };
+    let done = async {
+        let conn = held.get().await.context("taking a connection")?;
+        record_batch(conn, catalog, items, cont).await
+    }
+    .await;
     if done.is_err() {
         held.release();
     }

@@ -980,27 +980,10 @@ fn a_client_that_stops_reading_is_cut_off_after_the_write_stall_timeout() {
     let api = h.api_with("api", &["--write-stall-timeout-secs", "2"]);
     let port = api.port;
     const ASSET: &str = "/docs/swagger-ui-bundle.js";
-    let fetch = |path: &str| {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        raw
-    };
+    let fetch = |path: &str| try_http(port, "GET", path, None, Duration::from_secs(30)).unwrap();
     let one = fetch(ASSET);
-    assert!(
-        one.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&one[..one.len().min(200)])
-    );
-    let size = one.len();
+    assert_eq!(one.status, 200, "{}", one.head);
+    let size = one.text.len();
     assert!(
         size > 500_000,
         "a large response to fill the buffers: {size} bytes"
@@ -1010,7 +993,7 @@ fn a_client_that_stops_reading_is_cut_off_after_the_write_stall_timeout() {
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     client.write_all(asks.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_secs(5));
-    let metrics = String::from_utf8(fetch("/metrics")).unwrap();
+    let metrics = fetch("/metrics").text;
     assert_eq!(
         metric(
             &metrics,

@@ -1186,20 +1186,13 @@ async fn first_database_oid(pool: &PgPool, name: &str) -> String {
 
 /// The body of a GET answered with a length (`/metrics` is text, not JSON).
 fn get_text(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    let reply = crate::support::process::try_http(port, "GET", path, None, Duration::from_secs(10))
         .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
-    body.to_owned()
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(
+        !reply.head.to_ascii_lowercase().contains("chunked"),
+        "{}",
+        reply.head
+    );
+    reply.text
 }

@@ -598,7 +598,10 @@ pub fn free_port() -> u16 {
 pub struct Reply {
     pub status: u16,
     pub head: String,
+    /// The body as JSON; `Null` if it is not JSON.
     pub body: Value,
+    /// The body as text (dechunked).
+    pub text: String,
     /// From connecting to the end of the answer.
     pub elapsed: Duration,
 }
@@ -706,6 +709,7 @@ fn read_reply(mut stream: TcpStream, started: Instant) -> std::io::Result<Reply>
         status,
         head: head.to_owned(),
         body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        text: body,
         elapsed: started.elapsed(),
     })
 }
