@@ -90,18 +90,24 @@ pub enum Prunable {
     IdempotencyKeys,
     /// Resources' history rows.
     ResourceEvents,
-    /// Webhook messages delivered or given up on, with their attempts.
+    /// Webhook events fanned out.
+    WebhookEvents,
+    /// Webhook messages delivered or given up on.
     WebhookMessages,
+    /// Webhook delivery attempts.
+    WebhookAttempts,
 }
 
 impl Prunable {
     /// Every kind, in the order they are pruned.
-    pub const ALL: [Prunable; 5] = [
+    pub const ALL: [Prunable; 7] = [
         Self::Operations,
         Self::JobTasks,
         Self::IdempotencyKeys,
         Self::ResourceEvents,
+        Self::WebhookEvents,
         Self::WebhookMessages,
+        Self::WebhookAttempts,
     ];
 
     /// Its name in the job's summary.
@@ -111,7 +117,9 @@ impl Prunable {
             Self::JobTasks => "job_tasks",
             Self::IdempotencyKeys => "idempotency_keys",
             Self::ResourceEvents => "resource_events",
+            Self::WebhookEvents => "webhook_events",
             Self::WebhookMessages => "webhook_messages",
+            Self::WebhookAttempts => "webhook_attempts",
         }
     }
 }
@@ -143,7 +151,17 @@ pub async fn prune(
             "DELETE FROM resource_events WHERE created_at < $1 AND seq IN (
                  SELECT seq FROM resource_events ORDER BY seq LIMIT $2)"
         }
-        // Pending messages are never pruned: at least once.
+        // Events still to fan out, and pending messages, are never pruned:
+        // at least once. Events and attempts are walked like
+        // `resource_events` (`seq` and the v7 ids follow time).
+        Prunable::WebhookEvents => {
+            "DELETE FROM webhook_events WHERE fanned_out_at IS NOT NULL AND created_at < $1
+                 AND seq IN (SELECT seq FROM webhook_events ORDER BY seq LIMIT $2)"
+        }
+        Prunable::WebhookAttempts => {
+            "DELETE FROM webhook_attempts WHERE created_at < $1 AND id IN (
+                 SELECT id FROM webhook_attempts ORDER BY id LIMIT $2)"
+        }
         Prunable::WebhookMessages => {
             "DELETE FROM webhook_messages WHERE seq IN (
                  SELECT seq FROM webhook_messages WHERE state <> 'pending' AND finished_at < $1

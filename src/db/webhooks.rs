@@ -1,9 +1,12 @@
-//! SQL for `webhooks` (subscriptions), `webhook_messages` (the outbox, filled
-//! by triggers in the transaction of each change) and `webhook_attempts`.
+//! SQL for `webhooks` (subscriptions), `webhook_events` (the outbox, one row
+//! per event, written by triggers in the transaction of each change),
+//! `webhook_messages` (what was not delivered at once: retries, sends still
+//! running, messages queued behind those, redeliveries) and
+//! `webhook_attempts`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// A row of `webhooks`.
@@ -138,13 +141,18 @@ pub async fn delete_in(
     id: Uuid,
     scope: Option<&str>,
 ) -> sqlx::Result<bool> {
-    let done =
-        sqlx::query("DELETE FROM webhooks WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)")
-            .bind(id)
-            .bind(scope)
-            .execute(conn)
-            .await?;
-    Ok(done.rows_affected() > 0)
+    sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM webhooks WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) RETURNING id
+         ), attempts AS (
+             DELETE FROM webhook_attempts WHERE webhook_id IN (SELECT id FROM gone)
+         )
+         SELECT EXISTS (SELECT 1 FROM gone)",
+    )
+    .bind(id)
+    .bind(scope)
+    .fetch_one(conn)
+    .await
 }
 
 /// Disables a subscription the service can no longer deliver to.
@@ -159,11 +167,12 @@ pub async fn disable(pool: &PgPool, id: Uuid, reason: &str) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// A message claimed for delivery, with where and how to send it.
+/// A message to send, with where and how to send it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
-    /// Its order in the outbox.
-    pub seq: i64,
+    /// Its row in `webhook_messages`; `None` for a message of an event
+    /// being fanned out, which has no row.
+    pub seq: Option<i64>,
     /// The `webhook-id`.
     pub id: Uuid,
     /// Its subscription.
@@ -192,7 +201,11 @@ pub struct Claimed {
 /// (`synchronous_commit` off for its own transaction, as the runner's task
 /// claim does): a claim lost in a database crash only lets
 /// the message be claimed again sooner, which at-least-once allows.
-pub async fn claim(pool: &PgPool, limit: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
+pub async fn claim(
+    conn: impl PgExecutor<'_>,
+    limit: i64,
+    lease_ms: i64,
+) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         "WITH quick AS (
              SELECT set_config('synchronous_commit', 'off', true)
@@ -216,7 +229,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease_ms: i64) -> sqlx::Result<Vec
     )
     .bind(limit)
     .bind(lease_ms)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
@@ -254,7 +267,7 @@ pub enum Then {
 /// (`synchronous_commit = off`): an attempt lost in a database crash leaves
 /// its message pending under a lease that runs out, and it is sent again
 /// with the same `webhook-id`, which at-least-once allows.
-pub async fn record(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<()> {
+pub async fn record(conn: impl PgExecutor<'_>, sent: &[Sent]) -> sqlx::Result<()> {
     let mut seqs = Vec::with_capacity(sent.len());
     let mut ids = Vec::with_capacity(sent.len());
     let mut webhook_ids = Vec::with_capacity(sent.len());
@@ -272,7 +285,10 @@ pub async fn record(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<()> {
             Then::RetryAt(at) => ("pending", Some(at)),
             Then::GiveUp => ("failed", None),
         };
-        seqs.push(s.message.seq);
+        let Some(seq) = s.message.seq else {
+            continue;
+        };
+        seqs.push(seq);
         ids.push(Uuid::now_v7());
         webhook_ids.push(s.message.webhook_id);
         message_ids.push(s.message.id);
@@ -319,7 +335,7 @@ pub async fn record(pool: &PgPool, sent: &[Sent]) -> sqlx::Result<()> {
     .bind(errors)
     .bind(states)
     .bind(nexts)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -365,17 +381,31 @@ pub async fn attempts(
 }
 
 /// Makes the message of attempt (or message) `delivery_id` of subscription
-/// `webhook_id` pending and due now. Whether there was one.
+/// `webhook_id` pending and due now: its row if it has one, or a new one
+/// from its event (a message delivered at once has none). Which message,
+/// if there was one.
 pub async fn redeliver(
     conn: &mut PgConnection,
     webhook_id: Uuid,
     delivery_id: Uuid,
 ) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
-        "UPDATE webhook_messages SET state = 'pending', finished_at = NULL, next_attempt_at = now(),
+        "WITH wanted AS (
+             SELECT m.id, m.tenant, m.resource_id, m.event_type, m.payload, m.created_at
+             FROM webhook_messages m
+             WHERE m.webhook_id = $1 AND m.id IN (
+                 SELECT $2 UNION SELECT message_id FROM webhook_attempts WHERE id = $2 AND webhook_id = $1)
+             UNION ALL
+             SELECT a.message_id, e.tenant, e.resource_id, e.event_type, e.payload, e.created_at
+             FROM webhook_attempts a JOIN webhook_events e ON e.seq = a.event_seq
+             WHERE a.webhook_id = $1 AND (a.id = $2 OR a.message_id = $2)
+             LIMIT 1
+         )
+         INSERT INTO webhook_messages (id, webhook_id, tenant, resource_id, event_type, payload,
+                                       created_at, requeued_at)
+         SELECT id, $1, tenant, resource_id, event_type, payload, created_at, now() FROM wanted
+         ON CONFLICT (id) DO UPDATE SET state = 'pending', finished_at = NULL, next_attempt_at = now(),
                 lease_until = NULL, requeued_at = now()
-         WHERE webhook_id = $1 AND id IN (
-             SELECT $2 UNION SELECT message_id FROM webhook_attempts WHERE id = $2 AND webhook_id = $1)
          RETURNING id",
     )
     .bind(webhook_id)
@@ -384,25 +414,255 @@ pub async fn redeliver(
     .await
 }
 
-/// Age in seconds of the oldest message still pending for an enabled
-/// subscription (0 when none).
+/// Age in seconds of the oldest event not yet fanned out or message still
+/// pending for an enabled subscription (0 when none).
 pub async fn oldest_pending_age(pool: &PgPool) -> sqlx::Result<f64> {
     sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(m.requeued_at, m.created_at)))::float8, 0)
-         FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
-         WHERE m.state = 'pending'",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+             (SELECT min(created_at) FROM webhook_events WHERE fanned_out_at IS NULL),
+             (SELECT min(COALESCE(m.requeued_at, m.created_at))
+              FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
+              WHERE m.state = 'pending')))::float8, 0)",
     )
     .fetch_one(pool)
     .await
 }
 
-/// The soonest time a pending message falls due (to sleep until it).
-pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "SELECT min(GREATEST(m.next_attempt_at, COALESCE(m.lease_until, m.next_attempt_at)))
-         FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
-         WHERE m.state = 'pending'",
+/// An event claimed to fan out, with its messages: one per enabled
+/// subscription that wants it.
+#[derive(Debug)]
+pub struct Event {
+    /// Its row in `webhook_events`.
+    pub seq: i64,
+    /// Its messages to send now.
+    pub send: Vec<Claimed>,
+    /// Its messages to queue instead, behind a pending message of their
+    /// subscription and resource (order per resource).
+    pub behind: Vec<Claimed>,
+}
+
+/// A row of the fan-out claim: an event and one subscription that wants it
+/// (none when no subscription wants it any more).
+#[derive(Debug, sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    event_type: String,
+    payload: Value,
+    created_at: DateTime<Utc>,
+    webhook_id: Option<Uuid>,
+    message_id: Option<Uuid>,
+    url: Option<String>,
+    secret: Option<String>,
+    behind: Option<bool>,
+}
+
+/// Claims up to `limit` events to fan out, for `lease_ms`, oldest first. An
+/// event is claimed only when no earlier event of its resource is still to
+/// fan out (order per resource), and `SKIP LOCKED` keeps two processes from
+/// claiming one event. Its commit does not wait for the flush, as
+/// [`claim`]'s.
+pub async fn claim_events(
+    conn: impl PgExecutor<'_>,
+    limit: i64,
+    lease_ms: i64,
+) -> sqlx::Result<Vec<Event>> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "WITH quick AS (
+             SELECT set_config('synchronous_commit', 'off', true)
+         ), due AS (
+             SELECT e.seq FROM quick, webhook_events e
+             WHERE e.fanned_out_at IS NULL AND (e.lease_until IS NULL OR e.lease_until < now())
+               AND NOT EXISTS (
+                   SELECT 1 FROM webhook_events p
+                   WHERE p.resource_id = e.resource_id AND p.fanned_out_at IS NULL AND p.seq < e.seq)
+             ORDER BY e.seq LIMIT $1
+             FOR UPDATE OF e SKIP LOCKED
+         ), claimed AS (
+             UPDATE webhook_events e SET lease_until = now() + make_interval(secs => $2::float8 / 1000)
+             FROM due WHERE e.seq = due.seq
+             RETURNING e.seq, e.id, e.tenant, e.resource_id, e.event_type, e.payload, e.created_at
+         )
+         SELECT c.seq, c.event_type, c.payload, c.created_at, w.id AS webhook_id,
+                webhook_message_id(c.id, w.id) AS message_id, w.url, w.secret,
+                EXISTS (SELECT 1 FROM webhook_messages m
+                        WHERE m.webhook_id = w.id AND m.resource_id = c.resource_id
+                          AND m.state = 'pending') AS behind
+         FROM claimed c
+         LEFT JOIN webhooks w ON w.tenant = c.tenant AND w.enabled AND c.event_type = ANY (w.events)
+         ORDER BY c.seq, w.id",
     )
-    .fetch_one(pool)
+    .bind(limit)
+    .bind(lease_ms)
+    .fetch_all(conn)
+    .await?;
+    let mut events: Vec<Event> = Vec::new();
+    for row in rows {
+        if events.last().is_none_or(|e| e.seq != row.seq) {
+            events.push(Event {
+                seq: row.seq,
+                send: Vec::new(),
+                behind: Vec::new(),
+            });
+        }
+        let (Some(event), Some(webhook_id), Some(id), Some(url), Some(secret)) = (
+            events.last_mut(),
+            row.webhook_id,
+            row.message_id,
+            row.url,
+            row.secret,
+        ) else {
+            continue;
+        };
+        let message = Claimed {
+            seq: None,
+            id,
+            webhook_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            attempts: 0,
+            since: row.created_at,
+            url,
+            secret,
+        };
+        if row.behind == Some(true) {
+            event.behind.push(message);
+        } else {
+            event.send.push(message);
+        }
+    }
+    Ok(events)
+}
+
+/// What became of an event's fan-out.
+#[derive(Debug)]
+pub struct Fanned {
+    /// The event.
+    pub seq: i64,
+    /// Sends that ended.
+    pub sent: Vec<Sent>,
+    /// Messages still being sent: queued as pending under a lease of
+    /// `lease_ms`, their attempts recorded by [`record`] when they end.
+    pub sending: Vec<Claimed>,
+    /// Messages queued behind a pending message of their subscription and
+    /// resource, due now.
+    pub behind: Vec<Claimed>,
+}
+
+/// Records fanned-out events, all in one statement: each event is marked
+/// fanned out; each ended send gets its attempt; a message not delivered
+/// (to retry, given up, still being sent, or queued behind another) gets a
+/// `webhook_messages` row, its payload copied from its event. Messages of
+/// subscriptions deleted meanwhile are dropped. Returns the rows made for
+/// the messages still being sent (`id`, `seq`). Its commit does not wait for
+/// the flush, as [`record`]'s: lost in a database crash, the events are
+/// fanned out again with the same `webhook-id`s.
+pub async fn record_fanned(
+    conn: impl PgExecutor<'_>,
+    fanned: &[Fanned],
+    lease_ms: i64,
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    let events: Vec<i64> = fanned.iter().map(|f| f.seq).collect();
+    let mut a_ids = Vec::new();
+    let mut a_webhooks = Vec::new();
+    let mut a_messages = Vec::new();
+    let mut a_types = Vec::new();
+    let mut a_outcomes = Vec::new();
+    let mut a_codes = Vec::new();
+    let mut a_durations = Vec::new();
+    let mut a_errors = Vec::new();
+    let mut a_events = Vec::new();
+    let mut m_ids = Vec::new();
+    let mut m_webhooks = Vec::new();
+    let mut m_events = Vec::new();
+    let mut m_states: Vec<&str> = Vec::new();
+    let mut m_attempts: Vec<i32> = Vec::new();
+    let mut m_nexts: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut m_leased: Vec<bool> = Vec::new();
+    for f in fanned {
+        for s in &f.sent {
+            a_ids.push(Uuid::now_v7());
+            a_webhooks.push(s.message.webhook_id);
+            a_messages.push(s.message.id);
+            a_types.push(s.message.event_type.as_str());
+            a_outcomes.push(s.outcome);
+            a_codes.push(s.status_code);
+            a_durations.push(s.duration_ms);
+            a_errors.push(s.error.as_deref());
+            a_events.push(f.seq);
+            let (state, next) = match s.then {
+                Then::Delivered => continue,
+                Then::RetryAt(at) => ("pending", Some(at)),
+                Then::GiveUp => ("failed", None),
+            };
+            m_ids.push(s.message.id);
+            m_webhooks.push(s.message.webhook_id);
+            m_events.push(f.seq);
+            m_states.push(state);
+            m_attempts.push(1);
+            m_nexts.push(next);
+            m_leased.push(false);
+        }
+        for (queued, leased) in [(&f.sending, true), (&f.behind, false)] {
+            for m in queued {
+                m_ids.push(m.id);
+                m_webhooks.push(m.webhook_id);
+                m_events.push(f.seq);
+                m_states.push("pending");
+                m_attempts.push(0);
+                m_nexts.push(None);
+                m_leased.push(leased);
+            }
+        }
+    }
+    sqlx::query_as(
+        "WITH quick AS (
+             SELECT set_config('synchronous_commit', 'off', true)
+         ), fanned AS (
+             UPDATE webhook_events SET fanned_out_at = now(), lease_until = NULL
+             FROM quick WHERE seq = ANY ($1::bigint[])
+         ), attempts AS (
+             INSERT INTO webhook_attempts (id, webhook_id, message_id, event_type, outcome,
+                                           status_code, duration_ms, error, event_seq)
+             SELECT a.* FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+                                    $7::int[], $8::bigint[], $9::text[], $10::bigint[])
+                 AS a(id, webhook_id, message_id, event_type, outcome, status_code, duration_ms,
+                      error, event_seq)
+             WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = a.webhook_id)
+         )
+         INSERT INTO webhook_messages (id, webhook_id, tenant, resource_id, event_type, payload,
+                                       state, attempts, next_attempt_at, lease_until, created_at,
+                                       finished_at)
+         SELECT m.id, m.webhook_id, e.tenant, e.resource_id, e.event_type, e.payload, m.state,
+                m.attempts, COALESCE(m.next_attempt_at, now()),
+                CASE WHEN m.leased THEN now() + make_interval(secs => $18::float8 / 1000) END,
+                e.created_at, CASE WHEN m.state = 'pending' THEN NULL ELSE now() END
+         FROM unnest($11::uuid[], $12::uuid[], $13::bigint[], $14::text[], $15::int[],
+                     $16::timestamptz[], $17::bool[]) WITH ORDINALITY
+             AS m(id, webhook_id, event_seq, state, attempts, next_attempt_at, leased, n)
+         JOIN webhook_events e ON e.seq = m.event_seq
+         WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = m.webhook_id)
+         ORDER BY m.n
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id, seq",
+    )
+    .bind(events)
+    .bind(a_ids)
+    .bind(a_webhooks)
+    .bind(a_messages)
+    .bind(a_types)
+    .bind(a_outcomes)
+    .bind(a_codes)
+    .bind(a_durations)
+    .bind(a_errors)
+    .bind(a_events)
+    .bind(m_ids)
+    .bind(m_webhooks)
+    .bind(m_events)
+    .bind(m_states)
+    .bind(m_attempts)
+    .bind(m_nexts)
+    .bind(m_leased)
+    .bind(lease_ms)
+    .fetch_all(conn)
     .await
 }

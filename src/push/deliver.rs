@@ -1,24 +1,57 @@
-//! The deliverer: sends the outbox after commit, at least once, in order
-//! per resource and subscription. Every process that runs workers runs one;
-//! a claim is a short lease taken with `FOR UPDATE SKIP LOCKED`, so two
-//! processes never send one message at the same time, and a process that
-//! dies leaves its claims to expire (the same `webhook-id` is sent again).
+//! The deliverer: fans the outbox's events out to their subscriptions after
+//! commit, at least once, in order per resource and subscription. Every
+//! process that runs workers runs one; a claim (of an event, or of a
+//! pending message) is a short lease taken with `FOR UPDATE SKIP LOCKED`,
+//! so two processes never send one message at the same time, and a process
+//! that dies leaves its claims to expire (the same `webhook-id` is sent
+//! again).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
+use uuid::Uuid;
 
 use super::address::{CheckedResolver, check_url};
 use super::{PushConfig, message_id, sign};
 
-use crate::db::webhooks::{self, Claimed, Sent, Then};
+use crate::db;
+use crate::db::webhooks::{self, Claimed, Event, Fanned, Sent, Then};
+
+/// What one claim found.
+#[derive(Default)]
+struct Claims {
+    messages: Vec<Claimed>,
+    events: Vec<Event>,
+    /// Whether either claim took as many as it asked for (more may wait).
+    full: bool,
+}
+
+impl Claims {
+    fn any(&self) -> bool {
+        !self.messages.is_empty() || !self.events.is_empty()
+    }
+}
+
+/// A message of an event still being sent when its event was recorded.
+struct Slow {
+    message: Claimed,
+    task: JoinHandle<Sent>,
+}
 
 /// Messages one process sends at once.
 const IN_FLIGHT: usize = 64;
+/// How long an event's sends are waited for before those still running are
+/// queued as messages, so that the event is done and the resource's next
+/// events go on to the other subscriptions.
+const GRACE: Duration = Duration::from_millis(500);
+/// The wait after a claim that emptied the outbox, so that the next one
+/// takes a batch.
+const LINGER: Duration = Duration::from_millis(100);
 /// The longest wait between looks at the outbox.
 const IDLE: Duration = Duration::from_millis(500);
 /// The longest delay between two attempts.
@@ -56,73 +89,237 @@ impl Deliverer {
     /// Delivers until `stopping` turns true, then finishes and records the
     /// sends under way.
     ///
-    /// A pipeline, not rounds: up to 64 POSTs run at once, the outbox is
-    /// claimed again whenever half of them are free (or after half a
-    /// second), and the attempts that have ended are recorded together, in
-    /// one statement, whenever one ends. A slow receiver therefore holds one
-    /// slot, not everyone's next messages, and a busy outbox costs one
-    /// claim and one recording per batch rather than per message.
+    /// A pipeline, not rounds: up to 64 POSTs run at once. Events are
+    /// claimed and fanned out (each to all its subscriptions at once), and
+    /// so are the pending messages (retries, redeliveries); what has ended
+    /// is recorded together, one statement for the events and one for the
+    /// messages, whenever something ends. A send still running after half a
+    /// second is queued as a pending message (under its lease) so that its
+    /// event is done: a slow receiver holds back its own messages, not the
+    /// other subscriptions' next events of the same resource.
+    ///
+    /// Claims are paced: after a claim that emptied the outbox the next
+    /// comes 100 ms later, after one that found nothing half a second
+    /// later, and while a backlog lasts whenever half the slots are free.
+    /// A busy outbox so costs a claim and a recording per batch of events,
+    /// not per event. The statements run on one connection held while
+    /// there is work (planned once, not on every pool connection).
     pub async fn run(self, mut stopping: watch::Receiver<bool>) {
+        let mut held = db::Held::new(self.pool.clone());
         let mut sending: JoinSet<Sent> = JoinSet::new();
-        let mut waited_out = true;
+        let mut fanning: JoinSet<(Fanned, Vec<Slow>)> = JoinSet::new();
+        // Sends under way in `fanning`; subscriptions per event last seen.
+        let (mut fanning_sends, mut fan) = (0usize, 1usize);
+        let mut next_claim = tokio::time::Instant::now();
+        let (mut backlog, mut found) = (false, true);
         loop {
             let stop = *stopping.borrow();
-            let free = IN_FLIGHT - sending.len();
-            let mut claimed = 0;
-            if !stop && free > 0 && (free >= IN_FLIGHT / 2 || waited_out) {
-                match self.claim(free).await {
-                    Ok(messages) => {
-                        claimed = messages.len();
-                        for message in messages {
-                            let this = self.clone();
-                            sending.spawn(async move { this.send(message).await });
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "claiming webhook messages failed"),
+            let free = IN_FLIGHT.saturating_sub(sending.len() + fanning_sends);
+            let now = tokio::time::Instant::now();
+            if !stop && free > 0 && (now >= next_claim || (backlog && free >= IN_FLIGHT / 2)) {
+                let claimed = self.claim(&mut held, free, fan).await;
+                (backlog, found) = (claimed.full, claimed.any());
+                next_claim = now
+                    + if claimed.any() && !claimed.full {
+                        LINGER
+                    } else {
+                        IDLE
+                    };
+                for message in claimed.messages {
+                    let this = self.clone();
+                    sending.spawn(async move { this.send(message).await });
+                }
+                let sends: usize = claimed.events.iter().map(|e| e.send.len()).sum();
+                if !claimed.events.is_empty() {
+                    fan = (sends / claimed.events.len()).max(1);
+                }
+                fanning_sends += sends;
+                for event in claimed.events {
+                    let this = self.clone();
+                    fanning.spawn(async move { this.fan_out(event).await });
                 }
             }
-            if sending.is_empty() {
+            if sending.is_empty() && fanning.is_empty() {
+                fanning_sends = 0;
                 if stop {
                     return;
                 }
-                if claimed == 0 {
-                    tokio::select! {
-                        () = tokio::time::sleep(IDLE) => {}
-                        _ = stopping.changed() => {}
-                    }
+                if !found {
+                    // Idle: hold no connection.
+                    held.release();
                 }
-                waited_out = true;
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_claim) => {}
+                    _ = stopping.changed() => {}
+                }
                 continue;
             }
-            // Wait for a send to end (or for IDLE, to claim for the free
-            // slots), then take every one that has ended.
+            // Wait for something to end (or for the next claim, if there
+            // will be room for one), then take everything that has ended.
+            let room = !stop && IN_FLIGHT > sending.len() + fanning_sends;
+            let wake = if room { next_claim } else { now + IDLE };
             let mut sent = Vec::new();
-            let mut take = |joined: Result<Sent, tokio::task::JoinError>| match joined {
-                Ok(one) => sent.push(one),
-                Err(e) => tracing::warn!(error = %e, "a webhook delivery task failed"),
-            };
-            waited_out = false;
+            let mut fanned = Vec::new();
             tokio::select! {
-                joined = sending.join_next() => joined.into_iter().for_each(&mut take),
-                () = tokio::time::sleep(IDLE) => waited_out = true,
+                Some(joined) = sending.join_next() => take(joined, &mut sent),
+                Some(joined) = fanning.join_next() => take(joined, &mut fanned),
+                () = tokio::time::sleep_until(wake) => {}
             }
             while let Some(joined) = sending.try_join_next() {
-                take(joined);
+                take(joined, &mut sent);
             }
-            if !sent.is_empty()
-                && let Err(e) = webhooks::record(&self.pool, &sent).await
-            {
-                // Their leases run out and they are sent again (same
-                // `webhook-id`): at least once.
-                tracing::warn!(error = %e, count = sent.len(), "recording webhook attempts failed");
+            while let Some(joined) = fanning.try_join_next() {
+                take(joined, &mut fanned);
+            }
+            if fanning.is_empty() {
+                // Also forgets the sends of a fan-out task that failed.
+                fanning_sends = 0;
+            }
+            if !fanned.is_empty() {
+                let (fanned, slow): (Vec<Fanned>, Vec<Vec<Slow>>) = fanned.into_iter().unzip();
+                let ended: usize = fanned.iter().map(|f| f.sent.len() + f.sending.len()).sum();
+                fanning_sends = fanning_sends.saturating_sub(ended);
+                self.record_fanned(&mut held, &fanned, slow.into_iter().flatten(), &mut sending)
+                    .await;
+            }
+            if !sent.is_empty() {
+                let recorded = async { webhooks::record(held.get().await?, &sent).await };
+                if let Err(e) = recorded.await {
+                    // Their leases run out and they are sent again (same
+                    // `webhook-id`): at least once.
+                    tracing::warn!(error = %e, count = sent.len(), "recording webhook attempts failed");
+                    held.release();
+                }
             }
         }
     }
 
-    /// Claims up to `limit` due messages.
-    async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Claimed>> {
-        let lease_ms = i64::try_from(self.config.timeout.as_millis() * 3).unwrap_or(i64::MAX);
-        webhooks::claim(&self.pool, i64::try_from(limit).unwrap_or(1), lease_ms).await
+    /// A claim's lease: three times the receiver's timeout.
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.config.timeout.as_millis() * 3).unwrap_or(i64::MAX)
+    }
+
+    /// Claims due messages for up to `free` slots, and events for the slots
+    /// left (at `fan` messages per event).
+    async fn claim(&self, held: &mut db::Held, free: usize, fan: usize) -> Claims {
+        let mut claims = Claims::default();
+        let messages =
+            async { webhooks::claim(held.get().await?, to_i64(free), self.lease_ms()).await };
+        match messages.await {
+            Ok(messages) => {
+                claims.full |= messages.len() == free;
+                claims.messages = messages;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming webhook messages failed");
+                held.release();
+            }
+        }
+        let left = free.saturating_sub(claims.messages.len());
+        if left == 0 {
+            return claims;
+        }
+        let limit = (left / fan).max(1);
+        let events = async {
+            webhooks::claim_events(held.get().await?, to_i64(limit), self.lease_ms()).await
+        };
+        match events.await {
+            Ok(events) => {
+                claims.full |= events.len() == limit;
+                claims.events = events;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming webhook events failed");
+                held.release();
+            }
+        }
+        claims
+    }
+
+    /// Sends an event's messages at once and waits for them for up to
+    /// `GRACE`; those still running are handed back with their tasks.
+    async fn fan_out(self, event: Event) -> (Fanned, Vec<Slow>) {
+        let started: Vec<(Claimed, JoinHandle<Sent>)> = event
+            .send
+            .into_iter()
+            .map(|message| {
+                let this = self.clone();
+                let copy = message.clone();
+                (message, tokio::spawn(async move { this.send(copy).await }))
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + GRACE;
+        let mut sent = Vec::new();
+        let mut slow = Vec::new();
+        for (message, mut task) in started {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(one)) => sent.push(one),
+                Ok(Err(e)) => sent.push(self.lost(message, &e)),
+                Err(_) => slow.push(Slow { message, task }),
+            }
+        }
+        let fanned = Fanned {
+            seq: event.seq,
+            sent,
+            sending: slow.iter().map(|s| s.message.clone()).collect(),
+            behind: event.behind,
+        };
+        (fanned, slow)
+    }
+
+    /// Records fanned-out events; the sends still running continue as
+    /// messages, recorded by [`webhooks::record`] when they end. If the
+    /// recording fails, the events' leases run out and they are fanned out
+    /// again (the same `webhook-id`s): at least once.
+    async fn record_fanned(
+        &self,
+        held: &mut db::Held,
+        fanned: &[Fanned],
+        slow: impl Iterator<Item = Slow>,
+        sending: &mut JoinSet<Sent>,
+    ) {
+        let recorded =
+            async { webhooks::record_fanned(held.get().await?, fanned, self.lease_ms()).await };
+        let rows = match recorded.await {
+            Ok(rows) => rows.into_iter().collect::<HashMap<Uuid, i64>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, count = fanned.len(), "recording webhook events failed");
+                held.release();
+                HashMap::new()
+            }
+        };
+        for Slow { mut message, task } in slow {
+            // Without its row (not recorded, or its subscription deleted
+            // meanwhile) it ends unrecorded.
+            let Some(&seq) = rows.get(&message.id) else {
+                continue;
+            };
+            message.seq = Some(seq);
+            let this = self.clone();
+            sending.spawn(async move {
+                match task.await {
+                    Ok(mut sent) => {
+                        sent.message.seq = Some(seq);
+                        sent
+                    }
+                    Err(e) => this.lost(message, &e),
+                }
+            });
+        }
+    }
+
+    /// A send whose task failed: recorded as a failed attempt, and retried.
+    fn lost(&self, message: Claimed, e: &tokio::task::JoinError) -> Sent {
+        tracing::warn!(error = %e, "a webhook delivery task failed");
+        let then = self.retry(&message);
+        Sent {
+            message,
+            outcome: "failed",
+            status_code: None,
+            duration_ms: 0,
+            error: Some(format!("the delivery task failed: {e}")),
+            then,
+        }
     }
 
     /// Sends one message; what became of it, to record.
@@ -222,6 +419,19 @@ impl Deliverer {
             Then::RetryAt(at)
         }
     }
+}
+
+/// Keeps what a task returned; a task that failed is logged (its message is
+/// sent again when its lease runs out).
+fn take<T>(joined: Result<T, tokio::task::JoinError>, into: &mut Vec<T>) {
+    match joined {
+        Ok(one) => into.push(one),
+        Err(e) => tracing::warn!(error = %e, "a webhook delivery task failed"),
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A delivery error with its causes, which name what went wrong.

@@ -2,9 +2,10 @@
 //! rule that keeps deliveries off internal hosts, and the deliverer that
 //! sends the outbox after commit.
 //!
-//! The outbox (`webhook_messages`) is filled by triggers in the transaction
-//! of each change it reports (see the `push` migration), so nothing here is
-//! on the runner's path.
+//! The outbox (`webhook_events`, one row per event) is filled by triggers in
+//! the transaction of each change it reports (see the `push_events`
+//! migration), so nothing here is on the runner's path; the deliverer fans
+//! each event out to the subscriptions that want it.
 
 pub mod address;
 pub mod deliver;

@@ -342,6 +342,215 @@ async fn fleet_views_list_every_resource_s_operations_and_events_within_the_tena
     );
 }
 
+/// An event is one outbox row, fanned out to every enabled subscription of
+/// its tenant that wants it; in order per resource (a resource's next event
+/// waits until its previous one is fanned out, and a message waits behind a
+/// pending one of its subscription and resource); only what was not
+/// delivered at once gets a message row; and a delivered message can be
+/// sent again from its event.
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn an_event_fans_out_to_each_subscription_in_order_and_only_what_was_not_delivered_is_kept(
+    pool: PgPool,
+) {
+    use executord::db::webhooks::{self, Fanned, NewWebhook, Sent, Then};
+    use uuid::Uuid;
+
+    let mut conn = pool.acquire().await.unwrap();
+    let ends = vec!["operation.succeeded".to_owned()];
+    let changes = vec!["resource.state_changed".to_owned()];
+    let (a, b, c, d) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    for (id, tenant, events) in [
+        (a, "acme", &ends),
+        (b, "acme", &ends),
+        (c, "acme", &changes),
+        (d, "other", &ends),
+    ] {
+        webhooks::insert(
+            &mut conn,
+            &NewWebhook {
+                id,
+                tenant,
+                url: "http://192.0.2.1/hook",
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                events,
+                description: "",
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let (r1, r2) = (Uuid::now_v7(), Uuid::now_v7());
+    // `b` still owes r1 an earlier message.
+    sqlx::query(
+        "INSERT INTO webhook_messages (webhook_id, tenant, resource_id, event_type, payload)
+         VALUES ($1, 'acme', $2, 'operation.succeeded', '{}')",
+    )
+    .bind(b)
+    .bind(r1)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let mut seqs = Vec::new();
+    for (resource, n) in [(r1, 1), (r1, 2), (r2, 3)] {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO webhook_events (tenant, resource_id, event_type, payload)
+             VALUES ('acme', $1, 'operation.succeeded', jsonb_build_object('n', $2::int)) RETURNING seq",
+        )
+        .bind(resource)
+        .bind(n)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        seqs.push(seq);
+    }
+
+    let events = webhooks::claim_events(&pool, 10, 30_000).await.unwrap();
+    let claimed: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        claimed,
+        [seqs[0], seqs[2]],
+        "r1's second event waits for its first"
+    );
+    let to = |msgs: &[webhooks::Claimed]| msgs.iter().map(|m| m.webhook_id).collect::<Vec<_>>();
+    assert_eq!(
+        (to(&events[0].send), to(&events[0].behind)),
+        (vec![a], vec![b])
+    );
+    assert_eq!(
+        (to(&events[1].send), to(&events[1].behind)),
+        (vec![a, b], vec![])
+    );
+    let derived: Uuid =
+        sqlx::query_scalar("SELECT webhook_message_id(id, $2) FROM webhook_events WHERE seq = $1")
+            .bind(seqs[0])
+            .bind(a)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        events[0].send[0].id, derived,
+        "the webhook-id is derived, the same every time"
+    );
+    assert_eq!(events[0].send[0].payload, json!({"n": 1}));
+    assert!(
+        webhooks::claim_events(&pool, 10, 30_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+
+    // r1's event: delivered to `a`, queued behind for `b`. r2's: failed for
+    // `a` (retry in an hour), still being sent to `b`.
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let sent = |message: webhooks::Claimed, ok: bool| Sent {
+        message,
+        outcome: if ok { "delivered" } else { "failed" },
+        status_code: Some(if ok { 200 } else { 503 }),
+        duration_ms: 2,
+        error: None,
+        then: if ok {
+            Then::Delivered
+        } else {
+            Then::RetryAt(later)
+        },
+    };
+    let mut events = events.into_iter();
+    let (e1, e3) = (events.next().unwrap(), events.next().unwrap());
+    let fanned = [
+        Fanned {
+            seq: e1.seq,
+            sent: vec![sent(e1.send[0].clone(), true)],
+            sending: vec![],
+            behind: e1.behind.clone(),
+        },
+        Fanned {
+            seq: e3.seq,
+            sent: vec![sent(e3.send[0].clone(), false)],
+            sending: vec![e3.send[1].clone()],
+            behind: vec![],
+        },
+    ];
+    let rows = webhooks::record_fanned(&pool, &fanned, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "behind, retry, sending: {rows:?}");
+    assert!(rows.iter().any(|(id, _)| *id == e3.send[1].id));
+    let messages: Vec<(Uuid, i64, String, i32, bool, bool, Value)> = sqlx::query_as(
+        "SELECT webhook_id, seq, state, attempts, lease_until IS NOT NULL, next_attempt_at > now() + interval '30 minutes', payload
+         FROM webhook_messages ORDER BY seq",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let shape: Vec<(Uuid, &str, i32, bool, bool)> = messages
+        .iter()
+        .map(|m| (m.0, m.2.as_str(), m.3, m.4, m.5))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (b, "pending", 0, false, false),
+            (b, "pending", 0, false, false),
+            (a, "pending", 1, false, true),
+            (b, "pending", 0, true, false),
+        ]
+    );
+    assert_eq!(
+        messages[1].6,
+        json!({"n": 1}),
+        "its payload copied from its event"
+    );
+    let attempts: Vec<(Uuid, String, Option<i64>)> = sqlx::query_as(
+        "SELECT webhook_id, outcome, event_seq FROM webhook_attempts ORDER BY outcome",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts,
+        [
+            (a, "delivered".to_owned(), Some(seqs[0])),
+            (a, "failed".to_owned(), Some(seqs[2]))
+        ]
+    );
+
+    // r1's second event now: `b` is behind its pending messages still.
+    let next = webhooks::claim_events(&pool, 10, 30_000).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        (next[0].seq, to(&next[0].send), to(&next[0].behind)),
+        (seqs[1], vec![a], vec![b])
+    );
+
+    // The delivered message, sent again by its attempt's id: a row made
+    // from its event, with the same webhook-id.
+    let attempt: Uuid =
+        sqlx::query_scalar("SELECT id FROM webhook_attempts WHERE outcome = 'delivered'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let again = webhooks::redeliver(&mut conn, a, attempt).await.unwrap();
+    assert_eq!(again, Some(derived));
+    let (state, payload): (String, Value) =
+        sqlx::query_as("SELECT state, payload FROM webhook_messages WHERE id = $1")
+            .bind(derived)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), payload), ("pending", json!({"n": 1})));
+    assert_eq!(
+        webhooks::redeliver(&mut conn, b, attempt).await.unwrap(),
+        None,
+        "not b's"
+    );
+}
+
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn webhook_subscriptions_refuse_internal_addresses_and_stay_within_their_tenant(
     pool: PgPool,
@@ -448,7 +657,7 @@ async fn webhook_subscriptions_refuse_internal_addresses_and_stay_within_their_t
     }
     app.run_until_idle().await;
     let outbox: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT tenant, event_type, payload->>'type' FROM webhook_messages ORDER BY seq",
+        "SELECT tenant, event_type, payload->>'type' FROM webhook_events ORDER BY seq",
     )
     .fetch_all(&app.engine.pool)
     .await
@@ -494,6 +703,33 @@ async fn webhook_subscriptions_refuse_internal_addresses_and_stay_within_their_t
     )
     .await;
     assert_eq!(deliveries.status, 200);
+    // Its messages and attempts go with it (made here as a delivery would).
+    sqlx::query(
+        "WITH e AS (SELECT * FROM webhook_events ORDER BY seq LIMIT 1),
+              m AS (INSERT INTO webhook_messages (id, webhook_id, tenant, resource_id, event_type, payload)
+                    SELECT webhook_message_id(e.id, $1), $1, e.tenant, e.resource_id, e.event_type, e.payload FROM e
+                    RETURNING id)
+         INSERT INTO webhook_attempts (id, webhook_id, message_id, event_type, outcome, duration_ms, event_seq)
+         SELECT gen_random_uuid(), $1, m.id, 'resource.state_changed', 'failed', 1, e.seq FROM m, e",
+    )
+    .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .execute(&app.engine.pool)
+    .await
+    .unwrap();
+    let listed = as_(
+        &app,
+        &acme,
+        "GET",
+        &format!("/api/v1/webhooks/{id}/deliveries"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.body
+    );
     assert_eq!(
         as_(
             &app,
@@ -507,7 +743,7 @@ async fn webhook_subscriptions_refuse_internal_addresses_and_stay_within_their_t
         204
     );
     assert_eq!(
-        app.engine.count("webhook_messages").await,
+        app.engine.count("webhook_messages").await + app.engine.count("webhook_attempts").await,
         0,
         "deleted with it"
     );
@@ -856,11 +1092,16 @@ fn a_receiver_that_fails_first_gets_every_event_signed_in_order_and_kill_9_befor
         },
     );
     worker.kill9();
+    // Pending: the messages queued behind the failed one, and the events
+    // not fanned out yet (their message ids are derived, not stored).
     let pending: Vec<uuid::Uuid> = h
         .block_on(
             sqlx::query_scalar(
-                "SELECT id FROM webhook_messages WHERE state = 'pending' ORDER BY seq",
+                "SELECT id FROM webhook_messages WHERE state = 'pending'
+                 UNION ALL
+                 SELECT webhook_message_id(id, $1) FROM webhook_events WHERE fanned_out_at IS NULL",
             )
+            .bind(uuid::Uuid::parse_str(&hook_id).unwrap())
             .fetch_all(&h.pool),
         )
         .unwrap();
@@ -888,6 +1129,10 @@ fn a_receiver_that_fails_first_gets_every_event_signed_in_order_and_kill_9_befor
     }
     verify_with_python(&secret, &receiver.got());
     assert_eq!(h.count("SELECT count(*) FROM webhook_messages WHERE state = 'pending' AND webhook_id IN (SELECT id FROM webhooks WHERE enabled)"), 0);
+    assert_eq!(
+        h.count("SELECT count(*) FROM webhook_events WHERE fanned_out_at IS NULL"),
+        0
+    );
     let metrics = call(api.port, "", "GET", "/metrics", None);
     assert_eq!(metrics.status, 200);
 }
