@@ -6,7 +6,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// A row of `webhooks`.
@@ -269,14 +270,7 @@ pub enum Then {
 /// with the same `webhook-id`, which at-least-once allows.
 pub async fn record(conn: impl PgExecutor<'_>, sent: &[Sent]) -> sqlx::Result<()> {
     let mut seqs = Vec::with_capacity(sent.len());
-    let mut ids = Vec::with_capacity(sent.len());
-    let mut webhook_ids = Vec::with_capacity(sent.len());
-    let mut message_ids = Vec::with_capacity(sent.len());
-    let mut event_types = Vec::with_capacity(sent.len());
-    let mut outcomes = Vec::with_capacity(sent.len());
-    let mut status_codes = Vec::with_capacity(sent.len());
-    let mut durations = Vec::with_capacity(sent.len());
-    let mut errors = Vec::with_capacity(sent.len());
+    let mut attempts = Attempts::default();
     let mut states = Vec::with_capacity(sent.len());
     let mut nexts = Vec::with_capacity(sent.len());
     for s in sent {
@@ -289,26 +283,24 @@ pub async fn record(conn: impl PgExecutor<'_>, sent: &[Sent]) -> sqlx::Result<()
             continue;
         };
         seqs.push(seq);
-        ids.push(Uuid::now_v7());
-        webhook_ids.push(s.message.webhook_id);
-        message_ids.push(s.message.id);
-        event_types.push(s.message.event_type.as_str());
-        outcomes.push(s.outcome);
-        status_codes.push(s.status_code);
-        durations.push(s.duration_ms);
-        errors.push(s.error.as_deref());
+        attempts.push(s, None);
         states.push(state);
         nexts.push(next);
     }
-    sqlx::query(
+    let mut args = PgArguments::default();
+    args.add(seqs).map_err(sqlx::Error::Encode)?;
+    attempts.add_to(&mut args)?;
+    args.add(states).map_err(sqlx::Error::Encode)?;
+    args.add(nexts).map_err(sqlx::Error::Encode)?;
+    sqlx::query_with(
         "WITH quick AS (
              SELECT set_config('synchronous_commit', 'off', true)
          ), sent AS (
              SELECT s.* FROM quick, unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                  $6::text[], $7::int[], $8::bigint[], $9::text[], $10::text[],
-                                  $11::timestamptz[])
+                                  $6::text[], $7::int[], $8::bigint[], $9::text[], $10::bigint[],
+                                  $11::text[], $12::timestamptz[])
                  AS s(seq, id, webhook_id, message_id, event_type, outcome, status_code,
-                      duration_ms, error, state, next_attempt_at)
+                      duration_ms, error, event_seq, state, next_attempt_at)
          ), updated AS (
              UPDATE webhook_messages m SET attempts = m.attempts + 1, lease_until = NULL,
                     state = s.state, next_attempt_at = COALESCE(s.next_attempt_at, m.next_attempt_at),
@@ -323,21 +315,55 @@ pub async fn record(conn: impl PgExecutor<'_>, sent: &[Sent]) -> sqlx::Result<()
          SELECT s.id, s.webhook_id, s.message_id, s.event_type, s.outcome, s.status_code,
                 s.duration_ms, s.error
          FROM sent s JOIN updated USING (seq)",
+        args,
     )
-    .bind(seqs)
-    .bind(ids)
-    .bind(webhook_ids)
-    .bind(message_ids)
-    .bind(event_types)
-    .bind(outcomes)
-    .bind(status_codes)
-    .bind(durations)
-    .bind(errors)
-    .bind(states)
-    .bind(nexts)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Attempts to insert, as the columns `unnest` takes (nine arrays, in the
+/// order of [`Attempts::add_to`]).
+#[derive(Debug, Default)]
+struct Attempts<'a> {
+    ids: Vec<Uuid>,
+    webhook_ids: Vec<Uuid>,
+    message_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    outcomes: Vec<&'a str>,
+    status_codes: Vec<Option<i32>>,
+    durations: Vec<i64>,
+    errors: Vec<Option<&'a str>>,
+    event_seqs: Vec<Option<i64>>,
+}
+
+impl<'a> Attempts<'a> {
+    /// Adds the attempt `s` (of event `event_seq`, when it was fanned out).
+    fn push(&mut self, s: &'a Sent, event_seq: Option<i64>) {
+        self.ids.push(Uuid::now_v7());
+        self.webhook_ids.push(s.message.webhook_id);
+        self.message_ids.push(s.message.id);
+        self.event_types.push(s.message.event_type.as_str());
+        self.outcomes.push(s.outcome);
+        self.status_codes.push(s.status_code);
+        self.durations.push(s.duration_ms);
+        self.errors.push(s.error.as_deref());
+        self.event_seqs.push(event_seq);
+    }
+
+    /// Binds the columns: id, webhook_id, message_id, event_type, outcome,
+    /// status_code, duration_ms, error, event_seq.
+    fn add_to(self, args: &mut PgArguments) -> sqlx::Result<()> {
+        args.add(self.ids).map_err(sqlx::Error::Encode)?;
+        args.add(self.webhook_ids).map_err(sqlx::Error::Encode)?;
+        args.add(self.message_ids).map_err(sqlx::Error::Encode)?;
+        args.add(self.event_types).map_err(sqlx::Error::Encode)?;
+        args.add(self.outcomes).map_err(sqlx::Error::Encode)?;
+        args.add(self.status_codes).map_err(sqlx::Error::Encode)?;
+        args.add(self.durations).map_err(sqlx::Error::Encode)?;
+        args.add(self.errors).map_err(sqlx::Error::Encode)?;
+        args.add(self.event_seqs).map_err(sqlx::Error::Encode)
+    }
 }
 
 /// A row of `webhook_attempts`.
@@ -562,15 +588,7 @@ pub async fn record_fanned(
     lease_ms: i64,
 ) -> sqlx::Result<Vec<(Uuid, i64)>> {
     let events: Vec<i64> = fanned.iter().map(|f| f.seq).collect();
-    let mut a_ids = Vec::new();
-    let mut a_webhooks = Vec::new();
-    let mut a_messages = Vec::new();
-    let mut a_types = Vec::new();
-    let mut a_outcomes = Vec::new();
-    let mut a_codes = Vec::new();
-    let mut a_durations = Vec::new();
-    let mut a_errors = Vec::new();
-    let mut a_events = Vec::new();
+    let mut attempts = Attempts::default();
     let mut m_ids = Vec::new();
     let mut m_webhooks = Vec::new();
     let mut m_events = Vec::new();
@@ -580,15 +598,7 @@ pub async fn record_fanned(
     let mut m_leased: Vec<bool> = Vec::new();
     for f in fanned {
         for s in &f.sent {
-            a_ids.push(Uuid::now_v7());
-            a_webhooks.push(s.message.webhook_id);
-            a_messages.push(s.message.id);
-            a_types.push(s.message.event_type.as_str());
-            a_outcomes.push(s.outcome);
-            a_codes.push(s.status_code);
-            a_durations.push(s.duration_ms);
-            a_errors.push(s.error.as_deref());
-            a_events.push(f.seq);
+            attempts.push(s, Some(f.seq));
             let (state, next) = match s.then {
                 Then::Delivered => continue,
                 Then::RetryAt(at) => ("pending", Some(at)),
@@ -614,7 +624,18 @@ pub async fn record_fanned(
             }
         }
     }
-    sqlx::query_as(
+    let mut args = PgArguments::default();
+    args.add(events).map_err(sqlx::Error::Encode)?;
+    attempts.add_to(&mut args)?;
+    args.add(m_ids).map_err(sqlx::Error::Encode)?;
+    args.add(m_webhooks).map_err(sqlx::Error::Encode)?;
+    args.add(m_events).map_err(sqlx::Error::Encode)?;
+    args.add(m_states).map_err(sqlx::Error::Encode)?;
+    args.add(m_attempts).map_err(sqlx::Error::Encode)?;
+    args.add(m_nexts).map_err(sqlx::Error::Encode)?;
+    args.add(m_leased).map_err(sqlx::Error::Encode)?;
+    args.add(lease_ms).map_err(sqlx::Error::Encode)?;
+    sqlx::query_as_with(
         "WITH quick AS (
              SELECT set_config('synchronous_commit', 'off', true)
          ), fanned AS (
@@ -644,25 +665,8 @@ pub async fn record_fanned(
          ORDER BY m.n
          ON CONFLICT (id) DO NOTHING
          RETURNING id, seq",
+        args,
     )
-    .bind(events)
-    .bind(a_ids)
-    .bind(a_webhooks)
-    .bind(a_messages)
-    .bind(a_types)
-    .bind(a_outcomes)
-    .bind(a_codes)
-    .bind(a_durations)
-    .bind(a_errors)
-    .bind(a_events)
-    .bind(m_ids)
-    .bind(m_webhooks)
-    .bind(m_events)
-    .bind(m_states)
-    .bind(m_attempts)
-    .bind(m_nexts)
-    .bind(m_leased)
-    .bind(lease_ms)
     .fetch_all(conn)
     .await
 }
