@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgConnection, PgExecutor, PgPool};
+use sqlx::{Arguments, Connection, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// A row of `webhooks`.
@@ -583,7 +583,7 @@ pub struct Fanned {
 /// the flush, as [`record`]'s: lost in a database crash, the events are
 /// fanned out again with the same `webhook-id`s.
 pub async fn record_fanned(
-    conn: impl PgExecutor<'_>,
+    conn: &mut PgConnection,
     fanned: &[Fanned],
     lease_ms: i64,
 ) -> sqlx::Result<Vec<(Uuid, i64)>> {
@@ -635,12 +635,19 @@ pub async fn record_fanned(
     args.add(m_nexts).map_err(sqlx::Error::Encode)?;
     args.add(m_leased).map_err(sqlx::Error::Encode)?;
     args.add(lease_ms).map_err(sqlx::Error::Encode)?;
-    sqlx::query_as_with(
-        "WITH quick AS (
-             SELECT set_config('synchronous_commit', 'off', true)
-         ), fanned AS (
+    // A big statement, planned afresh at every call for a small batch (the
+    // custom plan for a few rows looks cheaper than the generic one): its
+    // planning cost as much as running it. Hence the generic plan.
+    let mut tx = conn
+        .begin_with(
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+             SET LOCAL synchronous_commit = off",
+        )
+        .await?;
+    let rows = sqlx::query_as_with(
+        "WITH fanned AS (
              UPDATE webhook_events SET fanned_out_at = now(), lease_until = NULL
-             FROM quick WHERE seq = ANY ($1::bigint[])
+             WHERE seq = ANY ($1::bigint[])
          ), attempts AS (
              INSERT INTO webhook_attempts (id, webhook_id, message_id, event_type, outcome,
                                            status_code, duration_ms, error, event_seq)
@@ -667,6 +674,8 @@ pub async fn record_fanned(
          RETURNING id, seq",
         args,
     )
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }

@@ -107,7 +107,7 @@ impl Deliverer {
     pub async fn run(self, mut stopping: watch::Receiver<bool>) {
         let mut held = db::Held::new(self.pool.clone());
         let mut sending: JoinSet<Sent> = JoinSet::new();
-        let mut fanning: JoinSet<(Fanned, Vec<Slow>)> = JoinSet::new();
+        let mut fanning: JoinSet<(Vec<Fanned>, Vec<Slow>)> = JoinSet::new();
         // Sends under way in `fanning`; subscriptions per event last seen.
         let (mut fanning_sends, mut fan) = (0usize, 1usize);
         let mut next_claim = tokio::time::Instant::now();
@@ -134,9 +134,9 @@ impl Deliverer {
                     fan = (sends / claimed.events.len()).max(1);
                 }
                 fanning_sends += sends;
-                for event in claimed.events {
+                if !claimed.events.is_empty() {
                     let this = self.clone();
-                    fanning.spawn(async move { this.fan_out(event).await });
+                    fanning.spawn(async move { this.fan_out(claimed.events).await });
                 }
             }
             if sending.is_empty() && fanning.is_empty() {
@@ -176,7 +176,8 @@ impl Deliverer {
                 fanning_sends = 0;
             }
             if !fanned.is_empty() {
-                let (fanned, slow): (Vec<Fanned>, Vec<Vec<Slow>>) = fanned.into_iter().unzip();
+                let (fanned, slow): (Vec<Vec<Fanned>>, Vec<Vec<Slow>>) = fanned.into_iter().unzip();
+                let fanned: Vec<Fanned> = fanned.into_iter().flatten().collect();
                 let ended: usize = fanned.iter().map(|f| f.sent.len() + f.sending.len()).sum();
                 fanning_sends = fanning_sends.saturating_sub(ended);
                 self.record_fanned(&mut held, &fanned, slow.into_iter().flatten(), &mut sending)
@@ -236,34 +237,48 @@ impl Deliverer {
         claims
     }
 
-    /// Sends an event's messages at once and waits for them for up to
-    /// `GRACE`; those still running are handed back with their tasks.
-    async fn fan_out(self, event: Event) -> (Fanned, Vec<Slow>) {
-        let started: Vec<(Claimed, JoinHandle<Sent>)> = event
-            .send
+    /// Sends the messages of a claim's events all at once and waits for
+    /// them for up to `GRACE`; those still running are handed back with
+    /// their tasks. One task per claim, so a claim is recorded at once.
+    async fn fan_out(self, events: Vec<Event>) -> (Vec<Fanned>, Vec<Slow>) {
+        let started: Vec<_> = events
             .into_iter()
-            .map(|message| {
-                let this = self.clone();
-                let copy = message.clone();
-                (message, tokio::spawn(async move { this.send(copy).await }))
+            .map(|event| {
+                let sends: Vec<(Claimed, JoinHandle<Sent>)> = event
+                    .send
+                    .into_iter()
+                    .map(|message| {
+                        let this = self.clone();
+                        let copy = message.clone();
+                        (message, tokio::spawn(async move { this.send(copy).await }))
+                    })
+                    .collect();
+                (event.seq, event.behind, sends)
             })
             .collect();
         let deadline = tokio::time::Instant::now() + GRACE;
-        let mut sent = Vec::new();
+        let mut fanned = Vec::with_capacity(started.len());
         let mut slow = Vec::new();
-        for (message, mut task) in started {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(one)) => sent.push(one),
-                Ok(Err(e)) => sent.push(self.lost(message, &e)),
-                Err(_) => slow.push(Slow { message, task }),
+        for (seq, behind, sends) in started {
+            let mut sent = Vec::new();
+            let mut sending = Vec::new();
+            for (message, mut task) in sends {
+                match tokio::time::timeout_at(deadline, &mut task).await {
+                    Ok(Ok(one)) => sent.push(one),
+                    Ok(Err(e)) => sent.push(self.lost(message, &e)),
+                    Err(_) => {
+                        sending.push(message.clone());
+                        slow.push(Slow { message, task });
+                    }
+                }
             }
+            fanned.push(Fanned {
+                seq,
+                sent,
+                sending,
+                behind,
+            });
         }
-        let fanned = Fanned {
-            seq: event.seq,
-            sent,
-            sending: slow.iter().map(|s| s.message.clone()).collect(),
-            behind: event.behind,
-        };
         (fanned, slow)
     }
 

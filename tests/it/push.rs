@@ -476,7 +476,7 @@ async fn an_event_fans_out_to_each_subscription_in_order_and_only_what_was_not_d
             behind: vec![],
         },
     ];
-    let rows = webhooks::record_fanned(&pool, &fanned, 30_000)
+    let rows = webhooks::record_fanned(&mut conn, &fanned, 30_000)
         .await
         .unwrap();
     assert_eq!(rows.len(), 3, "behind, retry, sending: {rows:?}");
