@@ -4,8 +4,9 @@
 //! running, messages queued behind those, redeliveries) and
 //! `webhook_attempts`.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Connection, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -180,8 +181,9 @@ pub struct Claimed {
     pub webhook_id: Uuid,
     /// The event type.
     pub event_type: String,
-    /// The body.
-    pub payload: Value,
+    /// The body, as sent.
+    #[sqlx(try_from = "String")]
+    pub payload: Arc<str>,
     /// Attempts before this one.
     pub attempts: i32,
     /// When it was written, or last sent again by request: retries run
@@ -225,7 +227,7 @@ pub async fn claim(
          UPDATE webhook_messages m SET lease_until = now() + make_interval(secs => $2::float8 / 1000)
          FROM due, webhooks w
          WHERE m.seq = due.seq AND w.id = m.webhook_id
-         RETURNING m.seq, m.id, m.webhook_id, m.event_type, m.payload, m.attempts,
+         RETURNING m.seq, m.id, m.webhook_id, m.event_type, m.payload::text AS payload, m.attempts,
                    COALESCE(m.requeued_at, m.created_at) AS since, w.url, w.secret",
     )
     .bind(limit)
@@ -467,25 +469,26 @@ pub struct Event {
     pub behind: Vec<Claimed>,
 }
 
-/// A row of the fan-out claim: an event and one subscription that wants it
-/// (none when no subscription wants it any more).
+/// A row of the fan-out claim: an event, with the subscriptions that want
+/// it as arrays in one order (empty when none wants it any more).
 #[derive(Debug, sqlx::FromRow)]
 struct EventRow {
     seq: i64,
     event_type: String,
-    payload: Value,
+    payload: String,
     created_at: DateTime<Utc>,
-    webhook_id: Option<Uuid>,
-    message_id: Option<Uuid>,
-    url: Option<String>,
-    secret: Option<String>,
-    behind: Option<bool>,
+    webhook_ids: Vec<Uuid>,
+    message_ids: Vec<Uuid>,
+    urls: Vec<String>,
+    secrets: Vec<String>,
+    behind: Vec<bool>,
 }
 
 /// Claims up to `limit` events to fan out, for `lease_ms`, oldest first. An
 /// event is claimed only when no earlier event of its resource is still to
 /// fan out (order per resource), and `SKIP LOCKED` keeps two processes from
-/// claiming one event. Its commit does not wait for the flush, as
+/// claiming one event. Each event comes once, its payload as the text to
+/// send, shared by its messages. Its commit does not wait for the flush, as
 /// [`claim`]'s.
 pub async fn claim_events(
     conn: impl PgExecutor<'_>,
@@ -508,53 +511,62 @@ pub async fn claim_events(
              FROM due WHERE e.seq = due.seq
              RETURNING e.seq, e.id, e.tenant, e.resource_id, e.event_type, e.payload, e.created_at
          )
-         SELECT c.seq, c.event_type, c.payload, c.created_at, w.id AS webhook_id,
-                webhook_message_id(c.id, w.id) AS message_id, w.url, w.secret,
-                EXISTS (SELECT 1 FROM webhook_messages m
-                        WHERE m.webhook_id = w.id AND m.resource_id = c.resource_id
-                          AND m.state = 'pending') AS behind
+         SELECT c.seq, c.event_type, c.payload::text AS payload, c.created_at,
+                COALESCE(s.webhook_ids, '{}') AS webhook_ids,
+                COALESCE(s.message_ids, '{}') AS message_ids,
+                COALESCE(s.urls, '{}') AS urls, COALESCE(s.secrets, '{}') AS secrets,
+                COALESCE(s.behind, '{}') AS behind
          FROM claimed c
-         LEFT JOIN webhooks w ON w.tenant = c.tenant AND w.enabled AND c.event_type = ANY (w.events)
-         ORDER BY c.seq, w.id",
+         CROSS JOIN LATERAL (
+             SELECT array_agg(w.id ORDER BY w.id) AS webhook_ids,
+                    array_agg(webhook_message_id(c.id, w.id) ORDER BY w.id) AS message_ids,
+                    array_agg(w.url ORDER BY w.id) AS urls,
+                    array_agg(w.secret ORDER BY w.id) AS secrets,
+                    array_agg(EXISTS (SELECT 1 FROM webhook_messages m
+                                      WHERE m.webhook_id = w.id AND m.resource_id = c.resource_id
+                                        AND m.state = 'pending') ORDER BY w.id) AS behind
+             FROM webhooks w
+             WHERE w.tenant = c.tenant AND w.enabled AND c.event_type = ANY (w.events)
+         ) s
+         ORDER BY c.seq",
     )
     .bind(limit)
     .bind(lease_ms)
     .fetch_all(conn)
     .await?;
-    let mut events: Vec<Event> = Vec::new();
+    let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        if events.last().is_none_or(|e| e.seq != row.seq) {
-            events.push(Event {
-                seq: row.seq,
-                send: Vec::new(),
-                behind: Vec::new(),
-            });
-        }
-        let (Some(event), Some(webhook_id), Some(id), Some(url), Some(secret)) = (
-            events.last_mut(),
-            row.webhook_id,
-            row.message_id,
-            row.url,
-            row.secret,
-        ) else {
-            continue;
+        let payload: Arc<str> = row.payload.into();
+        let mut event = Event {
+            seq: row.seq,
+            send: Vec::new(),
+            behind: Vec::new(),
         };
-        let message = Claimed {
-            seq: None,
-            id,
-            webhook_id,
-            event_type: row.event_type,
-            payload: row.payload,
-            attempts: 0,
-            since: row.created_at,
-            url,
-            secret,
-        };
-        if row.behind == Some(true) {
-            event.behind.push(message);
-        } else {
-            event.send.push(message);
+        let messages = row
+            .webhook_ids
+            .into_iter()
+            .zip(row.message_ids)
+            .zip(row.urls.into_iter().zip(row.secrets))
+            .zip(row.behind);
+        for (((webhook_id, id), (url, secret)), behind) in messages {
+            let message = Claimed {
+                seq: None,
+                id,
+                webhook_id,
+                event_type: row.event_type.clone(),
+                payload: payload.clone(),
+                attempts: 0,
+                since: row.created_at,
+                url,
+                secret,
+            };
+            if behind {
+                event.behind.push(message);
+            } else {
+                event.send.push(message);
+            }
         }
+        events.push(event);
     }
     Ok(events)
 }

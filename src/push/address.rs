@@ -90,6 +90,28 @@ pub fn check_ip(ip: IpAddr, allow_private: bool) -> Result<(), Refused> {
 /// allowed. A name that does not resolve yet is accepted (every delivery
 /// checks again).
 pub async fn check_url(url: &str, allow_private: bool) -> Result<Url, Refused> {
+    let parsed = check_target(url, allow_private)?;
+    if let (false, Some(url::Host::Domain(name))) = (allow_private, parsed.host()) {
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        if let Ok(Ok(addrs)) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::lookup_host((name, port)),
+        )
+        .await
+        {
+            for addr in addrs {
+                check_ip(addr.ip(), false)?;
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// Checks a delivery's URL without resolving its name: what [`check_url`]
+/// checks, but a name's addresses are left to [`CheckedResolver`], which
+/// checks every address the connection may use (a literal address never
+/// reaches a resolver, so it is checked here).
+pub fn check_target(url: &str, allow_private: bool) -> Result<Url, Refused> {
     let parsed = Url::parse(url).map_err(|e| Refused::Url(format!("not an absolute URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Refused::Url(format!(
@@ -105,29 +127,16 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<Url, Refused> {
     let Some(host) = parsed.host() else {
         return Err(Refused::Url("the URL has no host".into()));
     };
-    let port = parsed.port_or_known_default().unwrap_or(443);
     match host {
         url::Host::Ipv4(ip) => check_ip(IpAddr::V4(ip), allow_private)?,
         url::Host::Ipv6(ip) => check_ip(IpAddr::V6(ip), allow_private)?,
         url::Host::Domain(name) => {
-            if !allow_private {
-                let lower = name.to_ascii_lowercase();
-                if lower == "localhost" || lower.ends_with(".localhost") {
-                    return Err(Refused::Address(
-                        IpAddr::V4(Ipv4Addr::LOCALHOST),
-                        "loopback",
-                    ));
-                }
-                if let Ok(Ok(addrs)) = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    tokio::net::lookup_host((name, port)),
-                )
-                .await
-                {
-                    for addr in addrs {
-                        check_ip(addr.ip(), false)?;
-                    }
-                }
+            let lower = name.to_ascii_lowercase();
+            if !allow_private && (lower == "localhost" || lower.ends_with(".localhost")) {
+                return Err(Refused::Address(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    "loopback",
+                ));
             }
         }
     }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
-use super::address::{CheckedResolver, check_url};
+use super::address::{CheckedResolver, Refused, check_target};
 use super::{PushConfig, message_id, sign};
 
 use crate::db;
@@ -376,16 +376,19 @@ impl Deliverer {
 
     /// One POST: its outcome, the status code and the error.
     async fn post(&self, message: &Claimed) -> (&'static str, Option<i32>, Option<String>) {
-        if let Err(e) = check_url(&message.url, self.config.allow_private).await {
-            return ("refused", None, Some(e.to_string()));
-        }
+        // The name's addresses are checked by the client's resolver, for
+        // the connection it opens (none for a connection it reuses).
+        let url = match check_target(&message.url, self.config.allow_private) {
+            Ok(url) => url,
+            Err(e) => return ("refused", None, Some(e.to_string())),
+        };
         let id = message_id(message.id);
         let timestamp = Utc::now().timestamp();
         let body = message.payload.to_string();
         let signature = sign(&message.secret, &id, timestamp, &body);
         let sent = self
             .client
-            .post(&message.url)
+            .post(url)
             .header("content-type", "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -409,6 +412,7 @@ impl Deliverer {
                     )
                 }
             }
+            Err(e) if refused(&e) => ("refused", None, Some(describe(&e))),
             Err(e) => ("failed", None, Some(describe(&e))),
         }
     }
@@ -449,6 +453,18 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Whether the client's resolver refused the name's addresses.
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<Refused>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// A delivery error with its causes, which name what went wrong.
 fn describe(e: &reqwest::Error) -> String {
     let mut text = if e.is_timeout() {
@@ -463,4 +479,48 @@ fn describe(e: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::super::address;
+    use super::*;
+
+    /// A name the client resolves to an internal address is refused by its
+    /// resolver at delivery (not only when the subscription was made), and
+    /// the attempt says so.
+    #[tokio::test]
+    async fn a_name_resolving_to_an_internal_address_is_refused_at_delivery() {
+        // This machine's own name resolves to a loopback or private address.
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let name = name.trim();
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name, 9))
+            .await
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        assert!(
+            !resolved.is_empty() && resolved.iter().all(|a| address::internal(a.ip()).is_some()),
+            "{name} should resolve to internal addresses only: {resolved:?}"
+        );
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let deliverer = Deliverer::new(pool, PushConfig::default()).unwrap();
+        let message = Claimed {
+            seq: None,
+            id: Uuid::now_v7(),
+            webhook_id: Uuid::now_v7(),
+            event_type: "operation.succeeded".into(),
+            payload: "{}".into(),
+            attempts: 0,
+            since: Utc::now(),
+            url: format!("http://{name}:9/hook"),
+            secret: super::super::new_secret(),
+        };
+        let (outcome, code, error) = deliverer.post(&message).await;
+        assert_eq!((outcome, code), ("refused", None), "{error:?}");
+        assert!(error.unwrap().contains("loopback"));
+    }
 }
