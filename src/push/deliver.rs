@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
@@ -65,6 +65,9 @@ pub struct Deliverer {
     pool: PgPool,
     client: reqwest::Client,
     config: Arc<PushConfig>,
+    /// One per POST under way: at most `IN_FLIGHT`, however many
+    /// subscriptions one event has.
+    posts: Arc<Semaphore>,
 }
 
 impl Deliverer {
@@ -83,6 +86,7 @@ impl Deliverer {
             pool,
             client,
             config: Arc::new(config),
+            posts: Arc::new(Semaphore::new(IN_FLIGHT)),
         })
     }
 
@@ -339,6 +343,8 @@ impl Deliverer {
 
     /// Sends one message; what became of it, to record.
     async fn send(&self, message: Claimed) -> Sent {
+        // Never closed; were it, the POST would go ahead unbounded.
+        let _permit = self.posts.acquire().await.ok();
         let started = Instant::now();
         let (outcome, status_code, error) = self.post(&message).await;
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -488,6 +494,61 @@ mod tests {
     use super::super::address;
     use super::*;
 
+    fn message(url: String) -> Claimed {
+        Claimed {
+            seq: None,
+            id: Uuid::now_v7(),
+            webhook_id: Uuid::now_v7(),
+            event_type: "operation.succeeded".into(),
+            payload: "{}".into(),
+            attempts: 0,
+            since: Utc::now(),
+            url,
+            secret: super::super::new_secret(),
+        }
+    }
+
+    fn deliverer(config: PushConfig) -> Deliverer {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        Deliverer::new(pool, config).unwrap()
+    }
+
+    /// However many subscriptions one event has, one process has at most
+    /// `IN_FLIGHT` POSTs under way: a tenant cannot make the deliverer
+    /// open thousands of connections at once.
+    #[tokio::test]
+    async fn posts_under_way_are_bounded_whatever_the_fan_out() {
+        // Accepts connections and never answers them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let deliverer = deliverer(PushConfig {
+            allow_private: true,
+            timeout: Duration::from_secs(3),
+            ..PushConfig::default()
+        });
+        let mut sends = JoinSet::new();
+        for _ in 0..200 {
+            let d = deliverer.clone();
+            let m = message(format!("http://127.0.0.1:{port}/hook"));
+            sends.spawn(async move { d.send(m).await });
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let open = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(open, IN_FLIGHT, "connections opened while 200 sends wait");
+        sends.abort_all();
+    }
+
     /// A name the client resolves to an internal address is refused by its
     /// resolver at delivery (not only when the subscription was made), and
     /// the attempt says so.
@@ -504,22 +565,10 @@ mod tests {
             !resolved.is_empty() && resolved.iter().all(|a| address::internal(a.ip()).is_some()),
             "{name} should resolve to internal addresses only: {resolved:?}"
         );
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
-            .unwrap();
-        let deliverer = Deliverer::new(pool, PushConfig::default()).unwrap();
-        let message = Claimed {
-            seq: None,
-            id: Uuid::now_v7(),
-            webhook_id: Uuid::now_v7(),
-            event_type: "operation.succeeded".into(),
-            payload: "{}".into(),
-            attempts: 0,
-            since: Utc::now(),
-            url: format!("http://{name}:9/hook"),
-            secret: super::super::new_secret(),
-        };
-        let (outcome, code, error) = deliverer.post(&message).await;
+        let deliverer = deliverer(PushConfig::default());
+        let (outcome, code, error) = deliverer
+            .post(&message(format!("http://{name}:9/hook")))
+            .await;
         assert_eq!((outcome, code), ("refused", None), "{error:?}");
         assert!(error.unwrap().contains("loopback"));
     }
