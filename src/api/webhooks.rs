@@ -242,6 +242,7 @@ fn not_found(id: Uuid) -> ApiError {
     responses(
         (status = 201, description = "Subscribed; `secret` is shown only now", body = CreatedWebhook,
             headers(("Location" = String, description = "The subscription's URL"))),
+        (status = 409, description = "The tenant has 100 subscriptions already", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad URL, a refused address, or unknown event types", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn create_webhook(
@@ -264,8 +265,16 @@ async fn create_webhook(
             events: &events,
             description: request.description.as_deref().unwrap_or_default(),
         },
+        crate::push::MAX_SUBSCRIPTIONS,
     )
-    .await?;
+    .await?
+    .ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "tenant {} has {} webhook subscriptions, the most allowed; delete one first",
+            caller.tenant,
+            crate::push::MAX_SUBSCRIPTIONS
+        ))
+    })?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/webhooks/{}", webhook.id)) {
         headers.insert(header::LOCATION, location);

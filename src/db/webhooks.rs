@@ -53,11 +53,24 @@ pub struct NewWebhook<'a> {
     pub description: &'a str,
 }
 
-/// Inserts a subscription.
-pub async fn insert(conn: &mut PgConnection, new: &NewWebhook<'_>) -> sqlx::Result<Webhook> {
-    sqlx::query_as(
+/// Inserts a subscription unless its tenant has `most` already (`None`
+/// then). Subscriptions of one tenant are made one at a time (an advisory
+/// lock on the tenant), so concurrent requests cannot pass the limit.
+pub async fn insert(
+    conn: &mut PgConnection,
+    new: &NewWebhook<'_>,
+    most: i64,
+) -> sqlx::Result<Option<Webhook>> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('webhooks:' || $1, 0))")
+        .bind(new.tenant)
+        .execute(&mut *tx)
+        .await?;
+    let made = sqlx::query_as(
         "INSERT INTO webhooks (id, tenant, url, secret, events, description)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+         SELECT $1, $2, $3, $4, $5, $6
+         WHERE (SELECT count(*) FROM webhooks WHERE tenant = $2) < $7
+         RETURNING *",
     )
     .bind(new.id)
     .bind(new.tenant)
@@ -65,8 +78,11 @@ pub async fn insert(conn: &mut PgConnection, new: &NewWebhook<'_>) -> sqlx::Resu
     .bind(new.secret)
     .bind(new.events)
     .bind(new.description)
-    .fetch_one(conn)
-    .await
+    .bind(most)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(made)
 }
 
 /// The subscription `id` if `scope` (a tenant; `None` for all) may see it.

@@ -30,6 +30,10 @@ pub const EVENT_TYPES: [&str; 5] = [
 /// The version of the payloads' contract (`version` in every payload).
 pub const PAYLOAD_VERSION: u32 = 1;
 
+/// The most subscriptions one tenant may have: every event is sent to each
+/// of them, so this bounds what one event can cost.
+pub const MAX_SUBSCRIPTIONS: i64 = 100;
+
 /// What a secret starts with.
 pub const SECRET_PREFIX: &str = "whsec_";
 

@@ -59,6 +59,7 @@ async fn a_batch_of_attempts_is_recorded_at_once_and_a_subscription_deleted_mean
                 events: &events,
                 description: "",
             },
+            100,
         )
         .await
         .unwrap();
@@ -380,6 +381,7 @@ async fn an_event_fans_out_to_each_subscription_in_order_and_only_what_was_not_d
                 events,
                 description: "",
             },
+            100,
         )
         .await
         .unwrap();
@@ -552,6 +554,49 @@ async fn an_event_fans_out_to_each_subscription_in_order_and_only_what_was_not_d
         None,
         "not b's"
     );
+}
+
+/// A tenant has at most `MAX_SUBSCRIPTIONS` subscriptions (every event goes
+/// to each): the next is a 409; other tenants are not affected, and
+/// deleting one makes room.
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_tenant_has_at_most_a_hundred_subscriptions(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let acme = token(&app, "acme", "operator").await;
+    let other = token(&app, "other", "operator").await;
+    let body = json!({"url": "https://93.184.216.34/hook", "events": ["operation.failed"]});
+    let mut last = String::new();
+    for _ in 0..executord::push::MAX_SUBSCRIPTIONS {
+        let made = as_(&app, &acme, "POST", "/api/v1/webhooks", Some(body.clone())).await;
+        assert_eq!(made.status, 201, "{}", made.body);
+        last = made.body["id"].as_str().unwrap().to_owned();
+    }
+    let refused = as_(&app, &acme, "POST", "/api/v1/webhooks", Some(body.clone())).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(
+        refused.body["detail"].as_str().unwrap().contains("100"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(app.engine.count("webhooks").await, 100);
+
+    let theirs = as_(&app, &other, "POST", "/api/v1/webhooks", Some(body.clone())).await;
+    assert_eq!(theirs.status, 201, "another tenant's limit is its own");
+    let gone = as_(
+        &app,
+        &acme,
+        "DELETE",
+        &format!("/api/v1/webhooks/{last}"),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 204);
+    let again = as_(&app, &acme, "POST", "/api/v1/webhooks", Some(body)).await;
+    assert_eq!(again.status, 201, "{}", again.body);
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
