@@ -329,9 +329,9 @@ pub async fn record(conn: impl PgExecutor<'_>, sent: &[Sent]) -> sqlx::Result<()
          -- Only for messages still there: a subscription deleted meanwhile
          -- took its messages with it.
          INSERT INTO webhook_attempts (id, webhook_id, message_id, event_type, outcome,
-                                       status_code, duration_ms, error)
+                                       status_code, duration_ms, error, event_seq)
          SELECT s.id, s.webhook_id, s.message_id, s.event_type, s.outcome, s.status_code,
-                s.duration_ms, s.error
+                s.duration_ms, s.error, s.event_seq
          FROM sent s JOIN updated USING (seq)",
         args,
     )
