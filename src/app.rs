@@ -41,6 +41,8 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     /// The database.
     pub pool: PgPool,
+    /// The connections requests use, kept between them (see [`db::Kept`]).
+    pub conns: db::Kept,
     /// The kinds.
     pub catalog: Arc<Catalog>,
     /// Wake-ups (finished operations, for `?wait`).
@@ -62,6 +64,7 @@ impl AppState {
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
         Self {
             backends: catalog.declared_backends().clone(),
+            conns: db::Kept::new(pool.clone(), kept_connections(&pool)),
             pool,
             catalog,
             events,
@@ -70,6 +73,12 @@ impl AppState {
             push: crate::push::PushConfig::default(),
         }
     }
+}
+
+/// How many connections the API keeps between requests: a quarter of the
+/// pool's (at least one), so the runner and the deliverer always find theirs.
+fn kept_connections(pool: &PgPool) -> usize {
+    (pool.options().get_max_connections() as usize / 4).max(1)
 }
 
 /// The whole HTTP application: API, OpenAPI document, docs, and layers.

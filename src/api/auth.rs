@@ -129,8 +129,8 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
     match bearer(headers)? {
         Some(token) => {
             let hash = auth::hash(token);
-            let Some((tenant, role, id, name)) = db::tokens::lookup(&state.pool, &hash).await?
-            else {
+            let found = db::tokens::lookup(&mut *state.conns.acquire().await?, &hash).await?;
+            let Some((tenant, role, id, name)) = found else {
                 // Perhaps the last token was just revoked: say so in the log.
                 state.auth.look(&state.pool).await?;
                 return Err(ApiError::Unauthorized(

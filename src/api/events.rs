@@ -80,7 +80,7 @@ async fn list_resource_events(
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<EventList>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let events =
         db::events::list_for_resource(&mut conn, id, caller.scope(), query.after, limit).await?;
     if events.is_empty() && query.after.is_none() {

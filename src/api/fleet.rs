@@ -66,7 +66,7 @@ async fn list_operations(
         created_before: query.created_before,
         before: query.cursor,
     };
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let operations = db::operations::list(&mut conn, &filter, limit).await?;
     Ok(axum::Json(
         Page::of_operations(&mut conn, operations, limit).await?,
@@ -125,7 +125,7 @@ async fn summarize_operations(
     caller: Caller,
     Query(query): Query<SummaryQuery>,
 ) -> Result<axum::Json<OperationSummary>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let rows = db::operations::count_by_state(&mut conn, caller.scope(), query.since).await?;
     let mut summary = OperationSummary {
         since: query.since,
@@ -251,7 +251,7 @@ async fn list_events(
         created_after: query.created_after,
         created_before: query.created_before,
     };
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let events = db::events::list(&mut conn, &filter, true, limit).await?;
     let next_before = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.event.seq))

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::Connection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -284,7 +285,7 @@ async fn get_operation(
     // Subscribe before reading, so a finish between the read and the wait is not missed.
     let mut finished = state.events.subscribe_finished();
     loop {
-        let mut conn = state.pool.acquire().await?;
+        let mut conn = state.conns.acquire().await?;
         let operation = db::operations::get_in(&mut conn, id, caller.scope())
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no operation with id {id}")))?;
@@ -316,7 +317,8 @@ async fn cancel_operation(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<axum::Json<OperationResponse>, ApiError> {
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     let (operation, finished) =
         control::cancel(&mut tx, &state.catalog, id, caller.scope()).await?;
     let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
@@ -338,7 +340,8 @@ async fn retry_operation(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<(StatusCode, axum::Json<OperationResponse>), ApiError> {
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     let operation = control::retry(&mut tx, id, caller.scope()).await?;
     let tasks = db::tasks::list_for_operation(&mut tx, id).await?;
     tx.commit().await?;
@@ -360,7 +363,7 @@ async fn get_task(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<axum::Json<TaskResponse>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let task = db::tasks::get_in(&mut conn, id, caller.scope())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;

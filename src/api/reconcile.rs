@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sqlx::Connection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -168,7 +169,8 @@ async fn set_state(
 ) -> Result<axum::Json<ResourceResponse>, ApiError> {
     admin_only(caller, &format!("{transition} a resource"))?;
     let reason = check_reason(request.reason.as_deref())?;
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     let resource = overrides::set_state(&mut tx, id, transition, &reason, caller).await?;
     tx.commit().await?;
     tracing::warn!(resource_id = %id, %transition, %reason, actor = %caller.actor(), "operator override");
@@ -236,7 +238,8 @@ async fn unlink(
 ) -> Result<Response, ApiError> {
     admin_only(&caller, "unlink a resource")?;
     let reason = check_reason(request.reason.as_deref())?;
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     overrides::unlink(&mut tx, id, &reason, &caller).await?;
     tx.commit().await?;
     tracing::warn!(resource_id = %id, %reason, actor = %caller.actor(), "operator unlinked a resource");
@@ -257,7 +260,8 @@ pub(super) async fn force_delete(
     let key = Idempotency::from_request(headers, caller, "DELETE", &path, &json!(reason))?;
     let details = override_details(caller);
     let delete = Delete::new(&state.catalog, id, if_match(headers)?).forced(&reason, &details);
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
         return Ok(replay);
     }
@@ -323,7 +327,7 @@ async fn list_importable(
         Err(_) => return Ok(bad_gateway(&format!("{method} timed out"), None)),
     };
     let ids: Vec<String> = objects.iter().map(|o| o.backend_id.clone()).collect();
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let managed = db::reconcile::managed_among(&mut conn, &kind.name, &ids).await?;
     let items = objects
         .into_iter()

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sqlx::Connection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -249,7 +250,8 @@ pub(super) async fn created<E: Executor + Sync + Send>(
     key: Option<Idempotency>,
     executor: E,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
         return Ok(replay);
     }
@@ -301,7 +303,7 @@ async fn list_resources(
         tenant: caller.scope(),
         parent_id: query.parent_id,
     };
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let rows = db::resources::list(&mut conn, &filter, limit).await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
@@ -330,7 +332,7 @@ async fn get_resource(
     // Subscribe before reading, so a finish between the read and the wait is not missed.
     let mut finished = state.events.subscribe_finished();
     let (resource, mut conn) = loop {
-        let mut conn = state.pool.acquire().await?;
+        let mut conn = state.conns.acquire().await?;
         let resource = db::resources::get_in(&mut conn, id, caller.scope())
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no resource with id {id}")))?;
@@ -489,7 +491,8 @@ pub(super) async fn run<E: Executor + Sync + Send>(
     key: Option<Idempotency>,
     executor: E,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.conns.acquire().await?;
+    let mut tx = conn.begin().await?;
     if let Some(replay) = claim(&mut tx, key.as_ref()).await? {
         return Ok(replay);
     }
@@ -515,7 +518,7 @@ async fn list_resource_operations(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<OperationList>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let operations =
         db::operations::list_for_resource(&mut conn, id, caller.scope(), query.cursor, limit)
             .await?;

@@ -145,7 +145,7 @@ async fn stream_events(
     let after = match header.or(query.last_event_id) {
         Some(id) => id.max(0),
         None => {
-            let mut conn = state.pool.acquire().await?;
+            let mut conn = state.conns.acquire().await?;
             db::events::last_seq(&mut conn).await?
         }
     };
@@ -213,7 +213,7 @@ impl Reader {
 
     /// Reads the next unbroken run of events; whether it moved on.
     async fn read(&mut self) -> sqlx::Result<bool> {
-        let mut conn = self.state.pool.acquire().await?;
+        let mut conn = self.state.conns.acquire().await?;
         let upto = db::events::settled_upto(&mut conn, self.after, BATCH, HOLE_WAIT).await?;
         if upto <= self.after {
             return Ok(false);

@@ -143,7 +143,7 @@ async fn overview(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<SystemOverview>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let now = Utc::now();
     let depths = db::system::queue_depths(&mut conn).await?;
     let queues = Queue::ALL
@@ -277,7 +277,7 @@ async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<JobList>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let schedules = db::system::job_schedules(&mut conn).await?;
     let runs = db::system::job_runs(&mut conn, RUNS_PER_JOB).await?;
     let admin = caller.role == Role::Admin;
@@ -347,7 +347,7 @@ async fn whoami(
         .map(str::trim);
     let token_name = match token {
         Some(token) => {
-            let mut conn = state.pool.acquire().await?;
+            let mut conn = state.conns.acquire().await?;
             db::system::token_name(&mut conn, &crate::auth::hash(token)).await?
         }
         None => None,

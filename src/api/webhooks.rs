@@ -254,7 +254,7 @@ async fn create_webhook(
     let events = check_events(&request.events)?;
     check_description(request.description.as_deref())?;
     let secret = crate::push::new_secret();
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let webhook = db::webhooks::insert(
         &mut conn,
         &db::webhooks::NewWebhook {
@@ -299,7 +299,7 @@ async fn list_webhooks(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<WebhookList>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let webhooks = db::webhooks::list(&mut conn, caller.scope(), query.cursor, limit).await?;
     let next_cursor = (webhooks.len() as i64 == limit)
         .then(|| webhooks.last().map(|w| w.id))
@@ -320,7 +320,7 @@ async fn get_webhook(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<axum::Json<WebhookResponse>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let webhook = db::webhooks::get_in(&mut conn, id, caller.scope())
         .await?
         .ok_or_else(|| not_found(id))?;
@@ -347,7 +347,7 @@ async fn patch_webhook(
     }
     let events = request.events.as_deref().map(check_events).transpose()?;
     check_description(request.description.as_deref())?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     let patch = db::webhooks::Patch {
         url: request.url.as_deref(),
         events: events.as_deref(),
@@ -372,7 +372,7 @@ async fn delete_webhook(
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     if db::webhooks::delete_in(&mut conn, id, caller.scope()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -395,7 +395,7 @@ async fn list_deliveries(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<DeliveryList>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     db::webhooks::get_in(&mut conn, id, caller.scope())
         .await?
         .ok_or_else(|| not_found(id))?;
@@ -425,7 +425,7 @@ async fn redeliver(
 ) -> Result<(StatusCode, axum::Json<Redelivery>), ApiError> {
     let Path((id, delivery_id)) =
         path.map_err(|e| ApiError::BadRequest(format!("bad id in the path: {}", e.body_text())))?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.conns.acquire().await?;
     db::webhooks::get_in(&mut conn, id, caller.scope())
         .await?
         .ok_or_else(|| not_found(id))?;

@@ -13,7 +13,8 @@ pub mod throttle;
 pub mod tokens;
 pub mod webhooks;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
@@ -99,6 +100,173 @@ impl Held {
     /// after an error (the next [`Held::get`] takes a checked one).
     pub fn release(&mut self) {
         self.conn = None;
+    }
+}
+
+/// How long [`Kept`] keeps a connection nobody asked for before it goes
+/// back to the pool.
+const KEEP_IDLE: Duration = Duration::from_millis(500);
+
+/// How often [`Kept`] looks at what it keeps.
+const SWEEP: Duration = Duration::from_millis(50);
+
+/// Connections the API keeps between its requests. sqlx pings every
+/// connection given back to its pool (a round trip, in a task of its own,
+/// which cannot be turned off): for a GET, whose answer is one statement,
+/// that doubled the round trips. A request takes a kept connection if there
+/// is one, else one from the pool; when it is done the connection is kept
+/// for the next request, without the ping, unless
+///
+/// - it may be in an unknown state: a transaction left open or a rollback
+///   still to send (a request dropped mid-statement, by a client that went
+///   away); it goes back to the pool, whose ping settles it;
+/// - as many as it may keep are kept already, or the pool has no idle connection
+///   left (someone else may be waiting for one): it goes back to the pool.
+///
+/// A kept connection unused for half a second goes back to the pool, so an
+/// idle API holds none; all go back within 50 ms when the pool has none
+/// idle left, so a runner waiting for one is not kept waiting by the API. Statements are prepared and planned per connection,
+/// so the requests' statements are also planned on fewer connections.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    inner: Arc<KeptInner>,
+}
+
+#[derive(Debug)]
+struct KeptInner {
+    pool: PgPool,
+    most: usize,
+    /// The kept connections and since when, most recently kept last.
+    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+}
+
+impl Kept {
+    /// Keeps at most `most` connections of `pool`. Inside a Tokio runtime,
+    /// a task gives back connections kept too long (it ends with the last
+    /// clone); outside one, they go back only as they are taken again.
+    pub fn new(pool: PgPool, most: usize) -> Self {
+        let inner = Arc::new(KeptInner {
+            pool,
+            most,
+            idle: Mutex::new(Vec::new()),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Self { inner }
+    }
+
+    /// The pool the connections come from.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// How many connections are kept now.
+    pub fn kept(&self) -> usize {
+        self.inner.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    /// A connection for one request: the one kept last, or one from the pool.
+    pub async fn acquire(&self) -> sqlx::Result<Lent> {
+        let kept = self
+            .inner
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop())
+            .map(|(conn, _)| conn);
+        let conn = match kept {
+            Some(conn) => conn,
+            None => self.inner.pool.acquire().await?,
+        };
+        Ok(Lent {
+            conn: Some(conn),
+            kept: Arc::clone(&self.inner),
+        })
+    }
+}
+
+impl KeptInner {
+    /// Keeps `conn` if it is clean and there is room; else it goes back to the pool.
+    fn give_back(&self, conn: PoolConnection<Postgres>) {
+        if conn.is_in_transaction() || conn.should_flush() || self.pool_is_exhausted() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() < self.most {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Whether the pool has no idle connection and may open no other:
+    /// someone may be waiting for one.
+    fn pool_is_exhausted(&self) -> bool {
+        self.pool.num_idle() == 0 && self.pool.size() >= self.pool.options().get_max_connections()
+    }
+
+    /// Gives back to the pool the connections kept longer than `KEEP_IDLE`,
+    /// or all of them when the pool is exhausted.
+    fn expire(&self) {
+        let exhausted = self.pool_is_exhausted();
+        let stale: Vec<_> = match self.idle.lock() {
+            Ok(mut idle) => {
+                let stale = if exhausted {
+                    idle.len()
+                } else {
+                    idle.partition_point(|(_, since)| since.elapsed() >= KEEP_IDLE)
+                };
+                idle.drain(..stale).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        // Dropped outside the lock: each starts its return to the pool.
+        drop(stale);
+    }
+}
+
+async fn sweep(inner: Weak<KeptInner>) {
+    loop {
+        tokio::time::sleep(SWEEP).await;
+        match inner.upgrade() {
+            Some(inner) => inner.expire(),
+            None => return,
+        }
+    }
+}
+
+/// A connection lent to one request by [`Kept`]; given back when dropped.
+#[derive(Debug)]
+pub struct Lent {
+    conn: Option<PoolConnection<Postgres>>,
+    kept: Arc<KeptInner>,
+}
+
+impl std::ops::Deref for Lent {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        // Some until dropped.
+        self.conn
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("a lent connection is taken only on drop"))
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("a lent connection is taken only on drop"))
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.kept.give_back(conn);
+        }
     }
 }
 

@@ -69,14 +69,14 @@ pub async fn revoke(pool: &PgPool, id_or_prefix: &str) -> sqlx::Result<u64> {
 
 /// The tenant, role, id and name of the active token with this hash.
 pub async fn lookup(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     token_hash: &str,
 ) -> sqlx::Result<Option<(String, String, Uuid, String)>> {
     sqlx::query_as(
         "SELECT tenant, role, id, name FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
     )
     .bind(token_hash)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
 }
 

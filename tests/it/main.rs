@@ -9,6 +9,7 @@
 //!   backends, the PostgreSQL example and the fake cloud;
 //! - `rabbitmq`: the RabbitMQ example's request templates against a real
 //!   RabbitMQ (started by scripts/test);
+//! - `kept`: the connections the API keeps between requests;
 //! - `system`: the operator views and the console's routes;
 //! - `e2e`: the binary on its embedded database, the README's tour, CLI
 //!   commands beside a live service;
@@ -28,6 +29,7 @@ mod engine;
 mod exec_backend;
 mod http_backend;
 mod jobs;
+mod kept;
 mod metrics;
 mod push;
 mod rabbitmq;

@@ -1,0 +1,137 @@
+//! The connections the API keeps between requests (`db::Kept`): reused
+//! without the pool's round trip, never handed on in an unknown state, and
+//! never held while someone else waits for one.
+
+use std::time::Duration;
+
+use executord::db::Kept;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+async fn backend_pid(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_request_s_connection_is_kept_for_the_next_and_given_back_when_idle(pool: PgPool) {
+    let kept = Kept::new(pool.clone(), 2);
+    let first = backend_pid(&mut kept.acquire().await.unwrap()).await;
+    assert_eq!(kept.kept(), 1);
+    let second = backend_pid(&mut kept.acquire().await.unwrap()).await;
+    assert_eq!(first, second, "the kept connection is the one lent next");
+
+    let (mut a, mut b, mut c) = (
+        kept.acquire().await.unwrap(),
+        kept.acquire().await.unwrap(),
+        kept.acquire().await.unwrap(),
+    );
+    for conn in [&mut a, &mut b, &mut c] {
+        backend_pid(conn).await;
+    }
+    drop((a, b, c));
+    assert_eq!(kept.kept(), 2, "at most `most` are kept");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(kept.kept(), 0, "unused, they go back to the pool");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_connection_left_in_a_transaction_is_not_kept(pool: PgPool) {
+    let kept = Kept::new(pool.clone(), 2);
+    {
+        let mut conn = kept.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("CREATE TABLE left_open (x int)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // Dropped without commit or rollback: sqlx queues the rollback
+        // for the connection's next use.
+    }
+    assert_eq!(kept.kept(), 0);
+    for _ in 0..3 {
+        let mut conn = kept.acquire().await.unwrap();
+        let seen: Option<String> = sqlx::query_scalar("SELECT to_regclass('left_open')::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen, None,
+            "a request never runs inside another's transaction"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_request_dropped_mid_statement_does_not_pass_its_answer_to_the_next(pool: PgPool) {
+    let kept = Kept::new(pool.clone(), 2);
+    {
+        let mut conn = kept.acquire().await.unwrap();
+        let slow =
+            sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.3)").fetch_one(&mut *conn);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), slow)
+                .await
+                .is_err()
+        );
+    }
+    let mut conn = kept.acquire().await.unwrap();
+    let answer: i32 = sqlx::query_scalar("SELECT 2")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(answer, 2);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_connection_goes_back_to_the_pool_when_someone_waits_for_one(pool: PgPool) {
+    let small = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let kept = Kept::new(small.clone(), 2);
+    let (mut a, mut b) = (kept.acquire().await.unwrap(), kept.acquire().await.unwrap());
+    backend_pid(&mut a).await;
+    backend_pid(&mut b).await;
+    let waiter = tokio::spawn({
+        let small = small.clone();
+        async move { small.acquire().await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("the pool's waiter gets the connection the request gave back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.kept(), 0);
+    drop(b);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn kept_connections_go_back_soon_when_the_pool_runs_out(pool: PgPool) {
+    let small = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let kept = Kept::new(small.clone(), 2);
+    backend_pid(&mut kept.acquire().await.unwrap()).await;
+    assert_eq!(kept.kept(), 1);
+    // The runner takes the pool's other connection, then wants one more.
+    let _held = small.acquire().await.unwrap();
+    let started = std::time::Instant::now();
+    small.acquire().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "the kept connection went back long before it would have expired ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(kept.kept(), 0);
+}
