@@ -85,6 +85,8 @@ enum Command {
     },
     /// W3: the HTTP load against a running service (start it with scripts/bench w3).
     W3(http::W3Args),
+    /// What one GET of a resource costs the service and PostgreSQL (`scripts/bench gets`).
+    Gets(http::GetsArgs),
     /// Put finished operations in a service's history: copies of a real
     /// resource's (the decay benchmark, `scripts/bench decay`).
     Seed(seed::SeedArgs),
@@ -118,6 +120,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::W3(args) => http::w3(&args).await,
+        Command::Gets(args) => http::gets(&args).await,
         Command::Seed(args) => seed::seed(&args).await,
         Command::Receiver(args) => receiver::receiver(&args).await,
         // with_env prints the description.

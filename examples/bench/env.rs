@@ -742,7 +742,7 @@ fn stat_ticks(path: &str, children: bool) -> Option<f64> {
 }
 
 /// CPU seconds of `root` and its live descendants (plus its reaped children).
-fn tree_cpu(root: u32) -> Option<f64> {
+pub(crate) fn tree_cpu(root: u32) -> Option<f64> {
     let mut total = stat_ticks(&format!("/proc/{root}/stat"), true)?;
     let mut stack = children(root);
     while let Some(pid) = stack.pop() {

@@ -536,3 +536,141 @@ pub(crate) async fn w3(args: &W3Args) -> Result<()> {
     );
     Ok(())
 }
+
+/// `bench gets`: what one GET of a resource costs the service and
+/// PostgreSQL, apart from everything else W3 does.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct GetsArgs {
+    /// The service, e.g. http://127.0.0.1:8080 (plain HTTP only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub(crate) base_url: String,
+    /// Concurrent clients, each with its own keep-alive connection, each
+    /// GETting the resource back to back.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// How long the measured part lasts (one second of warm-up comes first).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) seconds: f64,
+    /// The service's process: its CPU per GET is reported.
+    #[arg(long)]
+    pub(crate) service_pid: Option<u32>,
+    /// PostgreSQL's postmaster: the CPU of it and its children per GET is reported.
+    #[arg(long)]
+    pub(crate) pg_pid: Option<u32>,
+    /// Write the JSON result here as well.
+    #[arg(long)]
+    pub(crate) out: Option<std::path::PathBuf>,
+}
+
+/// Creates one resource, waits until it is `ok`, then GETs it from
+/// `concurrency` clients for `seconds`: GETs per second and the CPU per GET
+/// of the service and of PostgreSQL.
+pub(crate) async fn gets(args: &GetsArgs) -> Result<()> {
+    let addr = args
+        .base_url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .context("--base-url must start with http://")?
+        .to_owned();
+    let mut conn = Conn::new(&addr);
+    let tenant = format!("gets-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let body = json!({"kind": "instance", "name": "gets", "attributes": {"tenant": tenant, "flavor": "small"}});
+    let (status, bytes) = conn
+        .request(
+            "POST",
+            "/api/v1/resources",
+            Some(body.to_string().as_bytes()),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "POST answered {status}");
+    let doc: Value = serde_json::from_slice(&bytes)?;
+    let id = doc
+        .get("id")
+        .and_then(Value::as_str)
+        .context("the POST's answer has no id")?;
+    let path = format!("/api/v1/resources/{id}");
+    let settled = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, bytes) = conn.request("GET", &path, None).await?;
+        let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status == 200 && doc.get("state").and_then(Value::as_str) == Some("ok") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < settled,
+            "the resource is not ok after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = Arc::new(path);
+    let run = |seconds: f64| {
+        let clients: Vec<_> = (0..args.concurrency)
+            .map(|_| {
+                let (addr, path) = (addr.clone(), path.clone());
+                tokio::spawn(async move {
+                    let mut conn = Conn::new(&addr);
+                    let until = Instant::now() + Duration::from_secs_f64(seconds);
+                    let (mut ok, mut other) = (0_u64, 0_u64);
+                    while Instant::now() < until {
+                        match conn.request("GET", &path, None).await {
+                            Ok((200, _)) => ok += 1,
+                            _ => other += 1,
+                        }
+                    }
+                    (ok, other)
+                })
+            })
+            .collect();
+        async move {
+            let (mut ok, mut other) = (0, 0);
+            for c in clients {
+                let (o, x) = c.await.unwrap_or((0, 1));
+                ok += o;
+                other += x;
+            }
+            (ok, other)
+        }
+    };
+    run(1.0).await;
+    let cpu = |pid: Option<u32>| pid.and_then(crate::env::tree_cpu);
+    let (service0, pg0, own0) = (
+        cpu(args.service_pid),
+        cpu(args.pg_pid),
+        crate::env::process_cpu(None),
+    );
+    let started = Instant::now();
+    let (ok, other) = run(args.seconds).await;
+    let wall = started.elapsed().as_secs_f64();
+    let (service1, pg1, own1) = (
+        cpu(args.service_pid),
+        cpu(args.pg_pid),
+        crate::env::process_cpu(None),
+    );
+    let per_get_ms = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .filter(|_| ok > 0)
+            .map(|(a, b)| ((b - a) / ok as f64 * 1e6).round() / 1e3)
+    };
+    let result = json!({
+        "gets": ok,
+        "not_200": other,
+        "seconds": (wall * 100.0).round() / 100.0,
+        "gets_per_s": (ok as f64 / wall * 10.0).round() / 10.0,
+        "service_cpu_per_get_ms": per_get_ms(service0, service1),
+        "postgres_cpu_per_get_ms": per_get_ms(pg0, pg1),
+        "generator_cpu_s": ((own1 - own0) * 100.0).round() / 100.0,
+        "concurrency": args.concurrency,
+    });
+    eprintln!(
+        "gets: {ok} GETs ({other} not 200) in {wall:.1} s: {:.0}/s; CPU per GET: service {} ms, PostgreSQL {} ms",
+        ok as f64 / wall,
+        result["service_cpu_per_get_ms"],
+        result["postgres_cpu_per_get_ms"]
+    );
+    let text = serde_json::to_string_pretty(&result)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{text}");
+    Ok(())
+}
