@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sqlx::PgPool;
@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(limit_time))
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.conns.clone(), settle_connections))
         .layer(axum::middleware::from_fn(api::metrics::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -119,6 +120,21 @@ pub fn router(state: AppState) -> Router {
         // First of all: a client's id that is not safe to echo and log is dropped.
         .layer(MapRequestLayer::new(api::request_id::keep_only_acceptable))
         .with_state(state)
+}
+
+/// After a request that failed with a 5xx, gives the connections the API
+/// keeps back to the pool to be checked: one of them may be broken (see
+/// [`db::Kept`]). Outside authentication, whose token look-up uses one too.
+async fn settle_connections(
+    State(conns): State<db::Kept>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        conns.give_all_back();
+    }
+    response
 }
 
 /// The longest a request may take; long polls end at 60 s, well before.

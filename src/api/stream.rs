@@ -199,6 +199,8 @@ impl Reader {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream ended: reading failed");
+                    // As after a request that failed (its connection may be broken).
+                    self.state.conns.give_all_back();
                     return None;
                 }
             }

@@ -123,6 +123,12 @@ const SWEEP: Duration = Duration::from_millis(50);
 /// - as many as it may keep are kept already, or the pool has no idle connection
 ///   left (someone else may be waiting for one): it goes back to the pool.
 ///
+/// A connection the server closed (a restart, a terminated backend) cannot
+/// be told from a good one without a round trip; the API gives all it keeps
+/// back to the pool, which checks them, after any request that failed with
+/// a 5xx ([`Kept::give_all_back`]), so such a connection fails one request,
+/// as it would from the pool.
+///
 /// A kept connection unused for half a second goes back to the pool, so an
 /// idle API holds none; all go back within 50 ms when the pool has none
 /// idle left, so a runner waiting for one is not kept waiting by the API. Statements are prepared and planned per connection,
@@ -159,6 +165,14 @@ impl Kept {
     /// The pool the connections come from.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// Gives every kept connection back to the pool, which checks each
+    /// (pings it) and drops those that are broken. For after a request that
+    /// failed: a connection the server closed looks like any other until it
+    /// is used, so it would be kept and fail the next request too.
+    pub fn give_all_back(&self) {
+        self.inner.expire(true);
     }
 
     /// How many connections are kept now.
@@ -207,12 +221,12 @@ impl KeptInner {
     }
 
     /// Gives back to the pool the connections kept longer than `KEEP_IDLE`,
-    /// or all of them when the pool is exhausted.
-    fn expire(&self) {
-        let exhausted = self.pool_is_exhausted();
+    /// or all of them when asked to or when the pool is exhausted.
+    fn expire(&self, all: bool) {
+        let all = all || self.pool_is_exhausted();
         let stale: Vec<_> = match self.idle.lock() {
             Ok(mut idle) => {
-                let stale = if exhausted {
+                let stale = if all {
                     idle.len()
                 } else {
                     idle.partition_point(|(_, since)| since.elapsed() >= KEEP_IDLE)
@@ -230,7 +244,7 @@ async fn sweep(inner: Weak<KeptInner>) {
     loop {
         tokio::time::sleep(SWEEP).await;
         match inner.upgrade() {
-            Some(inner) => inner.expire(),
+            Some(inner) => inner.expire(false),
             None => return,
         }
     }

@@ -1,10 +1,12 @@
 //! The connections the API keeps between requests (`db::Kept`): reused
-//! without the pool's round trip, never handed on in an unknown state, and
-//! never held while someone else waits for one.
+//! without the pool's round trip, never handed on in an unknown state or
+//! after the server closed it, and never held while someone else waits for one.
 
 use std::time::Duration;
 
 use executord::db::Kept;
+
+use crate::support::app::TestApp;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -134,4 +136,77 @@ async fn kept_connections_go_back_soon_when_the_pool_runs_out(pool: PgPool) {
         started.elapsed()
     );
     assert_eq!(kept.kept(), 0);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_kept_connection_the_server_closed_is_dropped_once_given_back(pool: PgPool) {
+    let kept = Kept::new(pool.clone(), 2);
+    let pid = backend_pid(&mut kept.acquire().await.unwrap()).await;
+    terminate(&pool, &[pid]).await;
+    let failed = sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&mut *kept.acquire().await.unwrap())
+        .await;
+    assert!(failed.is_err(), "the closed connection was lent again");
+    assert_eq!(kept.kept(), 1, "it cannot be told from a good one");
+    kept.give_all_back();
+    assert_eq!(kept.kept(), 0);
+    let again = backend_pid(&mut kept.acquire().await.unwrap()).await;
+    assert_ne!(again, pid, "the pool checked it and opened another");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn after_the_server_closes_the_api_s_connections_one_request_fails_at_most(pool: PgPool) {
+    let app = TestApp::new(pool.clone());
+    let id = app.ok_instance("web-1").await;
+    let path = format!("/api/v1/resources/{id}");
+    assert_eq!(app.get(&path).await.status, 200);
+    // Every connection to the test's database but the one that asks.
+    let others: Vec<i32> = sqlx::query_scalar(
+        "WITH others AS MATERIALIZED (
+             SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+         )
+         SELECT pid FROM others WHERE pg_terminate_backend(pid)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!others.is_empty());
+    wait_until_gone(&pool, &others).await;
+    let statuses = [
+        app.get(&path).await.status,
+        app.get(&path).await.status,
+        app.get(&path).await.status,
+        app.get(&path).await.status,
+    ];
+    assert!(
+        matches!(statuses, [200 | 503, 200, 200, 200]),
+        "the broken connection is not lent again: {statuses:?}"
+    );
+}
+
+/// Terminates the server processes `pids` and waits until they are gone.
+async fn terminate(pool: &PgPool, pids: &[i32]) {
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid")
+        .bind(pids)
+        .execute(pool)
+        .await
+        .unwrap();
+    wait_until_gone(pool, pids).await;
+}
+
+async fn wait_until_gone(pool: &PgPool, pids: &[i32]) {
+    for _ in 0..100 {
+        let alive: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(pids)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if alive == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server processes {pids:?} did not end");
 }
