@@ -90,12 +90,7 @@ async fn a_request_dropped_mid_statement_does_not_pass_its_answer_to_the_next(po
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn a_connection_goes_back_to_the_pool_when_someone_waits_for_one(pool: PgPool) {
-    let small = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .unwrap();
+    let small = two_connections(&pool).await;
     let kept = Kept::new(small.clone(), 2);
     let (mut a, mut b) = (kept.acquire().await.unwrap(), kept.acquire().await.unwrap());
     backend_pid(&mut a).await;
@@ -117,12 +112,7 @@ async fn a_connection_goes_back_to_the_pool_when_someone_waits_for_one(pool: PgP
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn kept_connections_go_back_soon_when_the_pool_runs_out(pool: PgPool) {
-    let small = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .unwrap();
+    let small = two_connections(&pool).await;
     let kept = Kept::new(small.clone(), 2);
     backend_pid(&mut kept.acquire().await.unwrap()).await;
     assert_eq!(kept.kept(), 1);
@@ -183,6 +173,16 @@ async fn after_the_server_closes_the_api_s_connections_one_request_fails_at_most
         matches!(statuses, [200 | 503, 200, 200, 200]),
         "the broken connection is not lent again: {statuses:?}"
     );
+}
+
+/// A pool of two connections to the test's database.
+async fn two_connections(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap()
 }
 
 /// Terminates the server processes `pids` and waits until they are gone.
