@@ -110,6 +110,11 @@ const KEEP_IDLE: Duration = Duration::from_millis(500);
 /// How often [`Kept`] looks at what it keeps.
 const SWEEP: Duration = Duration::from_millis(50);
 
+/// How long [`Kept`] may keep a connection out of the pool, however busy:
+/// then it goes back, so the pool checks it and closes it when it is older
+/// than the pool's `max_lifetime`.
+const TURNOVER: Duration = Duration::from_secs(60);
+
 /// Connections the API keeps between its requests. sqlx pings every
 /// connection given back to its pool (a round trip, in a task of its own,
 /// which cannot be turned off): for a GET, whose answer is one statement,
@@ -131,8 +136,11 @@ const SWEEP: Duration = Duration::from_millis(50);
 ///
 /// A kept connection unused for half a second goes back to the pool, so an
 /// idle API holds none; all go back within 50 ms when the pool has none
-/// idle left, so a runner waiting for one is not kept waiting by the API. Statements are prepared and planned per connection,
-/// so the requests' statements are also planned on fewer connections.
+/// idle left, so a runner waiting for one is not kept waiting by the API;
+/// and each goes back a minute after it left the pool, however busy the
+/// API, so the pool still checks it and retires it when it is too old.
+/// Statements are prepared and planned per connection, so the requests'
+/// statements are also planned on fewer connections.
 #[derive(Debug, Clone)]
 pub struct Kept {
     inner: Arc<KeptInner>,
@@ -142,8 +150,20 @@ pub struct Kept {
 struct KeptInner {
     pool: PgPool,
     most: usize,
-    /// The kept connections and since when, most recently kept last.
-    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    /// How long a connection may stay out of the pool.
+    turnover: Duration,
+    /// The kept connections, most recently kept last.
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// A kept connection.
+#[derive(Debug)]
+struct Idle {
+    conn: PoolConnection<Postgres>,
+    /// Since when it is kept.
+    since: Instant,
+    /// When it left the pool.
+    out: Instant,
 }
 
 impl Kept {
@@ -151,9 +171,16 @@ impl Kept {
     /// a task gives back connections kept too long (it ends with the last
     /// clone); outside one, they go back only as they are taken again.
     pub fn new(pool: PgPool, most: usize) -> Self {
+        Self::with_turnover(pool, most, TURNOVER)
+    }
+
+    /// As [`Kept::new`], a connection going back to the pool at the latest
+    /// `turnover` after it left it.
+    pub fn with_turnover(pool: PgPool, most: usize, turnover: Duration) -> Self {
         let inner = Arc::new(KeptInner {
             pool,
             most,
+            turnover,
             idle: Mutex::new(Vec::new()),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -182,35 +209,39 @@ impl Kept {
 
     /// A connection for one request: the one kept last, or one from the pool.
     pub async fn acquire(&self) -> sqlx::Result<Lent> {
-        let kept = self
-            .inner
-            .idle
-            .lock()
-            .ok()
-            .and_then(|mut idle| idle.pop())
-            .map(|(conn, _)| conn);
-        let conn = match kept {
-            Some(conn) => conn,
-            None => self.inner.pool.acquire().await?,
+        let kept = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let (conn, out) = match kept {
+            Some(kept) => (kept.conn, kept.out),
+            None => (self.inner.pool.acquire().await?, Instant::now()),
         };
         Ok(Lent {
             conn: Some(conn),
+            out,
             kept: Arc::clone(&self.inner),
         })
     }
 }
 
 impl KeptInner {
-    /// Keeps `conn` if it is clean and there is room; else it goes back to the pool.
-    fn give_back(&self, conn: PoolConnection<Postgres>) {
-        if conn.is_in_transaction() || conn.should_flush() || self.pool_is_exhausted() {
+    /// Keeps `conn`, out of the pool since `out`, if it is clean, not due
+    /// back and there is room; else it goes back to the pool.
+    fn give_back(&self, conn: PoolConnection<Postgres>, out: Instant) {
+        if conn.is_in_transaction()
+            || conn.should_flush()
+            || out.elapsed() >= self.turnover
+            || self.pool_is_exhausted()
+        {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
         if idle.len() < self.most {
-            idle.push((conn, Instant::now()));
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+                out,
+            });
         }
     }
 
@@ -229,7 +260,7 @@ impl KeptInner {
                 let stale = if all {
                     idle.len()
                 } else {
-                    idle.partition_point(|(_, since)| since.elapsed() >= KEEP_IDLE)
+                    idle.partition_point(|kept| kept.since.elapsed() >= KEEP_IDLE)
                 };
                 idle.drain(..stale).collect()
             }
@@ -254,6 +285,8 @@ async fn sweep(inner: Weak<KeptInner>) {
 #[derive(Debug)]
 pub struct Lent {
     conn: Option<PoolConnection<Postgres>>,
+    /// When the connection left the pool.
+    out: Instant,
     kept: Arc<KeptInner>,
 }
 
@@ -279,7 +312,7 @@ impl std::ops::DerefMut for Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.kept.give_back(conn);
+            self.kept.give_back(conn, self.out);
         }
     }
 }

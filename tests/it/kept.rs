@@ -41,6 +41,22 @@ async fn a_request_s_connection_is_kept_for_the_next_and_given_back_when_idle(po
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_busy_api_still_gives_each_connection_back_to_the_pool_in_time(pool: PgPool) {
+    let kept = Kept::with_turnover(pool.clone(), 2, Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let first = backend_pid(&mut kept.acquire().await.unwrap()).await;
+    // Busy: never unused for long.
+    while started.elapsed() < Duration::from_millis(250) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(backend_pid(&mut kept.acquire().await.unwrap()).await, first);
+        assert_eq!(kept.kept(), 1, "kept while it is young");
+    }
+    tokio::time::sleep(Duration::from_millis(320).saturating_sub(started.elapsed())).await;
+    assert_eq!(backend_pid(&mut kept.acquire().await.unwrap()).await, first);
+    assert_eq!(kept.kept(), 0, "past its turnover it went back to the pool");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn a_connection_left_in_a_transaction_is_not_kept(pool: PgPool) {
     let kept = Kept::new(pool.clone(), 2);
     {
