@@ -397,17 +397,20 @@ fn summary_ms(values: &[f64]) -> Value {
 }
 
 /// Runs W3 once and prints loadgen.py's JSON (and one summary line on stderr).
+/// The `host:port` of a plain-HTTP base URL.
+fn host_port(url: &str) -> Result<String> {
+    url.trim()
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .map(str::to_owned)
+        .context("every --base-url must start with http://")
+}
+
 pub(crate) async fn w3(args: &W3Args) -> Result<()> {
     let addrs = args
         .base_url
         .split(',')
-        .map(|url| {
-            url.trim()
-                .trim_end_matches('/')
-                .strip_prefix("http://")
-                .map(str::to_owned)
-                .context("every --base-url must start with http://")
-        })
+        .map(host_port)
         .collect::<Result<Vec<String>>>()?;
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     if args.warmup > 0 {
@@ -566,12 +569,7 @@ pub(crate) struct GetsArgs {
 /// `concurrency` clients for `seconds`: GETs per second and the CPU per GET
 /// of the service and of PostgreSQL.
 pub(crate) async fn gets(args: &GetsArgs) -> Result<()> {
-    let addr = args
-        .base_url
-        .trim_end_matches('/')
-        .strip_prefix("http://")
-        .context("--base-url must start with http://")?
-        .to_owned();
+    let addr = host_port(&args.base_url)?;
     let mut conn = Conn::new(&addr);
     let tenant = format!("gets-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let body = json!({"kind": "instance", "name": "gets", "attributes": {"tenant": tenant, "flavor": "small"}});

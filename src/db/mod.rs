@@ -189,11 +189,6 @@ impl Kept {
         Self { inner }
     }
 
-    /// The pool the connections come from.
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
     /// Gives every kept connection back to the pool, which checks each
     /// (pings it) and drops those that are broken. For after a request that
     /// failed: a connection the server closed looks like any other until it
