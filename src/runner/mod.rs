@@ -239,18 +239,17 @@ impl Runner {
             let mut wait = self.inner.config.poll_interval;
             if free > 0 {
                 let claimed = async {
-                    let lease_ms = self.inner.config.lease_ms();
                     let conn = held.get().await?;
-                    db::tasks::claim(conn, queue, free as i64, lease_ms, &self.inner.worker).await
+                    self.claim(conn, queue, free).await
                 }
                 .await;
                 match claimed {
                     Ok(claimed) => {
-                        if !claimed.is_empty() {
+                        if claimed.claimed > 0 {
                             found_work = tokio::time::Instant::now();
                         }
-                        let full = claimed.len() == free;
-                        for claimed in claimed {
+                        let full = claimed.claimed == free;
+                        for claimed in claimed.run {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
                                 break;
                             };
@@ -276,7 +275,11 @@ impl Runner {
                     }
                     Err(e) => {
                         held.release();
-                        tracing::warn!(queue = queue.as_str(), error = %e, "claiming ready tasks failed");
+                        tracing::warn!(
+                            queue = queue.as_str(),
+                            error = format!("{e:#}"),
+                            "claiming ready tasks failed"
+                        );
                     }
                 }
             }
@@ -299,6 +302,31 @@ impl Runner {
             }
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Claims up to `free` ready tasks of `queue` on `conn`, recording at
+    /// once those that need nothing outside PostgreSQL
+    /// ([`record::claim`]), and announces what that made ready or ended.
+    async fn claim(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        queue: Queue,
+        free: usize,
+    ) -> anyhow::Result<record::Claim> {
+        let cont = record::Continue {
+            lease_ms: self.inner.config.lease_ms(),
+            worker: &self.inner.worker,
+        };
+        let limit = i64::try_from(free).unwrap_or(i64::MAX);
+        let claim = record::claim(conn, &self.inner.ctx.catalog, queue, limit, cont).await?;
+        if !claim.ready.is_empty() || !claim.finished.is_empty() {
+            let ready: Vec<Queue> = claim.ready.iter().copied().collect();
+            self.inner
+                .events
+                .announce(self.pool(), &ready, &claim.finished)
+                .await;
+        }
+        Ok(claim)
     }
 
     /// Sleeps up to `limit`; whether it was woken first (work for `queue`,
@@ -473,19 +501,16 @@ impl Runner {
                 if free == 0 {
                     continue;
                 }
-                let claimed = db::tasks::claim(
-                    self.pool(),
-                    *queue,
-                    free as i64,
-                    self.inner.config.lease_ms(),
-                    &self.inner.worker,
-                )
-                .await
-                .context("claiming ready tasks")?;
-                for claimed in claimed {
+                let mut conn = self.pool().acquire().await.context("taking a connection")?;
+                let claimed = self
+                    .claim(&mut conn, *queue, free)
+                    .await
+                    .context("claiming ready tasks")?;
+                drop(conn);
+                claimed_any |= claimed.claimed > 0;
+                ran += claimed.claimed;
+                for claimed in claimed.run {
                     let permit = slots.clone().try_acquire_owned().context("slot")?;
-                    claimed_any = true;
-                    ran += 1;
                     batch.spawn(self.clone().execute(
                         claimed,
                         permit,

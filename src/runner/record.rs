@@ -6,6 +6,7 @@
 //! task; the rarer ones are applied one by one in the same transaction.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
@@ -19,7 +20,7 @@ use crate::db::resources::Owned;
 use crate::db::tasks::{Claimed, Task};
 use crate::domain::{OperationState, Queue, TaskState, Transition};
 use crate::lifecycle::{self, Ending, Finished};
-use crate::tasks::{JobOutcome, Outcome, StepOutcome};
+use crate::tasks::{self, JobOutcome, Outcome, StepOutcome};
 
 /// What recording did with one outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,10 +234,167 @@ pub async fn record_batch(
         .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
         .await
         .context("beginning the outcome transaction")?;
+    let mut rec = apply(&mut tx, catalog, items, cont).await?;
+    settle_in_database(&mut tx, catalog, &mut rec, cont).await?;
+    tx.commit().await.context("committing the outcomes")?;
+    rec.count();
+    Ok(rec)
+}
+
+/// What a runner's claim took.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// How many ready tasks it claimed.
+    pub claimed: usize,
+    /// The steps to run, each under its lease: the claimed ones that call a
+    /// backend, and for a claimed step of the database the next step of its
+    /// chain that does, if it was claimed inline.
+    pub run: Vec<Claimed>,
+    /// Queues that got ready tasks.
+    pub ready: BTreeSet<Queue>,
+    /// Operations that ended.
+    pub finished: Vec<Uuid>,
+}
+
+/// Claims up to `limit` due ready tasks of `queue` for `cont`, as
+/// [`db::tasks::claim`] does, and runs and records in the same transaction
+/// the claimed steps that need nothing outside PostgreSQL, as
+/// [`settle_in_database`] does for the recorder: a chain's first state
+/// transition (`begin_creating` …) costs no outcome transaction of its own.
+/// The caller announces [`Claim::ready`] and [`Claim::finished`].
+///
+/// The commit does not wait for its flush, as a claim's, unless an
+/// operation ended in it: lost in a database crash, the steps are claimed
+/// and recorded again, as a claim lost so is run again. If recording them
+/// fails, the transaction is rolled back and the tasks are claimed as
+/// before, to be run and recorded one by one (so a step that cannot be
+/// recorded here uses up its attempts as it would otherwise).
+pub async fn claim(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    queue: Queue,
+    limit: i64,
+    cont: Continue<'_>,
+) -> anyhow::Result<Claim> {
+    let settled = async {
+        let mut tx = conn
+            .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+            .await?;
+        let claimed = db::tasks::claim(&mut *tx, queue, limit, cont.lease_ms, cont.worker).await?;
+        let mut rec = Recording {
+            results: claimed
+                .into_iter()
+                .map(|c| (Recorded::Applied, Some(c)))
+                .collect(),
+            ..Recording::default()
+        };
+        let claimed = rec.results.len();
+        settle_in_database(&mut tx, catalog, &mut rec, Some(cont)).await?;
+        if !rec.finished().is_empty() {
+            sqlx::query("SET LOCAL synchronous_commit = on")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        rec.count();
+        anyhow::Ok((claimed, rec))
+    }
+    .await;
+    let (claimed, rec) = match settled {
+        Ok(settled) => settled,
+        Err(e) => {
+            tracing::warn!(
+                queue = queue.as_str(),
+                error = format!("{e:#}"),
+                "recording claimed steps of the database failed; claiming them to run one by one"
+            );
+            let claimed =
+                db::tasks::claim(&mut *conn, queue, limit, cont.lease_ms, cont.worker).await?;
+            return Ok(Claim {
+                claimed: claimed.len(),
+                run: claimed,
+                ..Claim::default()
+            });
+        }
+    };
+    Ok(Claim {
+        claimed,
+        run: rec.results.into_iter().filter_map(|r| r.1).collect(),
+        ready: rec.ready,
+        finished: rec.ended.operations,
+    })
+}
+
+/// Most rounds of [`settle_in_database`] in one transaction: a chain whose
+/// steps are all state transitions and throttles goes back to the runner
+/// after this many, and goes on from there.
+const MAX_SETTLED_IN_A_ROW: usize = 16;
+
+/// The next steps claimed inline (in [`Recording::results`]) that need
+/// nothing outside PostgreSQL, a state transition or a throttle, are run at
+/// once and recorded in the same transaction, and so are theirs in turn:
+/// the runner is handed the first step that calls a backend, and a chain's
+/// database steps cost no round trip through the runner and the recorder
+/// of their own.
+pub async fn settle_in_database(
+    tx: &mut PgConnection,
+    catalog: &Catalog,
+    rec: &mut Recording,
+    cont: Option<Continue<'_>>,
+) -> anyhow::Result<()> {
+    if cont.is_none() {
+        return Ok(());
+    }
+    for _ in 0..MAX_SETTLED_IN_A_ROW {
+        let mut slots = Vec::new();
+        let mut items = Vec::new();
+        for (slot, (_, next)) in rec.results.iter().enumerate() {
+            let Some(next) = next else { continue };
+            let (Some(token), Some(outcome)) = (
+                next.task.lease_token,
+                tasks::run_in_database(&next.task, next.target.as_ref().map(|t| &t.0)),
+            ) else {
+                continue;
+            };
+            crate::metrics::task_ran(
+                &next.task.task_type,
+                Outcome::Step(outcome.clone()).label(),
+                Duration::ZERO,
+            );
+            slots.push(slot);
+            items.push(Item {
+                task_id: next.task.id,
+                token,
+                outcome: Outcome::Step(outcome),
+                go_on: true,
+            });
+        }
+        if items.is_empty() {
+            break;
+        }
+        let more = apply(tx, catalog, &items, cont).await?;
+        for (slot, (_, next)) in slots.into_iter().zip(more.results) {
+            rec.results[slot].1 = next;
+        }
+        rec.ready.extend(more.ready);
+        rec.ended.extend(more.ended);
+        rec.throttle_waits += more.throttle_waits;
+    }
+    Ok(())
+}
+
+/// Applies the outcomes of `items` in the transaction `tx`: the body of
+/// [`record_batch`].
+async fn apply(
+    tx: &mut PgConnection,
+    catalog: &Catalog,
+    items: &[Item],
+    cont: Option<Continue<'_>>,
+) -> anyhow::Result<Recording> {
     let ids: Vec<Uuid> = items.iter().map(|i| i.task_id).collect();
     let tokens: Vec<Uuid> = items.iter().map(|i| i.token).collect();
     let mut held: HashMap<Uuid, (Task, Option<Operation>)> =
-        db::tasks::lock_held_many(&mut tx, &ids, &tokens)
+        db::tasks::lock_held_many(&mut *tx, &ids, &tokens)
             .await?
             .into_iter()
             .map(|h| (h.task.id, (h.task, h.operation.map(|o| o.0))))
@@ -251,7 +409,7 @@ pub async fn record_batch(
         .into_iter()
         .collect();
     if !graphs.is_empty() {
-        let fresh: HashMap<Uuid, Operation> = db::operations::lock_many(&mut tx, &graphs)
+        let fresh: HashMap<Uuid, Operation> = db::operations::lock_many(&mut *tx, &graphs)
             .await?
             .into_iter()
             .map(|o| (o.id, o))
@@ -277,7 +435,7 @@ pub async fn record_batch(
         rec.results[index].0 = Recorded::Applied;
         match (operation, &item.outcome) {
             (None, Outcome::Job(outcome)) if task.operation_id.is_none() => {
-                record_job(&mut tx, &task, outcome.clone()).await?;
+                record_job(&mut *tx, &task, outcome.clone()).await?;
             }
             (Some(operation), Outcome::Step(outcome)) => {
                 operations.push(operation);
@@ -300,7 +458,7 @@ pub async fn record_batch(
             (step, outcome)
         })
         .collect();
-    let decided = decide_all(&mut tx, steps).await?;
+    let decided = decide_all(&mut *tx, steps).await?;
     let mut done = Vec::new();
     let mut failed = Vec::new();
     let mut undone = Vec::new();
@@ -314,7 +472,7 @@ pub async fn record_batch(
                 error,
             } => {
                 db::tasks::reschedule(
-                    &mut tx,
+                    &mut *tx,
                     step.task.id,
                     delay_ms,
                     counts_as_attempt,
@@ -327,15 +485,21 @@ pub async fn record_batch(
                 }
             }
             Decision::Park(status) => {
-                db::tasks::park(&mut tx, step.task.id, &status).await?;
+                db::tasks::park(&mut *tx, step.task.id, &status).await?;
                 rec.throttle_waits += 1;
             }
             Decision::Fail(error, details) => {
                 tracing::warn!(task_id = %step.task.id, operation_id = %step.operation.id, %error, "step failed");
-                db::tasks::finish(&mut tx, step.task.id, TaskState::Failed, None, Some(&error))
-                    .await?;
+                db::tasks::finish(
+                    &mut *tx,
+                    step.task.id,
+                    TaskState::Failed,
+                    None,
+                    Some(&error),
+                )
+                .await?;
                 if let Some(details) = &details {
-                    db::tasks::set_error_details(&mut tx, step.task.id, details).await?;
+                    db::tasks::set_error_details(&mut *tx, step.task.id, details).await?;
                 }
                 if step.task.undo {
                     // An undo that fails leaves its resource erred, with
@@ -347,7 +511,7 @@ pub async fn record_batch(
                     };
                     let guard = db::resources::Guard::Operation(step.operation.id);
                     db::resources::transition(
-                        &mut tx,
+                        &mut *tx,
                         step.resource_id(),
                         guard,
                         Transition::SetErred,
@@ -364,7 +528,7 @@ pub async fn record_batch(
     let (succeeded, progressed) = if done.is_empty() && undone.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        steps_done(&mut tx, done, undone, cont, &mut rec).await?
+        steps_done(&mut *tx, done, undone, cont, &mut rec).await?
     };
     let failing: HashSet<Uuid> = failed.iter().map(|f| f.0.id).collect();
     let mut seen = HashSet::new();
@@ -390,12 +554,10 @@ pub async fn record_batch(
         )
         .collect();
     if !endings.is_empty() {
-        let finished = lifecycle::finish(&mut tx, catalog, &endings).await?;
+        let finished = lifecycle::finish(&mut *tx, catalog, &endings).await?;
         rec.ready.extend(finished.ready.iter().copied());
         rec.ended.extend(finished);
     }
-    tx.commit().await.context("committing the outcomes")?;
-    rec.count();
     Ok(rec)
 }
 

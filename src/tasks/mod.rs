@@ -148,13 +148,7 @@ impl std::fmt::Debug for TaskContext {
 /// read that it acts on), or a periodic job (a task without an operation).
 #[tracing::instrument(skip_all, fields(task_id = %task.id, operation_id = ?task.operation_id, task_type = %task.task_type, attempt = task.attempts))]
 pub async fn run(ctx: &TaskContext, task: &Task, target: Option<Target>) -> Outcome {
-    let gave_up = (task.attempts > task.max_attempts).then(|| {
-        let last = task
-            .last_error
-            .as_deref()
-            .unwrap_or("its runner was lost each time");
-        format!("gave up after {} attempts: {last}", task.max_attempts)
-    });
+    let gave_up = gave_up(task);
     if task.operation_id.is_none() {
         return Outcome::Job(
             match (
@@ -176,6 +170,52 @@ pub async fn run(ctx: &TaskContext, task: &Task, target: Option<Target>) -> Outc
     )
 }
 
+/// The failure of a task claimed more often than it may be.
+fn gave_up(task: &Task) -> Option<String> {
+    (task.attempts > task.max_attempts).then(|| {
+        let last = task
+            .last_error
+            .as_deref()
+            .unwrap_or("its runner was lost each time");
+        format!("gave up after {} attempts: {last}", task.max_attempts)
+    })
+}
+
+/// Runs a claimed step that needs nothing outside PostgreSQL (a state
+/// transition, a throttle) at once: what [`run`] returns for it, so that it
+/// can be recorded in the transaction that claimed it. `None` for a step
+/// that calls a backend, and for a periodic job.
+pub fn run_in_database(task: &Task, target: Option<&Target>) -> Option<StepOutcome> {
+    task.operation_id?;
+    if !matches!(task.task_type.as_str(), "state_transition" | "throttle") {
+        return None;
+    }
+    Some(
+        match (
+            gave_up(task),
+            serde_json::from_value::<Step>(task.args.clone()),
+        ) {
+            (Some(error), _) => StepOutcome::Fail(error),
+            (None, Ok(step)) => in_database(step, target)?,
+            (None, Err(e)) => StepOutcome::Fail(format!("unreadable step arguments: {e}")),
+        },
+    )
+}
+
+/// The outcome of a step that needs nothing outside PostgreSQL; `None` for
+/// a backend call.
+fn in_database(step: Step, target: Option<&Target>) -> Option<StepOutcome> {
+    match step {
+        Step::StateTransition { transition } => Some(StepOutcome::Transition(transition)),
+        Step::Throttle { scope, limit, key } => {
+            Some(throttle(target, &scope, limit, key.as_deref()))
+        }
+        Step::BackendMethod { .. }
+        | Step::PollRuntimeState { .. }
+        | Step::PollBackendCheck { .. } => None,
+    }
+}
+
 async fn run_step(
     ctx: &TaskContext,
     task: &Task,
@@ -185,10 +225,7 @@ async fn run_step(
     match step {
         Step::StateTransition { transition } => StepOutcome::Transition(transition),
         Step::Throttle { scope, limit, key } => {
-            throttle_scope(target.as_ref(), &scope, key.as_deref()).map_or_else(
-                StepOutcome::Fail,
-                |scope| StepOutcome::Throttle { scope, limit },
-            )
+            throttle(target.as_ref(), &scope, limit, key.as_deref())
         }
         // An undo step has nothing to undo on a resource the backend never
         // made, and stops at its resource's first failed undo (which erred it).
@@ -206,6 +243,13 @@ async fn run_step(
         | Step::PollRuntimeState { .. }
         | Step::PollBackendCheck { .. } => backend_call::run(ctx, task, target, &step).await,
     }
+}
+
+/// A throttle step's outcome: a slot of its scope to take.
+fn throttle(target: Option<&Target>, scope: &str, limit: i32, key: Option<&str>) -> StepOutcome {
+    throttle_scope(target, scope, key).map_or_else(StepOutcome::Fail, |scope| {
+        StepOutcome::Throttle { scope, limit }
+    })
 }
 
 /// The scope a throttle step takes a slot of: always within the resource's

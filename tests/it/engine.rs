@@ -404,12 +404,15 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
             Recorded::Applied
         ]
     );
-    // Went on: the next step is claimed for this runner and handed back.
+    // Went on: the next step, a throttle, needs nothing outside PostgreSQL:
+    // it was claimed and recorded in the same transaction, and the one after
+    // it, the backend call, is claimed for this runner and handed back.
     let next = recording.results[0]
         .1
         .as_ref()
         .expect("the next step, claimed inline");
-    assert_eq!(next.task.task_type, "throttle");
+    assert_eq!(next.task.task_type, "backend_method");
+    assert_eq!(next.task.position, 2);
     assert_eq!(next.task.state, TaskState::Running);
     assert_eq!(next.task.worker.as_deref(), Some("batch"));
     // It carries what it acts on, as the same transaction left it.
@@ -424,18 +427,23 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
         TaskState::Ready
     );
     assert!(recording.ready.contains(&Queue::Regular));
-    for i in [0, 1] {
+    for (i, done) in [(0, &[0, 1][..]), (1, &[0][..])] {
         let resource = engine.resource(applied[i].resource.id).await.unwrap();
         assert_eq!(resource.state, ResourceState::Creating);
-        let succeeded: Vec<i32> = engine
-            .tasks(applied[i].operation.id)
-            .await
+        let tasks = engine.tasks(applied[i].operation.id).await;
+        let succeeded: Vec<i32> = tasks
             .iter()
             .filter(|t| t.state == TaskState::Succeeded)
             .map(|t| t.position)
             .collect();
-        assert_eq!(succeeded, [0]);
+        assert_eq!(succeeded, done);
     }
+    let throttle = &engine.tasks(applied[0].operation.id).await[1];
+    assert_eq!(
+        throttle.result.as_ref().unwrap()["scope"],
+        "instance.tenant:t0"
+    );
+    assert_eq!(throttle.worker.as_deref(), Some("batch"));
     // Failed: the operation ends, the resource errs, the rest is cancelled.
     let failed = engine.operation(applied[2].operation.id).await;
     assert_eq!(failed.state, OperationState::Failed);
@@ -464,6 +472,169 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     let mut expected = vec![applied[2].operation.id, applied[4].operation.id];
     expected.sort();
     assert_eq!(finished, expected);
+}
+
+/// A kind whose create chain is only the `begin_creating` step.
+const MARKER: &str = "
+[kinds.marker]
+description = \"Nothing to make: begin_creating, then the success hook.\"
+backend = \"sim\"
+schema = { type = \"object\" }
+create = []
+";
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_claim_records_the_steps_of_the_database_and_hands_on_the_first_backend_call(
+    pool: PgPool,
+) {
+    use executord::runner::record::{self, Continue};
+
+    let catalog = executord::catalog::DEFAULT_CATALOG.replace("limit = 4", "limit = 1") + MARKER;
+    let engine = Engine::with(
+        pool,
+        SimConfig::instant(),
+        Some(&catalog),
+        fast_runner_config(),
+    );
+    let a = engine.create("instance", "vm-a", instance("acme")).await;
+    let b = engine.create("instance", "vm-b", instance("acme")).await;
+    let m = engine.create("marker", "m", json!({})).await;
+    let cont = Continue {
+        lease_ms: 5000,
+        worker: "claimer",
+    };
+    let claim = record::claim(
+        &mut engine.pool.acquire().await.unwrap(),
+        &engine.catalog,
+        Queue::Regular,
+        10,
+        cont,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(claim.claimed, 3);
+    // The marker's chain ended in the claim: its success hook ran there.
+    assert_eq!(claim.finished, [m.operation.id]);
+    assert_eq!(
+        engine.operation(m.operation.id).await.state,
+        OperationState::Succeeded
+    );
+    let marker = engine.resource(m.resource.id).await.unwrap();
+    assert_eq!(marker.state, ResourceState::Ok);
+    // Of the two instances of one tenant (one throttle slot), one took the
+    // slot and its backend call is handed on, claimed; the other waits.
+    let [run] = &claim.run[..] else {
+        panic!("one step to run: {:?}", claim.run)
+    };
+    assert_eq!(run.task.task_type, "backend_method");
+    assert_eq!(run.task.position, 2);
+    assert_eq!(run.task.state, TaskState::Running);
+    assert_eq!(run.task.worker.as_deref(), Some("claimer"));
+    assert_eq!(run.target.as_ref().unwrap().0.resource.name, {
+        if run.task.operation_id == Some(a.operation.id) {
+            "vm-a"
+        } else {
+            "vm-b"
+        }
+    });
+    let (going, waiting) = if run.task.operation_id == Some(a.operation.id) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let states = |tasks: Vec<executord::db::tasks::Task>| -> Vec<TaskState> {
+        tasks.iter().map(|t| t.state).collect()
+    };
+    assert_eq!(
+        states(engine.tasks(going.operation.id).await),
+        [
+            TaskState::Succeeded,
+            TaskState::Succeeded,
+            TaskState::Running,
+            TaskState::Waiting
+        ]
+    );
+    assert_eq!(
+        states(engine.tasks(waiting.operation.id).await),
+        [
+            TaskState::Succeeded,
+            TaskState::Waiting,
+            TaskState::Waiting,
+            TaskState::Waiting
+        ]
+    );
+    for resource in [going.resource.id, waiting.resource.id] {
+        let resource = engine.resource(resource).await.unwrap();
+        assert_eq!(resource.state, ResourceState::Creating);
+    }
+    assert_eq!(
+        engine.operation(going.operation.id).await.state,
+        OperationState::Running
+    );
+    // The rest of the way is the runner's, as for any claimed step.
+    engine.drain().await;
+    for op in [going.operation.id, waiting.operation.id] {
+        assert_eq!(engine.operation(op).await.state, OperationState::Succeeded);
+    }
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_claim_whose_steps_of_the_database_cannot_be_recorded_hands_them_on_as_claimed(
+    pool: PgPool,
+) {
+    use executord::runner::record::{self, Continue};
+
+    let engine = Engine::new(pool);
+    let good = engine.create("instance", "good", instance("a")).await;
+    let bad = engine.create("instance", "bad", instance("b")).await;
+    // Any change of the resource `bad` fails, as a broken database would.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.name = 'bad' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_bad BEFORE UPDATE ON resources FOR EACH ROW EXECUTE FUNCTION refuse_bad();",
+    )
+    .execute(&engine.pool)
+    .await
+    .unwrap();
+    let cont = Continue {
+        lease_ms: 5000,
+        worker: "claimer",
+    };
+    let claim = record::claim(
+        &mut engine.pool.acquire().await.unwrap(),
+        &engine.catalog,
+        Queue::Regular,
+        10,
+        cont,
+    )
+    .await
+    .unwrap();
+
+    // Nothing was recorded; both first steps are claimed once, to be run
+    // and recorded one by one (where `bad`'s uses up its attempts).
+    assert_eq!(claim.claimed, 2);
+    assert!(claim.finished.is_empty());
+    let mut run: Vec<(i32, String, i32)> = claim
+        .run
+        .iter()
+        .map(|c| (c.task.position, c.task.task_type.clone(), c.task.attempts))
+        .collect();
+    run.sort();
+    assert_eq!(
+        run,
+        [
+            (0, "state_transition".to_owned(), 1),
+            (0, "state_transition".to_owned(), 1)
+        ]
+    );
+    for applied in [&good, &bad] {
+        let resource = engine.resource(applied.resource.id).await.unwrap();
+        assert_eq!(resource.state, ResourceState::CreationScheduled);
+        let tasks = engine.tasks(applied.operation.id).await;
+        assert_eq!(tasks[0].state, TaskState::Running);
+        assert_eq!(tasks[0].attempts, 1);
+    }
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
