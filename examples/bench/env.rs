@@ -70,7 +70,7 @@ pub(crate) struct Env {
 pub(crate) fn catalog_text(steps: usize) -> String {
     let mut text = String::from(
         "[kinds.noop1]\n\
-         description = \"One step: begin_creating; the success hook runs in its recording.\"\n\
+         description = \"One step: begin_creating, recorded with the success hook in the claim that takes it.\"\n\
          backend = \"noop\"\n\
          schema = { type = \"object\" }\n\
          create = []\n",
