@@ -1,7 +1,8 @@
 //! The runner: worker pools per queue that claim ready tasks, run them under
 //! a lease with heartbeats, and record each outcome in one transaction.
 //!
-//! - Claims as many ready rows as it has free slots, in one
+//! - Two claim loops per queue each claim as many ready rows as the free
+//!   slots they reserved (at most half the queue's), in one
 //!   `FOR UPDATE SKIP LOCKED` statement; wakes on NOTIFY, polls as a fallback.
 //! - A lease that is not renewed expires and the task returns to `ready`; the
 //!   old holder's late outcome is refused by the lease token (fencing).
@@ -33,6 +34,11 @@ pub use record::Recorded;
 
 /// Most steps of one chain a runner slot runs in a row before it lets the queue have a turn.
 pub const MAX_INLINE_STEPS: usize = 64;
+
+/// Claim loops per queue, each claiming for at most its share of the
+/// queue's slots: while one claim's transaction runs (it records the steps
+/// of the database it took, a few statements), the other can claim.
+pub const CLAIMERS: usize = 2;
 
 /// Most outcomes recorded in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -151,11 +157,20 @@ impl Runner {
         let (recorder, recording) = self.recorder();
         let mut pools = JoinSet::new();
         for queue in queues {
-            if self.inner.config.concurrency(queue) > 0 {
-                pools.spawn(
-                    self.clone()
-                        .pool_loop(queue, recorder.clone(), shutdown.clone()),
-                );
+            let concurrency = self.inner.config.concurrency(queue);
+            if concurrency == 0 {
+                continue;
+            }
+            let slots = Arc::new(Semaphore::new(concurrency));
+            let share = concurrency.div_ceil(CLAIMERS);
+            for _ in 0..CLAIMERS {
+                pools.spawn(self.clone().pool_loop(
+                    queue,
+                    slots.clone(),
+                    share,
+                    recorder.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
         pools.spawn(self.clone().reaper(shutdown));
@@ -223,21 +238,29 @@ impl Runner {
             .await;
     }
 
+    /// One of a queue's [`CLAIMERS`]: claims ready tasks for at most
+    /// `share` of the queue's `slots` at a time (reserved before the claim,
+    /// so the claimers never claim more than there are slots), and runs them.
     async fn pool_loop(
         self,
         queue: Queue,
+        slots: Arc<Semaphore>,
+        share: usize,
         recorder: Recorder,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.inner.config.concurrency(queue)));
         let mut in_flight = JoinSet::new();
         let mut held = db::Held::new(self.pool().clone());
         let mut found_work = tokio::time::Instant::now();
         while !*shutdown.borrow() {
             while in_flight.try_join_next().is_some() {}
-            let free = slots.available_permits();
+            let free = slots.available_permits().min(share);
+            let reserved = u32::try_from(free)
+                .ok()
+                .filter(|&n| n > 0)
+                .and_then(|n| slots.clone().try_acquire_many_owned(n).ok());
             let mut wait = self.inner.config.poll_interval;
-            if free > 0 {
+            if let Some(mut reserved) = reserved {
                 let claimed = async {
                     let conn = held.get().await?;
                     self.claim(conn, queue, free).await
@@ -250,7 +273,7 @@ impl Runner {
                         }
                         let full = claimed.claimed == free;
                         for claimed in claimed.run {
-                            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            let Some(permit) = reserved.split(1) else {
                                 break;
                             };
                             in_flight.spawn(self.clone().execute(

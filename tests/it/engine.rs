@@ -746,6 +746,62 @@ async fn two_concurrent_applies_on_one_resource_give_one_winner_and_one_conflict
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_queue_s_claimers_together_never_run_more_steps_than_its_slots(pool: PgPool) {
+    // Three slots, two claimers (at most two slots each per claim): the
+    // claimers reserve their slots before they claim, so however they
+    // interleave, at most three steps run at once and none is claimed
+    // without a slot (it would be left to its lease and run again).
+    let sim = SimConfig {
+        latency: Duration::from_millis(40),
+        ..SimConfig::instant()
+    };
+    let config = RunnerConfig {
+        regular: 3,
+        ..fast_runner_config()
+    };
+    let engine = Engine::with(pool, sim, None, config);
+    let mut operations = Vec::new();
+    for i in 0..12 {
+        let tenant = format!("t{i}");
+        let applied = engine
+            .create("instance", &format!("vm-{i}"), instance(&tenant))
+            .await;
+        operations.push(applied.operation.id);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(engine.runner.clone().run(vec![Queue::Regular], stopped));
+    let mut most = 0;
+    for _ in 0..1000 {
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state = 'running'")
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+        most = most.max(running);
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM operations WHERE state = 'succeeded'")
+                .fetch_one(&engine.pool)
+                .await
+                .unwrap();
+        if done == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+
+    for id in operations {
+        assert_eq!(engine.operation(id).await.state, OperationState::Succeeded);
+        // Each step claimed once: none was abandoned to its lease.
+        for task in engine.tasks(id).await {
+            assert_eq!(task.attempts, 1, "{} of {id}", task.task_type);
+        }
+    }
+    assert!(most >= 2, "steps ran side by side: {most}");
+    assert!(most <= 3, "{most} steps ran at once on three slots");
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn twenty_creations_in_one_tenant_never_hold_more_than_four_slots(pool: PgPool) {
     let sim = SimConfig {
         latency: Duration::from_millis(5),
