@@ -474,6 +474,24 @@ async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     assert_eq!(finished, expected);
 }
 
+/// One claim of the regular queue by the runner `claimer`, as a claim loop makes it.
+async fn claim_regular(engine: &Engine) -> executord::runner::record::Claim {
+    use executord::runner::record::{self, Continue};
+    let cont = Continue {
+        lease_ms: 5000,
+        worker: "claimer",
+    };
+    record::claim(
+        &mut engine.pool.acquire().await.unwrap(),
+        &engine.catalog,
+        Queue::Regular,
+        10,
+        cont,
+    )
+    .await
+    .unwrap()
+}
+
 /// A kind whose create chain is only the `begin_creating` step.
 const MARKER: &str = "
 [kinds.marker]
@@ -487,8 +505,6 @@ create = []
 async fn a_claim_records_the_steps_of_the_database_and_hands_on_the_first_backend_call(
     pool: PgPool,
 ) {
-    use executord::runner::record::{self, Continue};
-
     let catalog = executord::catalog::DEFAULT_CATALOG.replace("limit = 4", "limit = 1") + MARKER;
     let engine = Engine::with(
         pool,
@@ -499,19 +515,7 @@ async fn a_claim_records_the_steps_of_the_database_and_hands_on_the_first_backen
     let a = engine.create("instance", "vm-a", instance("acme")).await;
     let b = engine.create("instance", "vm-b", instance("acme")).await;
     let m = engine.create("marker", "m", json!({})).await;
-    let cont = Continue {
-        lease_ms: 5000,
-        worker: "claimer",
-    };
-    let claim = record::claim(
-        &mut engine.pool.acquire().await.unwrap(),
-        &engine.catalog,
-        Queue::Regular,
-        10,
-        cont,
-    )
-    .await
-    .unwrap();
+    let claim = claim_regular(&engine).await;
 
     assert_eq!(claim.claimed, 3);
     // The marker's chain ended in the claim: its success hook ran there.
@@ -583,8 +587,6 @@ async fn a_claim_records_the_steps_of_the_database_and_hands_on_the_first_backen
 async fn a_claim_whose_steps_of_the_database_cannot_be_recorded_hands_them_on_as_claimed(
     pool: PgPool,
 ) {
-    use executord::runner::record::{self, Continue};
-
     let engine = Engine::new(pool);
     let good = engine.create("instance", "good", instance("a")).await;
     let bad = engine.create("instance", "bad", instance("b")).await;
@@ -597,19 +599,7 @@ async fn a_claim_whose_steps_of_the_database_cannot_be_recorded_hands_them_on_as
     .execute(&engine.pool)
     .await
     .unwrap();
-    let cont = Continue {
-        lease_ms: 5000,
-        worker: "claimer",
-    };
-    let claim = record::claim(
-        &mut engine.pool.acquire().await.unwrap(),
-        &engine.catalog,
-        Queue::Regular,
-        10,
-        cont,
-    )
-    .await
-    .unwrap();
+    let claim = claim_regular(&engine).await;
 
     // Nothing was recorded; both first steps are claimed once, to be run
     // and recorded one by one (where `bad`'s uses up its attempts).
