@@ -259,7 +259,7 @@ pub struct Claim {
 /// Claims up to `limit` due ready tasks of `queue` for `cont`, as
 /// [`db::tasks::claim`] does, and runs and records in the same transaction
 /// the claimed steps that need nothing outside PostgreSQL, as
-/// [`settle_in_database`] does for the recorder: a chain's first state
+/// the recorder does for the next steps it claims: a chain's first state
 /// transition (`begin_creating` …) costs no outcome transaction of its own.
 /// The caller announces [`Claim::ready`] and [`Claim::finished`].
 ///
@@ -336,7 +336,7 @@ const MAX_SETTLED_IN_A_ROW: usize = 16;
 /// the runner is handed the first step that calls a backend, and a chain's
 /// database steps cost no round trip through the runner and the recorder
 /// of their own.
-pub async fn settle_in_database(
+async fn settle_in_database(
     tx: &mut PgConnection,
     catalog: &Catalog,
     rec: &mut Recording,
