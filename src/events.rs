@@ -3,7 +3,7 @@
 //! Notifications are hints: the runner also polls, and waiters re-read the
 //! database, so a lost notification costs latency, never correctness.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -22,6 +22,16 @@ pub struct Events {
     finished: broadcast::Sender<Uuid>,
     cancelled: broadcast::Sender<Uuid>,
     stopping: Arc<watch::Sender<bool>>,
+    news: Arc<Mutex<News>>,
+}
+
+/// What was announced here and is not yet sent to the other processes.
+#[derive(Debug, Default)]
+struct News {
+    queues: Vec<Queue>,
+    finished: Vec<Uuid>,
+    /// Whether a task is sending it (at most one at a time).
+    sending: bool,
 }
 
 impl Default for Events {
@@ -40,6 +50,7 @@ impl Events {
             finished: broadcast::channel(1024).0,
             cancelled: broadcast::channel(1024).0,
             stopping: Arc::new(watch::channel(false).0),
+            news: Arc::default(),
         }
     }
 
@@ -51,17 +62,54 @@ impl Events {
         }
     }
 
-    /// Tells this process, then the others through NOTIFY, that `queues` have
-    /// ready tasks and `finished` operations ended. Call after the commit.
-    pub async fn announce(&self, pool: &PgPool, queues: &[Queue], finished: &[Uuid]) {
+    /// Tells this process at once, then the others through NOTIFY, that
+    /// `queues` have ready tasks and `finished` operations ended. Call after
+    /// the commit.
+    ///
+    /// The NOTIFY is sent by a task of its own, so the claim or recording
+    /// that announces does not wait for it; what is announced while one is
+    /// being sent goes together in the next (one statement, whatever the
+    /// number of claims and recordings meanwhile).
+    pub fn announce(&self, pool: &PgPool, queues: &[Queue], finished: &[Uuid]) {
         for &queue in queues {
             self.wake(queue);
         }
         for &id in finished {
             self.operation_finished(id);
         }
-        if let Err(e) = crate::db::announce(pool, &self.origin, queues, finished).await {
-            tracing::warn!(error = %e, "notifying other processes failed; they will poll");
+        if queues.is_empty() && finished.is_empty() {
+            return;
+        }
+        let mut news = self.news.lock().unwrap_or_else(PoisonError::into_inner);
+        for &queue in queues {
+            if !news.queues.contains(&queue) {
+                news.queues.push(queue);
+            }
+        }
+        news.finished.extend_from_slice(finished);
+        if !news.sending {
+            news.sending = true;
+            tokio::spawn(self.clone().send_news(pool.clone()));
+        }
+    }
+
+    /// Sends what was announced until nothing is left to send.
+    async fn send_news(self, pool: PgPool) {
+        loop {
+            let (queues, finished) = {
+                let mut news = self.news.lock().unwrap_or_else(PoisonError::into_inner);
+                if news.queues.is_empty() && news.finished.is_empty() {
+                    news.sending = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut news.queues),
+                    std::mem::take(&mut news.finished),
+                )
+            };
+            if let Err(e) = crate::db::announce(&pool, &self.origin, &queues, &finished).await {
+                tracing::warn!(error = %e, "notifying other processes failed; they will poll");
+            }
         }
     }
 

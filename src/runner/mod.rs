@@ -234,8 +234,7 @@ impl Runner {
         let ready: Vec<Queue> = settled.ready.into_iter().collect();
         self.inner
             .events
-            .announce(&ctx.pool, &ready, &settled.finished)
-            .await;
+            .announce(&ctx.pool, &ready, &settled.finished);
     }
 
     /// One of a queue's [`CLAIMERS`]: claims ready tasks for at most
@@ -346,8 +345,7 @@ impl Runner {
             let ready: Vec<Queue> = claim.ready.iter().copied().collect();
             self.inner
                 .events
-                .announce(self.pool(), &ready, &claim.finished)
-                .await;
+                .announce(self.pool(), &ready, &claim.finished);
         }
         Ok(claim)
     }

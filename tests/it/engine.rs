@@ -1229,3 +1229,63 @@ async fn history_keeps_time_in_order_when_a_cancel_waited_behind_the_runner(pool
         }
     }
 }
+
+/// What a runner announces reaches the other processes (another process's
+/// hub, fed by LISTEN) without the announcer waiting for it: announcements
+/// made while one is being sent go out together, one notification per
+/// channel, however many claims and recordings made them.
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn announcements_made_together_reach_other_processes_together(pool: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all([db::TASKS_CHANNEL, db::OPERATIONS_CHANNEL])
+        .await
+        .unwrap();
+    let here = executord::events::Events::new();
+    let other = executord::events::Events::new();
+    let feed = tokio::spawn(other.clone().listen(pool.clone()));
+    let mut finished_elsewhere = other.subscribe_finished();
+    let mut finished_here = here.subscribe_finished();
+    // Once it listens, the other hub wakes its queues (to look for what it missed).
+    tokio::time::timeout(Duration::from_secs(5), other.woken(Queue::Regular))
+        .await
+        .unwrap();
+
+    let ids: Vec<uuid::Uuid> = (0..40).map(|_| uuid::Uuid::now_v7()).collect();
+    // A test runs on one thread: no announcement is sent before the last is made.
+    for id in &ids {
+        here.announce(&pool, &[Queue::Regular], std::slice::from_ref(id));
+    }
+    // This process knows at once.
+    for id in &ids {
+        assert_eq!(finished_here.try_recv().unwrap(), *id);
+    }
+
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .expect("the announcements reach the other processes")
+            .unwrap();
+        heard.push((n.channel().to_owned(), n.payload().to_owned()));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "one notification per channel for the 40 announcements: {heard:?}"
+    );
+    let tasks = heard.iter().filter(|(c, _)| c == db::TASKS_CHANNEL).count();
+    assert_eq!(tasks, 1, "{heard:?}");
+    // The other process's waiters hear of every operation, in order.
+    for id in &ids {
+        let got = tokio::time::timeout(Duration::from_secs(5), finished_elsewhere.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, *id);
+    }
+    feed.abort();
+}
