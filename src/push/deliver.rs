@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::address::{CheckedResolver, Refused, check_target};
 use super::{PushConfig, message_id, sign};
 
+use crate::backend::http::reply::{self, ERROR_BODY_LIMIT, read_prefix};
 use crate::db;
 use crate::db::webhooks::{self, Claimed, Event, Fanned, Sent, Then};
 
@@ -406,16 +407,22 @@ impl Deliverer {
             Ok(reply) => {
                 let status = reply.status();
                 let code = Some(i32::from(status.as_u16()));
+                // The answer's body is read (up to a cap) so that its
+                // connection can carry the next message: one dropped unread
+                // is closed, and the next message pays a new connection (a
+                // TLS handshake, over https).
+                let body = read_prefix(reply, ERROR_BODY_LIMIT).await;
                 if status.is_success() {
                     ("delivered", code, None)
                 } else if status == reqwest::StatusCode::GONE {
                     ("gone", code, Some("410 Gone".into()))
                 } else {
-                    (
-                        "failed",
-                        code,
-                        Some(format!("the receiver answered {status}")),
-                    )
+                    let answered = format!("the receiver answered {status}");
+                    let error = match reply::message(&body) {
+                        Some(detail) => format!("{answered}: {detail}"),
+                        None => answered,
+                    };
+                    ("failed", code, Some(error))
                 }
             }
             Err(e) if refused(&e) => ("refused", None, Some(describe(&e))),
@@ -547,6 +554,100 @@ mod tests {
         let open = accepted.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(open, IN_FLIGHT, "connections opened while 200 sends wait");
         sends.abort_all();
+    }
+
+    /// Serves HTTP/1.1 on a real socket, keeping connections open: every
+    /// request to a path starting `/fail` is answered 500 with a problem
+    /// body, any other 200 with a small JSON body (as receivers often
+    /// answer), written after the head. Returns its port and the number of
+    /// connections accepted.
+    fn keep_alive_receiver() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let (mut line, mut path, mut length) = (String::new(), String::new(), 0);
+                        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                            if path.is_empty() {
+                                path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap();
+                            }
+                            line.clear();
+                        }
+                        if path.is_empty() {
+                            return;
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let (status, answer) = if path.starts_with("/fail") {
+                            (
+                                "500 Internal Server Error",
+                                r#"{"detail":"the disk is full"}"#,
+                            )
+                        } else {
+                            ("200 OK", r#"{"ok":true}"#)
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            answer.len()
+                        );
+                        // The body a moment after the head, as from a
+                        // server that writes them apart.
+                        if stream.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    /// A receiver's answer is read, so its connection carries the next
+    /// message (one dropped unread is closed: each message would pay a new
+    /// connection); an error answer's body says why in the attempt.
+    #[tokio::test]
+    async fn a_receiver_s_answer_is_read_so_its_connection_carries_the_next_message() {
+        let (port, accepted) = keep_alive_receiver();
+        let deliverer = deliverer(PushConfig {
+            allow_private: true,
+            ..PushConfig::default()
+        });
+        for _ in 0..5 {
+            let (outcome, code, error) = deliverer
+                .post(&message(format!("http://127.0.0.1:{port}/hook")))
+                .await;
+            assert_eq!((outcome, code, error), ("delivered", Some(200), None));
+        }
+        let (outcome, code, error) = deliverer
+            .post(&message(format!("http://127.0.0.1:{port}/fail")))
+            .await;
+        assert_eq!((outcome, code), ("failed", Some(500)));
+        assert_eq!(
+            error.as_deref(),
+            Some("the receiver answered 500 Internal Server Error: the disk is full")
+        );
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "six messages one after another, over one connection"
+        );
     }
 
     /// A name the client resolves to an internal address is refused by its

@@ -7,7 +7,7 @@
 //! connections alive; `max_concurrency` bounds the calls in flight. Header
 //! values (which may hold secrets) are never logged, nor is the base URL.
 
-mod reply;
+pub(crate) mod reply;
 mod route;
 mod template;
 

@@ -15,7 +15,7 @@ use crate::backend::{BackendCall, BackendReply};
 /// The largest reply read; a longer one fails the step.
 pub(super) const REPLY_LIMIT: usize = 1 << 20;
 /// How much of an error answer is read for its message.
-pub(super) const ERROR_BODY_LIMIT: usize = 64 << 10;
+pub(crate) const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// How much of an error answer's body (or its `detail`) becomes the message.
 const MESSAGE_LIMIT: usize = 500;
 /// The longest `Retry-After` honoured: a backend cannot park a step for days.
@@ -49,7 +49,7 @@ pub(super) async fn read_capped(
 
 /// Reads at most `limit` bytes of an error answer's body (what is past it is
 /// left unread); a body that breaks off is as much as arrived.
-pub(super) async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+pub(crate) async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < limit {
         match response.chunk().await {
@@ -83,7 +83,7 @@ pub(super) fn generic(body: &[u8]) -> Result<BackendReply, String> {
 
 /// The message of an error answer: RFC 9457's `detail`, else `message`,
 /// else the start of the body; `None` for an empty body.
-pub(super) fn message(body: &[u8]) -> Option<String> {
+pub(crate) fn message(body: &[u8]) -> Option<String> {
     let field = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
         ["detail", "message"].into_iter().find_map(|key| {
             v.get(key)
