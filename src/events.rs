@@ -23,6 +23,8 @@ pub struct Events {
     cancelled: broadcast::Sender<Uuid>,
     stopping: Arc<watch::Sender<bool>>,
     news: Arc<Mutex<News>>,
+    /// Told when the task sending the news has nothing left to send.
+    sent: Arc<Notify>,
 }
 
 /// What was announced here and is not yet sent to the other processes.
@@ -51,6 +53,7 @@ impl Events {
             cancelled: broadcast::channel(1024).0,
             stopping: Arc::new(watch::channel(false).0),
             news: Arc::default(),
+            sent: Arc::new(Notify::new()),
         }
     }
 
@@ -100,6 +103,7 @@ impl Events {
                 let mut news = self.news.lock().unwrap_or_else(PoisonError::into_inner);
                 if news.queues.is_empty() && news.finished.is_empty() {
                     news.sending = false;
+                    self.sent.notify_waiters();
                     return;
                 }
                 (
@@ -110,6 +114,26 @@ impl Events {
             if let Err(e) = crate::db::announce(&pool, &self.origin, &queues, &finished).await {
                 tracing::warn!(error = %e, "notifying other processes failed; they will poll");
             }
+        }
+    }
+
+    /// Resolves once everything announced so far has been sent to the
+    /// other processes (or failed to be): a runner that stops waits for its
+    /// last announcements before the pool closes.
+    pub async fn announced(&self) {
+        loop {
+            let sent = self.sent.notified();
+            tokio::pin!(sent);
+            sent.as_mut().enable();
+            if !self
+                .news
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sending
+            {
+                return;
+            }
+            sent.await;
         }
     }
 

@@ -43,6 +43,9 @@ pub const CLAIMERS: usize = 2;
 /// Most outcomes recorded in one transaction.
 pub const MAX_BATCH: usize = 256;
 
+/// How long a stopping runner waits for its last announcements to be sent.
+const ANNOUNCED_WITHIN: Duration = Duration::from_secs(5);
+
 /// How long the recorder and a queue's claims keep their connection while
 /// they have nothing to do, before it goes back to the pool.
 const HOLD_WHILE_IDLE: Duration = Duration::from_millis(500);
@@ -177,6 +180,9 @@ impl Runner {
         while pools.join_next().await.is_some() {}
         drop(recorder);
         let _ = recording.await;
+        // The other processes hear of the last steps before the pool closes
+        // (bounded: a database that does not answer costs them a poll).
+        let _ = tokio::time::timeout(ANNOUNCED_WITHIN, self.inner.events.announced()).await;
         tracing::info!(worker = %self.inner.worker, "runner stopped");
     }
 

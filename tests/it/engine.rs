@@ -1262,6 +1262,10 @@ async fn announcements_made_together_reach_other_processes_together(pool: PgPool
     for id in &ids {
         assert_eq!(finished_here.try_recv().unwrap(), *id);
     }
+    // A stopping runner can wait until they are sent.
+    tokio::time::timeout(Duration::from_secs(5), here.announced())
+        .await
+        .expect("everything announced is sent");
 
     let mut heard = Vec::new();
     while heard.len() < 2 {
@@ -1287,5 +1291,9 @@ async fn announcements_made_together_reach_other_processes_together(pool: PgPool
             .unwrap();
         assert_eq!(got, *id);
     }
+    // With nothing left to send, at once.
+    tokio::time::timeout(Duration::from_millis(100), here.announced())
+        .await
+        .unwrap();
     feed.abort();
 }
