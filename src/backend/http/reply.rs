@@ -47,8 +47,9 @@ pub(super) async fn read_capped(
     Ok(Body::Whole(body))
 }
 
-/// Reads at most `limit` bytes of an error answer's body (what is past it is
-/// left unread); a body that breaks off is as much as arrived.
+/// Reads at most `limit` bytes of an answer's body (what is past it is left
+/// unread, and its connection is then not reused); a body that breaks off
+/// is as much as arrived. The deliverer reads webhook answers with it too.
 pub(crate) async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < limit {
