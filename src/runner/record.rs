@@ -258,9 +258,9 @@ pub struct Claim {
 
 /// Claims up to `limit` due ready tasks of `queue` for `cont`, as
 /// [`db::tasks::claim`] does, and runs and records in the same transaction
-/// the claimed steps that need nothing outside PostgreSQL, as
-/// the recorder does for the next steps it claims: a chain's first state
-/// transition (`begin_creating` …) costs no outcome transaction of its own.
+/// the claimed state transitions, as the recorder does for the next steps
+/// it claims: a chain's first state transition (`begin_creating` …) costs
+/// no outcome transaction of its own.
 /// The caller announces [`Claim::ready`] and [`Claim::finished`].
 ///
 /// The commit does not wait for its flush, as a claim's, unless an
@@ -326,16 +326,16 @@ pub async fn claim(
 }
 
 /// Most rounds of [`settle_in_database`] in one transaction: a chain whose
-/// steps are all state transitions and throttles goes back to the runner
-/// after this many, and goes on from there.
+/// steps are all state transitions goes back to the runner after this many,
+/// and goes on from there.
 const MAX_SETTLED_IN_A_ROW: usize = 16;
 
-/// The next steps claimed inline (in [`Recording::results`]) that need
-/// nothing outside PostgreSQL, a state transition or a throttle, are run at
-/// once and recorded in the same transaction, and so are theirs in turn:
-/// the runner is handed the first step that calls a backend, and a chain's
-/// database steps cost no round trip through the runner and the recorder
-/// of their own.
+/// The next steps claimed inline (in [`Recording::results`]) that are state
+/// transitions are run at once and recorded in the same transaction, and so
+/// are theirs in turn: the runner is handed the first other step (a backend
+/// call, or a throttle: see [`tasks::run_in_database`]), and a chain's
+/// transitions cost no round trip through the runner and the recorder of
+/// their own.
 async fn settle_in_database(
     tx: &mut PgConnection,
     catalog: &Catalog,
@@ -350,10 +350,9 @@ async fn settle_in_database(
         let mut items = Vec::new();
         for (slot, (_, next)) in rec.results.iter().enumerate() {
             let Some(next) = next else { continue };
-            let (Some(token), Some(outcome)) = (
-                next.task.lease_token,
-                tasks::run_in_database(&next.task, next.target.as_ref().map(|t| &t.0)),
-            ) else {
+            let (Some(token), Some(outcome)) =
+                (next.task.lease_token, tasks::run_in_database(&next.task))
+            else {
                 continue;
             };
             crate::metrics::task_ran(

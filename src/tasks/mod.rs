@@ -181,13 +181,19 @@ fn gave_up(task: &Task) -> Option<String> {
     })
 }
 
-/// Runs a claimed step that needs nothing outside PostgreSQL (a state
-/// transition, a throttle) at once: what [`run`] returns for it, so that it
-/// can be recorded in the transaction that claimed it. `None` for a step
-/// that calls a backend, and for a periodic job.
-pub fn run_in_database(task: &Task, target: Option<&Target>) -> Option<StepOutcome> {
+/// Runs a claimed state transition at once: what [`run`] returns for it, so
+/// that it can be recorded in the transaction that claimed it. `None` for
+/// any other step, and for a periodic job.
+///
+/// A throttle also needs nothing outside PostgreSQL, but taking its slot
+/// locks its scope until the commit; a transaction that settled several
+/// throttles (and freed the slots of the operations that ended in it) would
+/// hold several scopes' locks taken in no common order, and two such
+/// transactions deadlock. So a throttle goes to the runner and is decided
+/// in the recorder's transaction, as a backend call's outcome is.
+pub fn run_in_database(task: &Task) -> Option<StepOutcome> {
     task.operation_id?;
-    if !matches!(task.task_type.as_str(), "state_transition" | "throttle") {
+    if task.task_type != "state_transition" {
         return None;
     }
     Some(
@@ -196,24 +202,11 @@ pub fn run_in_database(task: &Task, target: Option<&Target>) -> Option<StepOutco
             serde_json::from_value::<Step>(task.args.clone()),
         ) {
             (Some(error), _) => StepOutcome::Fail(error),
-            (None, Ok(step)) => in_database(step, target)?,
+            (None, Ok(Step::StateTransition { transition })) => StepOutcome::Transition(transition),
+            (None, Ok(_)) => return None,
             (None, Err(e)) => StepOutcome::Fail(format!("unreadable step arguments: {e}")),
         },
     )
-}
-
-/// The outcome of a step that needs nothing outside PostgreSQL; `None` for
-/// a backend call.
-fn in_database(step: Step, target: Option<&Target>) -> Option<StepOutcome> {
-    match step {
-        Step::StateTransition { transition } => Some(StepOutcome::Transition(transition)),
-        Step::Throttle { scope, limit, key } => {
-            Some(throttle(target, &scope, limit, key.as_deref()))
-        }
-        Step::BackendMethod { .. }
-        | Step::PollRuntimeState { .. }
-        | Step::PollBackendCheck { .. } => None,
-    }
 }
 
 async fn run_step(
