@@ -36,8 +36,8 @@ pub use record::Recorded;
 pub const MAX_INLINE_STEPS: usize = 64;
 
 /// Claim loops per queue, each claiming for at most its share of the
-/// queue's slots: while one claim's transaction runs (it records the steps
-/// of the database it took, a few statements), the other can claim.
+/// queue's slots: while one claim's transaction runs (it records the state
+/// transitions it took, a few statements), the other can claim.
 pub const CLAIMERS: usize = 2;
 
 /// Most outcomes recorded in one transaction.
@@ -333,8 +333,8 @@ impl Runner {
     }
 
     /// Claims up to `free` ready tasks of `queue` on `conn`, recording at
-    /// once those that need nothing outside PostgreSQL
-    /// ([`record::claim`]), and announces what that made ready or ended.
+    /// once the state transitions among them ([`record::claim`]), and
+    /// announces what that made ready or ended.
     async fn claim(
         &self,
         conn: &mut sqlx::PgConnection,

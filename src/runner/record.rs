@@ -246,9 +246,9 @@ pub async fn record_batch(
 pub struct Claim {
     /// How many ready tasks it claimed.
     pub claimed: usize,
-    /// The steps to run, each under its lease: the claimed ones that call a
-    /// backend, and for a claimed step of the database the next step of its
-    /// chain that does, if it was claimed inline.
+    /// The steps to run, each under its lease: the claimed ones that are not
+    /// state transitions, and for a claimed transition the next step of its
+    /// chain that is not, if it was claimed inline.
     pub run: Vec<Claimed>,
     /// Queues that got ready tasks.
     pub ready: BTreeSet<Queue>,
@@ -306,7 +306,7 @@ pub async fn claim(
             tracing::warn!(
                 queue = queue.as_str(),
                 error = format!("{e:#}"),
-                "recording claimed steps of the database failed; claiming them to run one by one"
+                "recording claimed state transitions failed; claiming them to run one by one"
             );
             let claimed =
                 db::tasks::claim(&mut *conn, queue, limit, cont.lease_ms, cont.worker).await?;

@@ -218,7 +218,10 @@ async fn run_step(
     match step {
         Step::StateTransition { transition } => StepOutcome::Transition(transition),
         Step::Throttle { scope, limit, key } => {
-            throttle(target.as_ref(), &scope, limit, key.as_deref())
+            throttle_scope(target.as_ref(), &scope, key.as_deref()).map_or_else(
+                StepOutcome::Fail,
+                |scope| StepOutcome::Throttle { scope, limit },
+            )
         }
         // An undo step has nothing to undo on a resource the backend never
         // made, and stops at its resource's first failed undo (which erred it).
@@ -236,13 +239,6 @@ async fn run_step(
         | Step::PollRuntimeState { .. }
         | Step::PollBackendCheck { .. } => backend_call::run(ctx, task, target, &step).await,
     }
-}
-
-/// A throttle step's outcome: a slot of its scope to take.
-fn throttle(target: Option<&Target>, scope: &str, limit: i32, key: Option<&str>) -> StepOutcome {
-    throttle_scope(target, scope, key).map_or_else(StepOutcome::Fail, |scope| {
-        StepOutcome::Throttle { scope, limit }
-    })
 }
 
 /// The scope a throttle step takes a slot of: always within the resource's
