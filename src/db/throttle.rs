@@ -2,6 +2,9 @@
 //!
 //! Every decision about a scope is made under a transaction-scoped advisory
 //! lock on that scope, so two runners can never both take the last slot.
+//! A transaction that may decide about several scopes locks them all first,
+//! in name order ([`lock_scopes`]), so that two such transactions cannot
+//! each hold a scope the other waits for.
 //! A slot is taken only if one is free *and* nobody waits (FIFO); a freed slot
 //! is handed to the oldest waiter in the same transaction that frees it.
 //!
@@ -23,7 +26,7 @@ pub struct Scope {
 impl Scope {
     /// The stored form: the tenant and the name as a JSON array, so no pair of
     /// them can spell another's.
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         serde_json::json!([self.tenant, self.name]).to_string()
     }
 }
@@ -61,6 +64,31 @@ async fn lock_scope(conn: &mut PgConnection, scope: &str) -> sqlx::Result<()> {
         .bind(scope)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Locks, in name order, the scopes `keys` (stored keys, as [`Scope::key`])
+/// and every scope `operation_ids` hold a slot of or wait in: all that a
+/// transaction that takes slots for some and frees those of others touches.
+/// A scope locked here is locked again by [`acquire`] and [`release`]
+/// without waiting (the lock is the transaction's).
+pub async fn lock_scopes(
+    conn: &mut PgConnection,
+    keys: &[String],
+    operation_ids: &[Uuid],
+) -> sqlx::Result<()> {
+    // The locks are taken in the ORDER BY's order: PostgreSQL computes a
+    // volatile function of the select list after sorting.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(scope, 0))
+         FROM (SELECT unnest($1::text[]) AS scope
+               UNION SELECT scope FROM throttle_slots WHERE operation_id = ANY($2)) s
+         ORDER BY scope",
+    )
+    .bind(keys)
+    .bind(operation_ids)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -131,8 +131,9 @@ pub async fn retry(
             }
         }
     }
-    // Slots were freed when the operation failed: take them again before going on.
-    let mut parked = false;
+    // Slots were freed when the operation failed: take them again before
+    // going on (several scopes are locked first, in name order).
+    let mut throttles = Vec::new();
     for throttle in tasks
         .iter()
         .filter(|t| t.position < failed.position && t.state == TaskState::Succeeded)
@@ -153,6 +154,14 @@ pub async fn retry(
             tenant: operation.tenant.clone(),
             name: name.to_owned(),
         };
+        throttles.push((throttle, scope, limit));
+    }
+    if throttles.len() > 1 {
+        let keys: Vec<String> = throttles.iter().map(|(_, scope, _)| scope.key()).collect();
+        db::throttle::lock_scopes(conn, &keys, &[]).await?;
+    }
+    let mut parked = false;
+    for (throttle, scope, limit) in throttles {
         let acquired = db::throttle::acquire(conn, &scope, id, throttle.id, limit).await?;
         if let Some(status) = acquired.waiting_status(&scope, limit) {
             db::tasks::reopen(conn, throttle.id, TaskState::Waiting, &status).await?;

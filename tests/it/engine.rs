@@ -345,6 +345,114 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_batch_locks_the_throttle_scopes_it_touches_in_name_order(pool: PgPool) {
+    // Another process's transaction holds scope "a" and will want "b": a
+    // batch that takes a slot of "b" and ends an operation holding one of
+    // "a" must wait for "a" without holding "b", or the two deadlock.
+    use executord::db::throttle::Scope;
+    use executord::runner::record::{self, Item};
+
+    let engine = Engine::new(pool);
+    let scope = |name: &str| Scope {
+        tenant: String::new(),
+        name: name.to_owned(),
+    };
+    let throttle = |name: &str| StepOutcome::Throttle {
+        scope: scope(name),
+        limit: 1,
+    };
+    let item = |task: &db::tasks::Claimed, outcome: StepOutcome| Item {
+        task_id: task.task.id,
+        token: task.task.lease_token.unwrap(),
+        outcome: outcome.into(),
+        go_on: false,
+    };
+    // The first operation takes the slot of "a".
+    let first = engine.create("instance", "one", instance("acme")).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
+        .await
+        .unwrap();
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let taken = record::record_batch(
+        &mut conn,
+        &engine.catalog,
+        &[item(&claimed[0], throttle("a"))],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(taken.results[0].0, Recorded::Applied);
+    let second = engine.create("instance", "two", instance("acme")).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let of = |id| {
+        claimed
+            .iter()
+            .find(|c| c.task.operation_id == Some(id))
+            .unwrap()
+    };
+    // In batch order the batch would take "b" first, then free "a".
+    let items = [
+        item(of(second.operation.id), throttle("b")),
+        item(of(first.operation.id), StepOutcome::Fail("boom".into())),
+    ];
+
+    let mut other = engine.pool.begin().await.unwrap();
+    let lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
+    let got: bool = sqlx::query_scalar(lock)
+        .bind(scope("a").key())
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(got);
+    let catalog = engine.catalog.clone();
+    let batch = tokio::spawn(async move {
+        record::record_batch(&mut conn, &catalog, &items, None)
+            .await
+            .unwrap()
+    });
+    let mut waits = 0;
+    for _ in 0..200 {
+        waits = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&engine.pool)
+        .await
+        .unwrap();
+        if waits > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waits, 1, "the batch waits for scope a");
+    let free: bool = sqlx::query_scalar(lock)
+        .bind(scope("b").key())
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(
+        free,
+        "the batch holds no scope while it waits for the first one"
+    );
+    other.commit().await.unwrap();
+
+    let recording = batch.await.unwrap();
+    assert!(recording.results.iter().all(|r| r.0 == Recorded::Applied));
+    assert_eq!(
+        engine.operation(first.operation.id).await.state,
+        OperationState::Failed
+    );
+    let slots: Vec<(String, uuid::Uuid, bool)> =
+        sqlx::query_as("SELECT scope, operation_id, held FROM throttle_slots")
+            .fetch_all(&engine.pool)
+            .await
+            .unwrap();
+    assert_eq!(slots, [(scope("b").key(), second.operation.id, true)]);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn one_batch_records_mixed_outcomes_each_on_its_own_terms(pool: PgPool) {
     use executord::domain::Transition;
     use executord::runner::record::{self, Continue, Item};
