@@ -1144,13 +1144,10 @@ fn percent_encode(value: &str) -> String {
 
 /// The settings file: unix socket only, in `socket_dir`.
 ///
-/// Autovacuum looks every 5 s rather than every minute. The service's
-/// statements are prepared once per connection and their generic plans
-/// kept; a plan made while a table is young (a new database: a few pages,
-/// never analyzed) scans it whole, and is only made again when the table is
-/// analyzed. Looking often analyzes the queue tables within seconds as they
-/// grow, and vacuums their dead row versions (every step leaves some) before
-/// they pile up in the indexes.
+/// Autovacuum looks every 5 s rather than every minute: it vacuums the
+/// queue tables' dead row versions (every step leaves some) before they pile
+/// up in the indexes. (Young tables' statistics are the runner's own
+/// business: see [`crate::db::stats`].)
 fn config_text(socket_dir: &Path) -> String {
     let socket_dir = socket_dir.to_string_lossy().replace('\'', "''");
     format!(

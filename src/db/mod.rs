@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod operations;
 pub mod reconcile;
 pub mod resources;
+pub mod stats;
 pub mod system;
 pub mod tasks;
 pub mod throttle;

@@ -46,6 +46,9 @@ pub const MAX_BATCH: usize = 256;
 /// How long a stopping runner waits for its last announcements to be sent.
 const ANNOUNCED_WITHIN: Duration = Duration::from_secs(5);
 
+/// How often a runner looks for young tables that doubled.
+const STATISTICS_EVERY: Duration = Duration::from_secs(1);
+
 /// How long the recorder and a queue's claims keep their connection while
 /// they have nothing to do, before it goes back to the pool.
 const HOLD_WHILE_IDLE: Duration = Duration::from_millis(500);
@@ -176,7 +179,8 @@ impl Runner {
                 ));
             }
         }
-        pools.spawn(self.clone().reaper(shutdown));
+        pools.spawn(self.clone().reaper(shutdown.clone()));
+        pools.spawn(self.clone().statistics(shutdown));
         while pools.join_next().await.is_some() {}
         drop(recorder);
         let _ = recording.await;
@@ -377,6 +381,24 @@ impl Runner {
             self.reap().await;
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Keeps the planner's statistics of young tables fresh (see
+    /// [`db::stats`]): the runner's statements run on kept generic plans.
+    async fn statistics(self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            match db::stats::analyze_grown(self.pool()).await {
+                Ok(tables) if !tables.is_empty() => {
+                    tracing::debug!(?tables, "analyzed tables that doubled");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "analyzing young tables failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(STATISTICS_EVERY) => {}
                 _ = shutdown.changed() => {}
             }
         }

@@ -1389,3 +1389,54 @@ async fn announcements_made_together_reach_other_processes_together(pool: PgPool
         .unwrap();
     feed.abort();
 }
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn young_tables_are_analyzed_each_time_they_double(pool: PgPool) {
+    use executord::db::stats::analyze_grown;
+
+    let stats = |pool: PgPool| async move {
+        sqlx::query_as::<_, (f32, i32)>(
+            "SELECT reltuples, relpages FROM pg_class WHERE oid = 'filler'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let fill = |pool: PgPool, rows: i32| async move {
+        sqlx::query("INSERT INTO filler SELECT repeat('x', 200) FROM generate_series(1, $1)")
+            .bind(rows)
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    sqlx::query("CREATE TABLE filler (x text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The service's own tables are all young and small: nothing to do.
+    assert_eq!(analyze_grown(&pool).await.unwrap(), Vec::<String>::new());
+    fill(pool.clone(), 100).await;
+    assert_eq!(analyze_grown(&pool).await.unwrap(), Vec::<String>::new());
+    assert!(stats(pool.clone()).await.0 < 0.0, "never analyzed");
+
+    fill(pool.clone(), 1000).await; // about 30 pages
+    assert_eq!(analyze_grown(&pool).await.unwrap(), ["filler"]);
+    let (tuples, pages) = stats(pool.clone()).await;
+    assert_eq!(tuples, 1100.0);
+    assert!(pages >= 16);
+    assert_eq!(analyze_grown(&pool).await.unwrap(), Vec::<String>::new());
+    fill(pool.clone(), 500).await; // not doubled yet
+    assert_eq!(analyze_grown(&pool).await.unwrap(), Vec::<String>::new());
+
+    fill(pool.clone(), 1000).await;
+    // Another process analyzing: this one does not wait for it.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(x'6578656373746174'::bigint)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(analyze_grown(&pool).await.unwrap(), Vec::<String>::new());
+    other.rollback().await.unwrap();
+    assert_eq!(analyze_grown(&pool).await.unwrap(), ["filler"]);
+    assert_eq!(stats(pool.clone()).await.0, 2600.0);
+}
