@@ -150,7 +150,8 @@ impl Finished {
 }
 
 /// Ends operations in the caller's transaction. Successes are applied a
-/// batch at a time; failures and cancels one by one. An operation that has
+/// batch at a time; failures and cancels one by one; the throttle slots of
+/// all that ended are freed at the end. An operation that has
 /// already ended is left as it is (its resource still errs on a failure,
 /// when the resource is still under it: the sweeper's case).
 pub async fn finish(
@@ -195,6 +196,13 @@ pub async fn finish(
             }
         }
     }
+    // The ended operations' throttle slots are freed together, their scopes
+    // locked in name order (`db::throttle`); freed one ending at a time, two
+    // transactions could lock two scopes in opposite orders.
+    if !finished.operations.is_empty() {
+        let freed = release(conn, &finished.operations).await?;
+        finished.ready.extend(freed);
+    }
     Ok(finished)
 }
 
@@ -222,7 +230,6 @@ async fn succeed(
         settle_children(conn, operation, None).await?;
     }
     db::operations::succeed_many(conn, &ids).await?;
-    finished.ready.extend(release(conn, &ids).await?);
     for operation in succeeded {
         finished.ended(operation, OperationState::Succeeded, None);
     }
@@ -283,7 +290,6 @@ async fn fail(
     db::tasks::cancel_pending(conn, operation.id).await?;
     set_erred(conn, operation, error, task_id).await?;
     if db::operations::finish(conn, operation.id, OperationState::Failed, Some(error)).await? {
-        finished.ready.extend(release(conn, &[operation.id]).await?);
         finished.ended(operation, OperationState::Failed, Some(error));
     }
     Ok(())
@@ -302,7 +308,6 @@ async fn cancel(
     let message = format!("Operation {} was cancelled", operation.id);
     set_erred(conn, operation, &message, None).await?;
     if db::operations::finish(conn, operation.id, OperationState::Cancelled, Some(WHY)).await? {
-        finished.ready.extend(release(conn, &[operation.id]).await?);
         finished.stopped.extend(stopped);
         finished.ended(operation, OperationState::Cancelled, Some(WHY));
     }
@@ -371,7 +376,6 @@ async fn progress(
     set_erred(conn, &operation, &message, None).await?;
     settle_children(conn, &operation, Some(&message)).await?;
     if db::operations::finish(conn, id, ends_as, Some(&error)).await? {
-        finished.ready.extend(release(conn, &[id]).await?);
         finished.ended(&operation, ends_as, Some(&error));
     }
     Ok(())

@@ -344,44 +344,113 @@ async fn what_backends_report_in_one_batch_lands_on_each_resource(pool: PgPool) 
     assert_eq!(rb.version, b.resource.version + 1);
 }
 
-#[sqlx::test(migrator = "executord::db::MIGRATOR")]
-async fn a_batch_locks_the_throttle_scopes_it_touches_in_name_order(pool: PgPool) {
-    // Another process's transaction holds scope "a" and will want "b": a
-    // batch that takes a slot of "b" and ends an operation holding one of
-    // "a" must wait for "a" without holding "b", or the two deadlock.
-    use executord::db::throttle::Scope;
-    use executord::runner::record::{self, Item};
-
-    let engine = Engine::new(pool);
-    let scope = |name: &str| Scope {
+/// The throttle scope `name` of the service running open (no tenant).
+fn open_scope(name: &str) -> executord::db::throttle::Scope {
+    executord::db::throttle::Scope {
         tenant: String::new(),
         name: name.to_owned(),
-    };
-    let throttle = |name: &str| StepOutcome::Throttle {
-        scope: scope(name),
-        limit: 1,
-    };
-    let item = |task: &db::tasks::Claimed, outcome: StepOutcome| Item {
+    }
+}
+
+/// A held step's outcome, not to go on.
+fn outcome_of(task: &db::tasks::Claimed, outcome: StepOutcome) -> executord::runner::record::Item {
+    executord::runner::record::Item {
         task_id: task.task.id,
         token: task.task.lease_token.unwrap(),
         outcome: outcome.into(),
         go_on: false,
-    };
-    // The first operation takes the slot of "a".
-    let first = engine.create("instance", "one", instance("acme")).await;
+    }
+}
+
+/// Plays another process's transaction that holds scope `first` and will
+/// want `second`: holds `first`, starts `work`, and once `work` waits for
+/// `first` says whether `second` is free (whether `work` waits without
+/// holding it: if not, the two would deadlock). Then lets `work` finish.
+async fn waits_holding_nothing<T: Send + 'static>(
+    pool: &PgPool,
+    first: &str,
+    second: &str,
+    work: impl Future<Output = T> + Send + 'static,
+) -> (bool, T) {
+    let lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
+    let key = |name: &str| open_scope(name).key();
+    let mut other = pool.begin().await.unwrap();
+    let got: bool = sqlx::query_scalar(lock)
+        .bind(key(first))
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(got);
+    let work = tokio::spawn(work);
+    let mut waits = 0;
+    for _ in 0..200 {
+        waits = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waits > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waits, 1, "the work waits for scope {first}");
+    let free: bool = sqlx::query_scalar(lock)
+        .bind(key(second))
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+    (free, work.await.unwrap())
+}
+
+/// Creates an instance and records a slot of `scope` taken by its first
+/// step (not going on).
+async fn holding_a_slot(engine: &Engine, name: &str, scope: &str) -> uuid::Uuid {
+    use executord::runner::record;
+
+    let created = engine.create("instance", name, instance("acme")).await;
     let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
         .await
         .unwrap();
+    let mine = claimed
+        .iter()
+        .find(|c| c.task.operation_id == Some(created.operation.id))
+        .unwrap();
+    let throttle = StepOutcome::Throttle {
+        scope: open_scope(scope),
+        limit: 1,
+    };
     let mut conn = engine.pool.acquire().await.unwrap();
     let taken = record::record_batch(
         &mut conn,
         &engine.catalog,
-        &[item(&claimed[0], throttle("a"))],
+        &[outcome_of(mine, throttle)],
         None,
     )
     .await
     .unwrap();
     assert_eq!(taken.results[0].0, Recorded::Applied);
+    created.operation.id
+}
+
+/// The scope, operation and `held` of every throttle slot.
+async fn slots(pool: &PgPool) -> Vec<(String, uuid::Uuid, bool)> {
+    sqlx::query_as("SELECT scope, operation_id, held FROM throttle_slots ORDER BY scope")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_batch_locks_the_throttle_scopes_it_touches_in_name_order(pool: PgPool) {
+    // A batch that takes a slot of "b" and ends an operation holding one of
+    // "a" (in that order) waits for "a" without holding "b".
+    use executord::runner::record;
+
+    let engine = Engine::new(pool);
+    let first = holding_a_slot(&engine, "one", "a").await;
     let second = engine.create("instance", "two", instance("acme")).await;
     let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
         .await
@@ -393,63 +462,69 @@ async fn a_batch_locks_the_throttle_scopes_it_touches_in_name_order(pool: PgPool
             .find(|c| c.task.operation_id == Some(id))
             .unwrap()
     };
-    // In batch order the batch would take "b" first, then free "a".
+    let throttle = StepOutcome::Throttle {
+        scope: open_scope("b"),
+        limit: 1,
+    };
     let items = [
-        item(of(second.operation.id), throttle("b")),
-        item(of(first.operation.id), StepOutcome::Fail("boom".into())),
+        outcome_of(of(second.operation.id), throttle),
+        outcome_of(of(first), StepOutcome::Fail("boom".into())),
     ];
-
-    let mut other = engine.pool.begin().await.unwrap();
-    let lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
-    let got: bool = sqlx::query_scalar(lock)
-        .bind(scope("a").key())
-        .fetch_one(&mut *other)
-        .await
-        .unwrap();
-    assert!(got);
-    let catalog = engine.catalog.clone();
-    let batch = tokio::spawn(async move {
+    let (mut conn, catalog) = (engine.pool.acquire().await.unwrap(), engine.catalog.clone());
+    let batch = async move {
         record::record_batch(&mut conn, &catalog, &items, None)
             .await
             .unwrap()
-    });
-    let mut waits = 0;
-    for _ in 0..200 {
-        waits = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-        )
-        .fetch_one(&engine.pool)
-        .await
-        .unwrap();
-        if waits > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(waits, 1, "the batch waits for scope a");
-    let free: bool = sqlx::query_scalar(lock)
-        .bind(scope("b").key())
-        .fetch_one(&mut *other)
-        .await
-        .unwrap();
+    };
+
+    let (free, recording) = waits_holding_nothing(&engine.pool, "a", "b", batch).await;
     assert!(
         free,
         "the batch holds no scope while it waits for the first one"
     );
-    other.commit().await.unwrap();
-
-    let recording = batch.await.unwrap();
     assert!(recording.results.iter().all(|r| r.0 == Recorded::Applied));
-    assert_eq!(
-        engine.operation(first.operation.id).await.state,
-        OperationState::Failed
-    );
-    let slots: Vec<(String, uuid::Uuid, bool)> =
-        sqlx::query_as("SELECT scope, operation_id, held FROM throttle_slots")
-            .fetch_all(&engine.pool)
+    assert_eq!(engine.operation(first).await.state, OperationState::Failed);
+    let b = open_scope("b").key();
+    assert_eq!(slots(&engine.pool).await, [(b, second.operation.id, true)]);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn operations_ending_together_free_their_slots_in_name_order(pool: PgPool) {
+    // Whatever order they end in (here a claim's or the API's, which lock
+    // nothing beforehand), their scopes are locked in name order.
+    let engine = Engine::new(pool);
+    let one = holding_a_slot(&engine, "one", "b").await;
+    let two = holding_a_slot(&engine, "two", "a").await;
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let mut operations = Vec::new();
+    for id in [one, two] {
+        operations.push(db::operations::get(&mut conn, id).await.unwrap().unwrap());
+    }
+    let catalog = engine.catalog.clone();
+    let ending = async move {
+        let endings: Vec<_> = operations
+            .iter()
+            .map(|operation| executord::lifecycle::Ending::Failed {
+                operation,
+                error: "boom",
+                task_id: None,
+            })
+            .collect();
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let finished = executord::lifecycle::finish(&mut tx, &catalog, &endings)
             .await
             .unwrap();
-    assert_eq!(slots, [(scope("b").key(), second.operation.id, true)]);
+        tx.commit().await.unwrap();
+        finished.operations
+    };
+
+    let (free, ended) = waits_holding_nothing(&engine.pool, "a", "b", ending).await;
+    assert!(
+        free,
+        "the ending holds no scope while it waits for the first one"
+    );
+    assert_eq!(ended, [one, two]);
+    assert_eq!(slots(&engine.pool).await, []);
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
