@@ -14,17 +14,21 @@ use uuid::Uuid;
 use crate::db::{CANCEL_CHANNEL, OPERATIONS_CHANNEL, TASKS_CHANNEL};
 use crate::domain::Queue;
 
-/// The process's wake-up hub.
+/// The process's wake-up hub. A clone shares it (one reference count: it
+/// goes with every request's state).
 #[derive(Debug, Clone)]
-pub struct Events {
-    origin: Arc<str>,
-    queues: Arc<[Notify; 3]>,
+pub struct Events(Arc<Hub>);
+
+#[derive(Debug)]
+struct Hub {
+    origin: Box<str>,
+    queues: [Notify; 3],
     finished: broadcast::Sender<Uuid>,
     cancelled: broadcast::Sender<Uuid>,
-    stopping: Arc<watch::Sender<bool>>,
-    news: Arc<Mutex<News>>,
+    stopping: watch::Sender<bool>,
+    news: Mutex<News>,
     /// Told when the task sending the news has nothing left to send.
-    sent: Arc<Notify>,
+    sent: Notify,
 }
 
 /// What was announced here and is not yet sent to the other processes.
@@ -46,15 +50,15 @@ impl Events {
     /// A hub with nobody listening yet.
     pub fn new() -> Self {
         let origin = uuid::Uuid::new_v4().simple().to_string();
-        Self {
+        Self(Arc::new(Hub {
             origin: origin[..12].into(),
-            queues: Arc::new([Notify::new(), Notify::new(), Notify::new()]),
+            queues: [Notify::new(), Notify::new(), Notify::new()],
             finished: broadcast::channel(1024).0,
             cancelled: broadcast::channel(1024).0,
-            stopping: Arc::new(watch::channel(false).0),
-            news: Arc::default(),
-            sent: Arc::new(Notify::new()),
-        }
+            stopping: watch::channel(false).0,
+            news: Mutex::default(),
+            sent: Notify::new(),
+        }))
     }
 
     fn index(queue: Queue) -> usize {
@@ -83,7 +87,7 @@ impl Events {
         if queues.is_empty() && finished.is_empty() {
             return;
         }
-        let mut news = self.news.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut news = self.0.news.lock().unwrap_or_else(PoisonError::into_inner);
         for &queue in queues {
             if !news.queues.contains(&queue) {
                 news.queues.push(queue);
@@ -100,10 +104,10 @@ impl Events {
     async fn send_news(self, pool: PgPool) {
         loop {
             let (queues, finished) = {
-                let mut news = self.news.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut news = self.0.news.lock().unwrap_or_else(PoisonError::into_inner);
                 if news.queues.is_empty() && news.finished.is_empty() {
                     news.sending = false;
-                    self.sent.notify_waiters();
+                    self.0.sent.notify_waiters();
                     return;
                 }
                 (
@@ -111,7 +115,7 @@ impl Events {
                     std::mem::take(&mut news.finished),
                 )
             };
-            if let Err(e) = crate::db::announce(&pool, &self.origin, &queues, &finished).await {
+            if let Err(e) = crate::db::announce(&pool, &self.0.origin, &queues, &finished).await {
                 tracing::warn!(error = %e, "notifying other processes failed; they will poll");
             }
         }
@@ -122,10 +126,11 @@ impl Events {
     /// last announcements before the pool closes.
     pub async fn announced(&self) {
         loop {
-            let sent = self.sent.notified();
+            let sent = self.0.sent.notified();
             tokio::pin!(sent);
             sent.as_mut().enable();
             if !self
+                .0
                 .news
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -139,37 +144,37 @@ impl Events {
 
     /// Wakes the pool of `queue` (a wake-up is kept if nobody waits yet).
     pub fn wake(&self, queue: Queue) {
-        self.queues[Self::index(queue)].notify_one();
+        self.0.queues[Self::index(queue)].notify_one();
     }
 
     /// Waits for a wake-up of `queue`.
     pub async fn woken(&self, queue: Queue) {
-        self.queues[Self::index(queue)].notified().await;
+        self.0.queues[Self::index(queue)].notified().await;
     }
 
     /// Announces that an operation finished.
     pub fn operation_finished(&self, id: Uuid) {
-        let _ = self.finished.send(id);
+        let _ = self.0.finished.send(id);
     }
 
     /// Subscribes to finished operations; subscribe before reading, then wait.
     pub fn subscribe_finished(&self) -> broadcast::Receiver<Uuid> {
-        self.finished.subscribe()
+        self.0.finished.subscribe()
     }
 
     /// Tells long polls the process is stopping, so they answer now.
     pub fn begin_shutdown(&self) {
-        self.stopping.send_replace(true);
+        self.0.stopping.send_replace(true);
     }
 
     /// Whether the process is stopping.
     pub fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
+        *self.0.stopping.borrow()
     }
 
     /// Resolves once the process begins to stop.
     pub async fn stopping(&self) {
-        let mut rx = self.stopping.subscribe();
+        let mut rx = self.0.stopping.subscribe();
         if rx.wait_for(|s| *s).await.is_err() {
             std::future::pending::<()>().await;
         }
@@ -177,7 +182,7 @@ impl Events {
 
     /// Subscribes to tasks whose operation was cancelled while they ran.
     pub fn subscribe_cancelled(&self) -> broadcast::Receiver<Uuid> {
-        self.cancelled.subscribe()
+        self.0.cancelled.subscribe()
     }
 
     /// Feeds the hub from LISTEN until the process ends, reconnecting after errors.
@@ -204,7 +209,7 @@ impl Events {
         loop {
             let notification = listener.recv().await?;
             let payload = match notification.payload().split_once(' ') {
-                Some((origin, _)) if origin == &*self.origin => continue,
+                Some((origin, _)) if origin == &*self.0.origin => continue,
                 Some((_, body)) => body,
                 None => notification.payload(),
             };
@@ -221,7 +226,7 @@ impl Events {
                 }
                 CANCEL_CHANNEL => {
                     if let Ok(id) = payload.parse() {
-                        let _ = self.cancelled.send(id);
+                        let _ = self.0.cancelled.send(id);
                     }
                 }
                 _ => {}

@@ -340,8 +340,9 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The backends known to this process, by the name the catalog uses.
+/// Cloned with every request's state, so a clone shares the map.
 #[derive(Clone, Default)]
-pub struct Backends(HashMap<String, Arc<dyn Backend>>);
+pub struct Backends(Arc<HashMap<String, Arc<dyn Backend>>>);
 
 impl Backends {
     /// An empty registry.
@@ -351,14 +352,14 @@ impl Backends {
 
     /// Registers `backend` under `name`, replacing any earlier one.
     pub fn with(mut self, name: &str, backend: Arc<dyn Backend>) -> Self {
-        self.0.insert(name.to_owned(), backend);
+        Arc::make_mut(&mut self.0).insert(name.to_owned(), backend);
         self
     }
 
     /// These backends and `others` (an `others`' backend wins a shared name).
     pub fn and(&self, others: &Backends) -> Self {
         let mut all = self.clone();
-        all.0
+        Arc::make_mut(&mut all.0)
             .extend(others.0.iter().map(|(name, b)| (name.clone(), b.clone())));
         all
     }
