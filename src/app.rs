@@ -36,9 +36,28 @@ use crate::tasks::TaskContext;
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// What every handler shares.
+/// What every handler shares: a handle on [`Shared`], cloned for every
+/// request (one reference count).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+/// The API's settings and handles, behind [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     /// The database.
     pub pool: PgPool,
     /// The connections requests use, kept between them (see [`db::Kept`]).
@@ -58,7 +77,7 @@ pub struct AppState {
     pub backends: Backends,
 }
 
-impl AppState {
+impl Shared {
     /// The state of an API over `pool`, with `/metrics` public, open until
     /// it sees a token.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, events: Events) -> Self {
@@ -311,13 +330,13 @@ async fn serve_on(
     }
     let (stop, stopping) = watch::channel(false);
     let runner = (!args.no_runner).then(|| node.run_tasks(&args.runner, &stopping));
-    let state = AppState {
+    let state = AppState::from(Shared {
         auth: Auth::new(args.protect_metrics, tokens),
         liveness: node.liveness.clone(),
         push: args.runner.webhooks.config(),
         backends: node.backends.clone(),
-        ..AppState::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
-    };
+        ..Shared::new(node.pool.clone(), node.catalog.clone(), node.events.clone())
+    });
     let app = router(state);
     tracing::info!(address = %args.listen, runner = !args.no_runner, "executord serving; docs at /docs");
     let mut until_stop = stopping.clone();

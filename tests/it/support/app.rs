@@ -158,14 +158,15 @@ impl TestApp {
     }
 
     pub fn over(engine: Engine) -> Self {
-        let router = executord::app::router(executord::app::AppState {
-            backends: engine.ctx.backends.clone(),
-            ..executord::app::AppState::new(
-                engine.pool.clone(),
-                engine.catalog.clone(),
-                engine.events.clone(),
-            )
-        });
+        let router =
+            executord::app::router(executord::app::AppState::from(executord::app::Shared {
+                backends: engine.ctx.backends.clone(),
+                ..executord::app::Shared::new(
+                    engine.pool.clone(),
+                    engine.catalog.clone(),
+                    engine.events.clone(),
+                )
+            }));
         Self { engine, router }
     }
 
