@@ -186,11 +186,11 @@ fn gave_up(task: &Task) -> Option<String> {
 /// any other step, and for a periodic job.
 ///
 /// A throttle also needs nothing outside PostgreSQL, but taking its slot
-/// locks its scope until the commit; a transaction that settled several
-/// throttles (and freed the slots of the operations that ended in it) would
-/// hold several scopes' locks taken in no common order, and two such
-/// transactions deadlock. So a throttle goes to the runner and is decided
-/// in the recorder's transaction, as a backend call's outcome is.
+/// locks its scope until the commit, and a transaction that takes slots of
+/// several scopes must lock them all first, in name order, or two such
+/// transactions deadlock. The recorder does that for each batch
+/// (`db::throttle::lock_scopes`), so a throttle goes to the runner and is
+/// decided in the recorder's transaction, as a backend call's outcome is.
 pub fn run_in_database(task: &Task) -> Option<StepOutcome> {
     task.operation_id?;
     if task.task_type != "state_transition" {
