@@ -219,13 +219,10 @@ pub struct Held {
     pub task: Task,
     /// Its operation, if it belongs to one.
     pub operation: Option<Json<crate::db::operations::Operation>>,
-    /// The throttle scopes (stored keys) its operation holds or waits in.
-    pub scopes: Vec<String>,
 }
 
 /// The tasks among `ids` that `tokens` (pairwise) still hold, locked in id
-/// order, with their operations and the throttle scopes those are in: the
-/// fence a batch of outcomes passes.
+/// order, with their operations: the fence a batch of outcomes passes.
 /// Fenced ones are left out.
 pub async fn lock_held_many(
     conn: &mut PgConnection,
@@ -237,8 +234,7 @@ pub async fn lock_held_many(
              SELECT * FROM tasks WHERE id = ANY($1) AND lease_token = ANY($2) AND state = 'running'
              ORDER BY id FOR UPDATE
          )
-         SELECT h.*, to_jsonb(o) AS operation,
-                ARRAY(SELECT s.scope FROM throttle_slots s WHERE s.operation_id = h.operation_id) AS scopes
+         SELECT h.*, to_jsonb(o) AS operation
          FROM held h LEFT JOIN operations o ON o.id = h.operation_id",
     )
     .bind(ids)

@@ -2,9 +2,10 @@
 //!
 //! Every decision about a scope is made under a transaction-scoped advisory
 //! lock on that scope, so two runners can never both take the last slot.
-//! A transaction that may decide about several scopes locks them all first,
-//! in name order ([`lock_scopes`]), so that two such transactions cannot
-//! each hold a scope the other waits for.
+//! A transaction locks the scopes it touches in one statement, in name
+//! order, before it decides about them: [`lock_scopes`] before it takes
+//! slots, [`release`] in the statement that frees them. So no two
+//! transactions each hold a scope the other waits for.
 //! A slot is taken only if one is free *and* nobody waits (FIFO); a freed slot
 //! is handed to the oldest waiter in the same transaction that frees it.
 //!
@@ -59,19 +60,11 @@ impl Acquired {
     }
 }
 
-async fn lock_scope(conn: &mut PgConnection, scope: &str) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(scope)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Locks, in name order, the scopes `keys` (stored keys, as [`Scope::key`])
 /// and every scope `operation_ids` hold a slot of or wait in: all that a
 /// transaction that takes slots for some and frees those of others touches.
-/// A scope locked here is locked again by [`acquire`] and [`release`]
-/// without waiting (the lock is the transaction's).
+/// [`acquire`] needs its scope locked so; [`release`] locks again, without
+/// waiting, a scope locked here (the lock is the transaction's).
 pub async fn lock_scopes(
     conn: &mut PgConnection,
     keys: &[String],
@@ -92,9 +85,9 @@ pub async fn lock_scopes(
     Ok(())
 }
 
-/// Takes a slot of `scope` for an operation, or queues it. Two statements:
-/// the scope's lock, then one that looks at the scope as the lock left it
-/// (its own snapshot, taken after the lock) and inserts the operation's row.
+/// Takes a slot of `scope` for an operation, or queues it. The caller has
+/// locked the scope ([`lock_scopes`]) in an earlier statement, so that this
+/// one sees the scope as the lock left it (its snapshot is taken after).
 pub async fn acquire(
     conn: &mut PgConnection,
     scope: &Scope,
@@ -103,7 +96,6 @@ pub async fn acquire(
     limit: i32,
 ) -> sqlx::Result<Acquired> {
     let scope = scope.key();
-    lock_scope(conn, &scope).await?;
     let (mine, held, waiting): (Option<bool>, i64, i64) = sqlx::query_as(
         "WITH mine AS (
              SELECT held FROM throttle_slots WHERE scope = $1 AND operation_id = $2
@@ -135,36 +127,45 @@ pub async fn acquire(
 }
 
 /// Frees the slots of `operation_ids` (and takes them out of any line they
-/// stood in), handing each freed slot to the oldest waiter; scopes are locked
-/// in name order. Returns the waiting tasks now granted.
+/// stood in), handing each freed slot to the oldest waiter of its scope.
+/// Returns the waiting tasks now granted. Two statements: the first frees
+/// and locks the scopes it freed in, in name order; the second hands the
+/// slots over, seeing the scopes as the locks left them.
 pub async fn release(conn: &mut PgConnection, operation_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    let scopes: Vec<(String, i32)> = sqlx::query_as(
+    // The locks are taken in the ORDER BY's order, as in `lock_scopes`.
+    let freed: Vec<(String, i32)> = sqlx::query_as(
         "WITH freed AS (
              DELETE FROM throttle_slots WHERE operation_id = ANY($1) RETURNING scope, slot_limit
          )
-         SELECT scope, max(slot_limit) FROM freed GROUP BY scope ORDER BY scope",
+         SELECT scope, slot_limit FROM (
+             SELECT scope, slot_limit, pg_advisory_xact_lock(hashtextextended(scope, 0))
+             FROM (SELECT scope, max(slot_limit) AS slot_limit FROM freed GROUP BY scope) g
+             ORDER BY scope
+         ) locked",
     )
     .bind(operation_ids)
     .fetch_all(&mut *conn)
     .await?;
-    let mut granted = Vec::new();
-    for (scope, limit) in scopes {
-        lock_scope(conn, &scope).await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "WITH free AS (
-                 SELECT greatest($2 - count(*), 0) AS n FROM throttle_slots WHERE scope = $1 AND held
-             ), next AS (
-                 SELECT operation_id FROM throttle_slots WHERE scope = $1 AND NOT held
-                 ORDER BY seq LIMIT (SELECT n FROM free)
-             )
-             UPDATE throttle_slots s SET held = true FROM next
-             WHERE s.scope = $1 AND s.operation_id = next.operation_id RETURNING s.task_id",
-        )
-        .bind(&scope)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await?;
-        granted.extend(ids);
+    if freed.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(granted)
+    let (scopes, limits): (Vec<String>, Vec<i32>) = freed.into_iter().unzip();
+    sqlx::query_scalar(
+        "WITH free AS (
+             SELECT f.scope, greatest(f.slot_limit - (SELECT count(*) FROM throttle_slots h
+                                                      WHERE h.scope = f.scope AND h.held), 0) AS n
+             FROM UNNEST($1::text[], $2::int4[]) AS f(scope, slot_limit)
+         ), next AS (
+             SELECT w.scope, w.operation_id FROM free CROSS JOIN LATERAL (
+                 SELECT scope, operation_id FROM throttle_slots
+                 WHERE scope = free.scope AND NOT held ORDER BY seq LIMIT free.n
+             ) w
+         )
+         UPDATE throttle_slots s SET held = true FROM next
+         WHERE s.scope = next.scope AND s.operation_id = next.operation_id RETURNING s.task_id",
+    )
+    .bind(scopes)
+    .bind(limits)
+    .fetch_all(&mut *conn)
+    .await
 }

@@ -132,7 +132,7 @@ pub async fn retry(
         }
     }
     // Slots were freed when the operation failed: take them again before
-    // going on (several scopes are locked first, in name order).
+    // going on (their scopes locked first, in name order).
     let mut throttles = Vec::new();
     for throttle in tasks
         .iter()
@@ -156,7 +156,7 @@ pub async fn retry(
         };
         throttles.push((throttle, scope, limit));
     }
-    if throttles.len() > 1 {
+    if !throttles.is_empty() {
         let keys: Vec<String> = throttles.iter().map(|(_, scope, _)| scope.key()).collect();
         db::throttle::lock_scopes(conn, &keys, &[]).await?;
     }

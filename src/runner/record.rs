@@ -392,15 +392,11 @@ async fn apply(
 ) -> anyhow::Result<Recording> {
     let ids: Vec<Uuid> = items.iter().map(|i| i.task_id).collect();
     let tokens: Vec<Uuid> = items.iter().map(|i| i.token).collect();
-    let mut scopes = BTreeSet::new();
     let mut held: HashMap<Uuid, (Task, Option<Operation>)> =
         db::tasks::lock_held_many(&mut *tx, &ids, &tokens)
             .await?
             .into_iter()
-            .map(|h| {
-                scopes.extend(h.scopes);
-                (h.task.id, (h.task, h.operation.map(|o| o.0)))
-            })
+            .map(|h| (h.task.id, (h.task, h.operation.map(|o| o.0))))
             .collect();
     // A graph's steps may end at once in several transactions: its row is
     // locked (after the tasks, as everywhere) and read again, so that each
@@ -425,18 +421,19 @@ async fn apply(
             }
         }
     }
-    // Throttle slots: the batch takes them in its own order and frees them
-    // as its operations end; when that may be more than one scope, all are
-    // locked now, in name order (see `db::throttle`). The scopes its
-    // operations are in were read before a graph's lock, which a step of
-    // another process taking a slot for that graph may have held: then
-    // they are read again, by the locking.
-    scopes.extend(items.iter().filter_map(|item| match &item.outcome {
-        Outcome::Step(StepOutcome::Throttle { scope, .. }) => Some(scope.key()),
-        _ => None,
-    }));
-    if scopes.len() > 1 || (!scopes.is_empty() && !graphs.is_empty()) {
-        let keys: Vec<String> = scopes.into_iter().collect();
+    // Throttle slots: a batch that takes some locks first, in name order,
+    // every scope it may touch: those it takes slots of and those its
+    // operations are in (read by the locking, after a graph's lock, which a
+    // step of another process taking a slot for that graph may have held).
+    // A batch that only frees slots locks their scopes as it frees them.
+    let keys: Vec<String> = items
+        .iter()
+        .filter_map(|item| match &item.outcome {
+            Outcome::Step(StepOutcome::Throttle { scope, .. }) => Some(scope.key()),
+            _ => None,
+        })
+        .collect();
+    if !keys.is_empty() {
         let operations: Vec<Uuid> = held
             .values()
             .filter_map(|(_, o)| o.as_ref().map(|o| o.id))

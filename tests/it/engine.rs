@@ -405,9 +405,10 @@ async fn waits_holding_nothing<T: Send + 'static>(
     (free, work.await.unwrap())
 }
 
-/// Creates an instance and records a slot of `scope` taken by its first
-/// step (not going on).
-async fn holding_a_slot(engine: &Engine, name: &str, scope: &str) -> uuid::Uuid {
+/// Creates an instance and records its first step (not going on) as a
+/// throttle of `scope` with one slot: it takes the slot if it is free, and
+/// waits in line if not.
+async fn throttled(engine: &Engine, name: &str, scope: &str) -> uuid::Uuid {
     use executord::runner::record;
 
     let created = engine.create("instance", name, instance("acme")).await;
@@ -450,7 +451,7 @@ async fn a_batch_locks_the_throttle_scopes_it_touches_in_name_order(pool: PgPool
     use executord::runner::record;
 
     let engine = Engine::new(pool);
-    let first = holding_a_slot(&engine, "one", "a").await;
+    let first = throttled(&engine, "one", "a").await;
     let second = engine.create("instance", "two", instance("acme")).await;
     let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
         .await
@@ -489,12 +490,82 @@ async fn a_batch_locks_the_throttle_scopes_it_touches_in_name_order(pool: PgPool
 }
 
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_batch_that_takes_a_slot_locks_its_scope_first(pool: PgPool) {
+    // Another process decides about scope "b": the batch's throttle of "b"
+    // waits for it to commit, and then takes the slot it left free.
+    let engine = Engine::new(pool);
+    let created = engine.create("instance", "one", instance("acme")).await;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
+        .await
+        .unwrap();
+    let throttle = StepOutcome::Throttle {
+        scope: open_scope("b"),
+        limit: 1,
+    };
+    let items = [outcome_of(&claimed[0], throttle)];
+    let (mut conn, catalog) = (engine.pool.acquire().await.unwrap(), engine.catalog.clone());
+    let batch = async move {
+        executord::runner::record::record_batch(&mut conn, &catalog, &items, None)
+            .await
+            .unwrap()
+    };
+
+    let (_, recording) = waits_holding_nothing(&engine.pool, "b", "c", batch).await;
+    assert_eq!(recording.results[0].0, Recorded::Applied);
+    let b = open_scope("b").key();
+    assert_eq!(slots(&engine.pool).await, [(b, created.operation.id, true)]);
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn operations_ending_together_hand_each_freed_slot_to_its_scopes_first_waiter(pool: PgPool) {
+    let engine = Engine::new(pool);
+    let one = throttled(&engine, "one", "a").await;
+    let two = throttled(&engine, "two", "b").await;
+    let three = throttled(&engine, "three", "a").await;
+    let four = throttled(&engine, "four", "b").await;
+    let five = throttled(&engine, "five", "a").await;
+    let (a, b) = (open_scope("a").key(), open_scope("b").key());
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let mut operations = Vec::new();
+    for id in [one, two] {
+        operations.push(db::operations::get(&mut conn, id).await.unwrap().unwrap());
+    }
+    let endings: Vec<_> = operations
+        .iter()
+        .map(|operation| executord::lifecycle::Ending::Failed {
+            operation,
+            error: "boom",
+            task_id: None,
+        })
+        .collect();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let finished = executord::lifecycle::finish(&mut tx, &engine.catalog, &endings)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(finished.ready, [Queue::Regular].into());
+    let mut held = slots(&engine.pool).await;
+    held.sort();
+    let mut expected = vec![(a.clone(), three, true), (b, four, true), (a, five, false)];
+    expected.sort();
+    assert_eq!(held, expected);
+    for (id, state) in [
+        (three, TaskState::Ready),
+        (four, TaskState::Ready),
+        (five, TaskState::Waiting),
+    ] {
+        assert_eq!(engine.tasks(id).await[0].state, state, "{id}");
+    }
+}
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn operations_ending_together_free_their_slots_in_name_order(pool: PgPool) {
     // Whatever order they end in (here a claim's or the API's, which lock
     // nothing beforehand), their scopes are locked in name order.
     let engine = Engine::new(pool);
-    let one = holding_a_slot(&engine, "one", "b").await;
-    let two = holding_a_slot(&engine, "two", "a").await;
+    let one = throttled(&engine, "one", "b").await;
+    let two = throttled(&engine, "two", "a").await;
     let mut conn = engine.pool.acquire().await.unwrap();
     let mut operations = Vec::new();
     for id in [one, two] {
