@@ -41,13 +41,24 @@ fn corrupt(what: &str) -> BackendError {
     BackendError::Permanent(format!("sim store: {what}"))
 }
 
-async fn lock(conn: &mut PgConnection, name: &str) -> Result<(), BackendError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(name)
-        .execute(conn)
-        .await
-        .map_err(|e| store_error(&e))?;
-    Ok(())
+/// Takes the advisory locks `names` in their order and reads the time once
+/// they are all held: one statement.
+async fn lock_all(conn: &mut PgConnection, names: &[String]) -> Result<Time, BackendError> {
+    // The aggregate consumes every lock before the time is read; the locks
+    // are taken in the ORDER BY's order (a volatile function of the select
+    // list is computed after sorting).
+    sqlx::query_scalar(
+        "SELECT clock_timestamp() FROM (
+             SELECT count(*) FROM (
+                 SELECT pg_advisory_xact_lock(hashtextextended(name, 0))
+                 FROM unnest($1::text[]) WITH ORDINALITY AS l(name, n) ORDER BY n
+             ) locked
+         ) held",
+    )
+    .bind(names)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| store_error(&e))
 }
 
 /// `now + delay`, saturating.
@@ -68,28 +79,26 @@ pub(super) async fn call(
     let mut tx = pool.begin().await.map_err(|e| store_error(&e))?;
     let key = call.idempotency_key;
     let resource_id = call.resource.id;
+    let mut locks = Vec::with_capacity(5);
     if plan.effect {
-        lock(&mut tx, &format!("sim:key:{key}")).await?;
+        locks.push(format!("sim:key:{key}"));
     }
     if plan.transient {
-        lock(&mut tx, &format!("sim:resource:{resource_id}")).await?;
+        locks.push(format!("sim:resource:{resource_id}"));
     }
     if let Some(tenant) = &plan.create_tenant {
-        lock(&mut tx, &format!("sim:tenant:{tenant}")).await?;
+        locks.push(format!("sim:tenant:{tenant}"));
     }
     if let Some(id) = plan.object_id {
-        lock(&mut tx, &format!("sim:object:{id}")).await?;
+        locks.push(format!("sim:object:{id}"));
     }
     // Locked after the object: no call locks an instance and then something
     // attached to it. Held, an instance delete cannot slip between an
     // attach's check and its write.
     if let Some(id) = plan.parent_id {
-        lock(&mut tx, &format!("sim:object:{id}")).await?;
+        locks.push(format!("sim:object:{id}"));
     }
-    let now: Time = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| store_error(&e))?;
+    let now = lock_all(&mut tx, &locks).await?;
 
     let prior = if plan.effect {
         let row: Option<(String, Value)> =
