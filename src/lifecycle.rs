@@ -82,6 +82,8 @@ pub struct Finished {
     pub stopped: Vec<Uuid>,
     /// How each ended, for the log and the metrics.
     ended: Vec<Ended>,
+    /// How many of `operations` have had their throttle slots freed.
+    freed: usize,
 }
 
 /// One operation's end, told once its transaction committed.
@@ -95,8 +97,9 @@ struct Ended {
 }
 
 impl Finished {
-    /// Adds what another [`finish`] did.
+    /// Adds what another [`end`] did, whose slots are still held.
     pub fn extend(&mut self, other: Self) {
+        debug_assert_eq!(other.freed, 0, "slots freed twice");
         self.ready.extend(other.ready);
         self.operations.extend(other.operations);
         self.stopped.extend(other.stopped);
@@ -137,6 +140,26 @@ impl Finished {
         Ok(())
     }
 
+    /// Frees the throttle slots of the operations that ended and were not
+    /// freed yet, handing each to the oldest waiter of its scope; the
+    /// queues that got work go to [`Finished::ready`]. A transaction frees
+    /// the slots of all the operations it ended at once, at its end: their
+    /// scopes are locked in name order in one statement (`db::throttle`),
+    /// where freeing them at each ending could lock two scopes in an order
+    /// another transaction locks the other way.
+    pub async fn free_slots(&mut self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        let ended = &self.operations[self.freed..];
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let granted = db::throttle::release(conn, ended).await?;
+        self.freed = self.operations.len();
+        if !granted.is_empty() {
+            self.ready.extend(db::tasks::wake(conn, &granted).await?);
+        }
+        Ok(())
+    }
+
     fn ended(&mut self, operation: &Operation, state: OperationState, error: Option<&str>) {
         self.operations.push(operation.id);
         self.ended.push(Ended {
@@ -149,12 +172,25 @@ impl Finished {
     }
 }
 
-/// Ends operations in the caller's transaction. Successes are applied a
-/// batch at a time; failures and cancels one by one; the throttle slots of
-/// all that ended are freed at the end. An operation that has
-/// already ended is left as it is (its resource still errs on a failure,
-/// when the resource is still under it: the sweeper's case).
+/// Ends operations in the caller's transaction and frees their throttle
+/// slots: [`end`], then [`Finished::free_slots`].
 pub async fn finish(
+    conn: &mut PgConnection,
+    catalog: &Catalog,
+    endings: &[Ending<'_>],
+) -> sqlx::Result<Finished> {
+    let mut finished = end(conn, catalog, endings).await?;
+    finished.free_slots(conn).await?;
+    Ok(finished)
+}
+
+/// Ends operations in the caller's transaction, their throttle slots still
+/// held: the caller frees them ([`Finished::free_slots`]) before it commits.
+/// Successes are applied a batch at a time; failures and cancels one by one.
+/// An operation that has already ended is left as it is (its resource still
+/// errs on a failure, when the resource is still under it: the sweeper's
+/// case).
+pub async fn end(
     conn: &mut PgConnection,
     catalog: &Catalog,
     endings: &[Ending<'_>],
@@ -195,13 +231,6 @@ pub async fn finish(
                 progress(conn, catalog, operation.id, &mut finished).await?;
             }
         }
-    }
-    // The ended operations' throttle slots are freed together, their scopes
-    // locked in name order (`db::throttle`); freed one ending at a time, two
-    // transactions could lock two scopes in opposite orders.
-    if !finished.operations.is_empty() {
-        let freed = release(conn, &finished.operations).await?;
-        finished.ready.extend(freed);
     }
     Ok(finished)
 }
@@ -515,14 +544,4 @@ pub fn forgets_on_failure(operation: &Operation) -> Option<&'static str> {
         }
         _ => None,
     }
-}
-
-/// Frees the operations' throttle slots, handing each to the oldest waiter.
-/// Returns the queues that got work.
-async fn release(conn: &mut PgConnection, operation_ids: &[Uuid]) -> sqlx::Result<Vec<Queue>> {
-    let granted = db::throttle::release(conn, operation_ids).await?;
-    if granted.is_empty() {
-        return Ok(Vec::new());
-    }
-    db::tasks::wake(conn, &granted).await
 }

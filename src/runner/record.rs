@@ -66,6 +66,14 @@ impl Recording {
         &self.ended.operations
     }
 
+    /// Frees the throttle slots of the operations that ended, once, before
+    /// the commit ([`Finished::free_slots`]): however many rounds ended them.
+    async fn free_slots(&mut self, tx: &mut PgConnection) -> sqlx::Result<()> {
+        self.ended.free_slots(tx).await?;
+        self.ready.extend(self.ended.ready.iter().copied());
+        Ok(())
+    }
+
     /// Logs and counts what the committed transaction did.
     fn count(&self) {
         self.ended.committed();
@@ -236,6 +244,7 @@ pub async fn record_batch(
         .context("beginning the outcome transaction")?;
     let mut rec = apply(&mut tx, catalog, items, cont).await?;
     settle_in_database(&mut tx, catalog, &mut rec, cont).await?;
+    rec.free_slots(&mut tx).await?;
     tx.commit().await.context("committing the outcomes")?;
     rec.count();
     Ok(rec)
@@ -290,6 +299,7 @@ pub async fn claim(
         };
         let claimed = rec.results.len();
         settle_in_database(&mut tx, catalog, &mut rec, Some(cont)).await?;
+        rec.free_slots(&mut tx).await?;
         if !rec.finished().is_empty() {
             sqlx::query("SET LOCAL synchronous_commit = on")
                 .execute(&mut *tx)
@@ -572,7 +582,7 @@ async fn apply(
         )
         .collect();
     if !endings.is_empty() {
-        let finished = lifecycle::finish(&mut *tx, catalog, &endings).await?;
+        let finished = lifecycle::end(&mut *tx, catalog, &endings).await?;
         rec.ready.extend(finished.ready.iter().copied());
         rec.ended.extend(finished);
     }

@@ -516,6 +516,93 @@ async fn a_batch_that_takes_a_slot_locks_its_scope_first(pool: PgPool) {
     assert_eq!(slots(&engine.pool).await, [(b, created.operation.id, true)]);
 }
 
+/// A kind whose create chain ends in a state transition after its backend
+/// call, so a batch that records the call goes on to end the operation in
+/// the same transaction.
+const ENDS_IN_A_TRANSITION: &str = r#"
+[kinds.tail]
+backend = "sim"
+schema = { type = "object" }
+create = [
+  { type = "backend_method", method = "create_instance" },
+  { type = "state_transition", transition = "set_ok" },
+]
+"#;
+
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_batch_frees_the_slots_of_all_it_ended_at_once(pool: PgPool) {
+    // One operation (slot of "b") fails with the batch's outcomes; the
+    // other (slot of "a") ends in the state transition the batch goes on
+    // to. Freed at each ending, "b" would be locked before "a".
+    use executord::runner::record::{self, Continue};
+
+    let catalog = executord::catalog::DEFAULT_CATALOG.to_owned() + ENDS_IN_A_TRANSITION;
+    let engine = Engine::with(
+        pool,
+        SimConfig::instant(),
+        Some(&catalog),
+        fast_runner_config(),
+    );
+    let y = throttled(&engine, "y", "b").await;
+    let x = engine.create("tail", "x", json!({})).await.operation.id;
+    let claimed = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
+        .await
+        .unwrap();
+    let of = |claimed: &[db::tasks::Claimed], id| {
+        claimed
+            .iter()
+            .find(|c| c.task.operation_id == Some(id))
+            .unwrap()
+            .clone()
+    };
+    let throttle = StepOutcome::Throttle {
+        scope: open_scope("a"),
+        limit: 1,
+    };
+    let mut conn = engine.pool.acquire().await.unwrap();
+    let first = of(&claimed, x);
+    record::record_batch(
+        &mut conn,
+        &engine.catalog,
+        &[outcome_of(&first, throttle)],
+        None,
+    )
+    .await
+    .unwrap();
+    let again = db::tasks::claim(&engine.pool, Queue::Regular, 5, 5000, "w")
+        .await
+        .unwrap();
+    let (x_call, y_step) = (of(&again, x), of(&claimed, y));
+    let mut call = outcome_of(
+        &x_call,
+        StepOutcome::Done(executord::backend::BackendReply::default()),
+    );
+    call.go_on = true;
+    let items = [call, outcome_of(&y_step, StepOutcome::Fail("boom".into()))];
+    let cont = Continue {
+        lease_ms: 5000,
+        worker: "w",
+    };
+    let catalog = engine.catalog.clone();
+    let batch = async move {
+        record::record_batch(&mut conn, &catalog, &items, Some(cont))
+            .await
+            .unwrap()
+    };
+
+    let (free, recording) = waits_holding_nothing(&engine.pool, "a", "b", batch).await;
+    assert!(
+        free,
+        "the batch holds no scope while it waits for the first one"
+    );
+    let mut ended = recording.finished().to_vec();
+    ended.sort();
+    let mut both = vec![x, y];
+    both.sort();
+    assert_eq!(ended, both, "both ended in the batch");
+    assert_eq!(slots(&engine.pool).await, []);
+}
+
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn operations_ending_together_hand_each_freed_slot_to_its_scopes_first_waiter(pool: PgPool) {
     let engine = Engine::new(pool);
