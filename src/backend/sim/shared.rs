@@ -271,70 +271,78 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    match &outcome.object {
-        ObjectWrite::Keep => {}
-        ObjectWrite::Put(id, object) => {
-            let (next_state, next_at) = match object.pending {
-                None => (None, None),
-                Some((Next::Gone, at)) => (Some(GONE), Some(at)),
-                Some((Next::To(state), at)) => (Some(state), Some(at)),
-            };
-            sqlx::query(
-                "INSERT INTO sim_objects \
-                 (backend_id, kind, tenant, runtime_state, next_state, next_at, attributes, \
-                 in_flight, attached_to) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (backend_id) DO UPDATE SET \
-                 runtime_state = EXCLUDED.runtime_state, next_state = EXCLUDED.next_state, \
-                 next_at = EXCLUDED.next_at, attributes = EXCLUDED.attributes, \
-                 in_flight = EXCLUDED.in_flight, attached_to = EXCLUDED.attached_to, \
-                 updated_at = now()",
-            )
+    if let ObjectWrite::Remove(id) = &outcome.object {
+        sqlx::query("DELETE FROM sim_objects WHERE backend_id = $1")
             .bind(id)
-            .bind(object.kind.noun())
-            .bind(&object.tenant)
-            .bind(object.state)
-            .bind(next_state)
-            .bind(next_at)
-            .bind(&object.attributes)
-            .bind(object.building)
-            .bind(object.attached_to.as_deref())
             .execute(&mut *conn)
             .await?;
-        }
-        ObjectWrite::Remove(id) => {
-            sqlx::query("DELETE FROM sim_objects WHERE backend_id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
     }
-    if let Some((method, reply)) = &outcome.effect {
-        // The key's lock makes a conflict impossible unless the rules replayed
-        // wrongly; if it ever happens, it is counted, not hidden.
-        sqlx::query(
-            "INSERT INTO sim_effects (idempotency_key, method, resource_id, reply, applied) \
-             VALUES ($1, $2, $3, $4, 1) \
-             ON CONFLICT (idempotency_key) DO UPDATE SET applied = sim_effects.applied + 1",
-        )
-        .bind(call.idempotency_key)
-        .bind(method)
-        .bind(call.resource.id)
-        .bind(reply_to_json(reply))
-        .execute(&mut *conn)
-        .await?;
+    let object = match &outcome.object {
+        ObjectWrite::Put(id, object) => Some((id, object)),
+        ObjectWrite::Keep | ObjectWrite::Remove(_) => None,
+    };
+    if object.is_none() && outcome.effect.is_none() && outcome.created.is_none() {
+        return Ok(());
     }
-    if let Some(created) = &outcome.created {
-        sqlx::query(
-            "INSERT INTO sim_tenants (tenant, max_in_flight) VALUES ($1, $2) \
-             ON CONFLICT (tenant) DO UPDATE \
-             SET max_in_flight = GREATEST(sim_tenants.max_in_flight, EXCLUDED.max_in_flight)",
-        )
-        .bind(&created.tenant)
-        .bind(i32::try_from(created.in_flight).unwrap_or(i32::MAX))
-        .execute(&mut *conn)
-        .await?;
-    }
+    let (next_state, next_at) = match object.and_then(|(_, o)| o.pending) {
+        None => (None, None),
+        Some((Next::Gone, at)) => (Some(GONE), Some(at)),
+        Some((Next::To(state), at)) => (Some(state), Some(at)),
+    };
+    // The object, the effect and the tenant's count in one statement; each
+    // part writes nothing when its id ($1, $10, $13) is null. The key's
+    // lock makes an effect's conflict impossible unless the rules replayed
+    // wrongly; if it ever happens, it is counted, not hidden.
+    sqlx::query(
+        "WITH object AS (
+             INSERT INTO sim_objects
+                 (backend_id, kind, tenant, runtime_state, next_state, next_at, attributes,
+                  in_flight, attached_to)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE $1::text IS NOT NULL
+             ON CONFLICT (backend_id) DO UPDATE SET
+                 runtime_state = EXCLUDED.runtime_state, next_state = EXCLUDED.next_state,
+                 next_at = EXCLUDED.next_at, attributes = EXCLUDED.attributes,
+                 in_flight = EXCLUDED.in_flight, attached_to = EXCLUDED.attached_to,
+                 updated_at = now()
+         ), effect AS (
+             INSERT INTO sim_effects (idempotency_key, method, resource_id, reply, applied)
+             SELECT $10, $11, $12, $15, 1 WHERE $10::uuid IS NOT NULL
+             ON CONFLICT (idempotency_key) DO UPDATE SET applied = sim_effects.applied + 1
+         ), tenant AS (
+             INSERT INTO sim_tenants (tenant, max_in_flight)
+             SELECT $13, $14 WHERE $13::text IS NOT NULL
+             ON CONFLICT (tenant) DO UPDATE
+             SET max_in_flight = GREATEST(sim_tenants.max_in_flight, EXCLUDED.max_in_flight)
+         )
+         SELECT 1",
+    )
+    .bind(object.map(|(id, _)| id))
+    .bind(object.map(|(_, o)| o.kind.noun()))
+    .bind(object.map(|(_, o)| &o.tenant))
+    .bind(object.map(|(_, o)| o.state))
+    .bind(next_state)
+    .bind(next_at)
+    .bind(object.map(|(_, o)| &o.attributes))
+    .bind(object.map(|(_, o)| o.building))
+    .bind(object.and_then(|(_, o)| o.attached_to.as_deref()))
+    .bind(outcome.effect.as_ref().map(|_| call.idempotency_key))
+    .bind(outcome.effect.as_ref().map(|(method, _)| method))
+    .bind(call.resource.id)
+    .bind(outcome.created.as_ref().map(|c| &c.tenant))
+    .bind(
+        outcome
+            .created
+            .as_ref()
+            .map(|c| i32::try_from(c.in_flight).unwrap_or(i32::MAX)),
+    )
+    .bind(
+        outcome
+            .effect
+            .as_ref()
+            .map(|(_, reply)| reply_to_json(reply)),
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
