@@ -109,6 +109,11 @@ impl Finished {
     /// Logs each ending and counts it in `executord_operations_total`. Call
     /// once, after the transaction that ended them committed.
     pub fn committed(&self) {
+        debug_assert_eq!(
+            self.freed,
+            self.operations.len(),
+            "operations ended without their throttle slots freed"
+        );
         for ended in &self.ended {
             crate::metrics::operation_finished(ended.kind, ended.state);
             let (operation_id, resource_id) = (ended.operation_id, ended.resource_id);
