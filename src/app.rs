@@ -206,7 +206,10 @@ impl Node {
         let backends = Backends::new()
             .with(
                 "sim",
-                Arc::new(Sim::shared(catalog.sim_config(), pool.clone())),
+                Arc::new(Sim::shared_with_the_service(
+                    catalog.sim_config(),
+                    pool.clone(),
+                )),
             )
             .and(parsed.declared_backends());
         let events = Events::new();

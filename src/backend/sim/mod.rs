@@ -182,7 +182,11 @@ impl SimStats {
 #[derive(Debug)]
 enum Store {
     Memory(Mutex<Memory>),
-    Shared(PgPool),
+    /// In the database; `flush`: a call's commit waits for its flush.
+    Shared {
+        pool: PgPool,
+        flush: bool,
+    },
 }
 
 /// What this process saw: kept in memory in both modes.
@@ -238,7 +242,24 @@ impl Sim {
     pub fn shared(config: SimConfig, pool: PgPool) -> Self {
         Self {
             config,
-            store: Store::Shared(pool),
+            store: Store::Shared { pool, flush: true },
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// As [`Sim::shared`], for the service's own database: a call commits
+    /// without waiting for its flush (`synchronous_commit` off for its
+    /// transaction). The step that made the call records its outcome in the
+    /// same database, and that commit waits for the flush, which takes the
+    /// call's (written to the log before it) with it: a database crash can
+    /// lose the call only with the outcome, and the step then runs again
+    /// under the same idempotency key, as after any lost outcome. A cloud in
+    /// another database (`executord fake-cloud --database-url`) keeps
+    /// waiting ([`Sim::shared`]): nothing there flushes it for the caller.
+    pub fn shared_with_the_service(config: SimConfig, pool: PgPool) -> Self {
+        Self {
+            config,
+            store: Store::Shared { pool, flush: false },
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -263,7 +284,7 @@ impl Sim {
             Store::Memory(memory) => {
                 Ok(lock(memory).tamper(Instant::now(), backend_id, state, attributes))
             }
-            Store::Shared(pool) => shared::tamper(pool, backend_id, state, attributes).await,
+            Store::Shared { pool, .. } => shared::tamper(pool, backend_id, state, attributes).await,
         }
     }
 
@@ -272,7 +293,7 @@ impl Sim {
     pub async fn vanish(&self, backend_id: &str) -> Result<bool, BackendError> {
         match &self.store {
             Store::Memory(memory) => Ok(lock(memory).vanish(backend_id)),
-            Store::Shared(pool) => shared::vanish(pool, backend_id).await,
+            Store::Shared { pool, .. } => shared::vanish(pool, backend_id).await,
         }
     }
 
@@ -283,7 +304,7 @@ impl Sim {
 
     /// Whether the cloud is in the database ([`Sim::shared`]).
     pub fn is_shared(&self) -> bool {
-        matches!(self.store, Store::Shared(_))
+        matches!(self.store, Store::Shared { .. })
     }
 
     /// What the store counts: in shared mode, every process's objects and
@@ -291,7 +312,7 @@ impl Sim {
     pub async fn stats(&self) -> Result<SimStats, BackendError> {
         match &self.store {
             Store::Memory(memory) => Ok(lock(memory).stats(Instant::now())),
-            Store::Shared(pool) => shared::stats(pool).await,
+            Store::Shared { pool, .. } => shared::stats(pool).await,
         }
     }
 
@@ -314,7 +335,7 @@ impl Sim {
     pub fn in_flight(&self, tenant: &str) -> usize {
         match &self.store {
             Store::Memory(memory) => lock(memory).in_flight(tenant),
-            Store::Shared(_) => 0,
+            Store::Shared { .. } => 0,
         }
     }
 
@@ -338,7 +359,7 @@ impl Sim {
     pub fn object_count(&self) -> usize {
         match &self.store {
             Store::Memory(memory) => lock(memory).object_count(Instant::now()),
-            Store::Shared(_) => 0,
+            Store::Shared { .. } => 0,
         }
     }
 
@@ -392,8 +413,8 @@ impl Sim {
                 self.seen().record(key, &outcome);
                 outcome.result
             }
-            Store::Shared(pool) => {
-                let outcome = shared::call(pool, &self.config, &plan, call).await?;
+            Store::Shared { pool, flush } => {
+                let outcome = shared::call(pool, *flush, &self.config, &plan, call).await?;
                 self.seen().record(key, &outcome);
                 outcome.result
             }
@@ -429,7 +450,7 @@ impl Backend for Sim {
         };
         match &self.store {
             Store::Memory(memory) => Ok(lock(memory).list(Instant::now(), noun)),
-            Store::Shared(pool) => shared::list(pool, noun).await,
+            Store::Shared { pool, .. } => shared::list(pool, noun).await,
         }
     }
 

@@ -6,8 +6,10 @@
 //! resource's failure counter, the tenant of a create, the object, the
 //! instance an attach names as parent), loads,
 //! decides with the same rules as the in-memory store, writes back and
-//! commits. Time is the database's (`clock_timestamp()`, read once the locks
-//! are held), so transitions end at the same moment for every process.
+//! commits (in the service's own database without waiting for the flush:
+//! see [`Sim::shared_with_the_service`](super::Sim::shared_with_the_service)).
+//! Time is the database's (`clock_timestamp()`, read once the locks are
+//! held), so transitions end at the same moment for every process.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -70,13 +72,21 @@ fn later(now: Time, delay: Duration) -> Time {
 }
 
 /// Runs one call in its own transaction; database errors are transient.
+/// `flush`: whether its commit waits for the flush (see
+/// [`Sim::shared_with_the_service`](super::Sim::shared_with_the_service)).
 pub(super) async fn call(
     pool: &PgPool,
+    flush: bool,
     config: &SimConfig,
     plan: &Plan<'_>,
     call: &BackendCall,
 ) -> Result<Outcome<Time>, BackendError> {
-    let mut tx = pool.begin().await.map_err(|e| store_error(&e))?;
+    let begin = if flush {
+        "BEGIN"
+    } else {
+        "BEGIN; SET LOCAL synchronous_commit = off"
+    };
+    let mut tx = pool.begin_with(begin).await.map_err(|e| store_error(&e))?;
     let key = call.idempotency_key;
     let resource_id = call.resource.id;
     let mut locks = Vec::with_capacity(5);
