@@ -436,6 +436,33 @@ async fn throttled(engine: &Engine, name: &str, scope: &str) -> uuid::Uuid {
     created.operation.id
 }
 
+/// Fails the operations `ids` together in one transaction, as a claim or
+/// the API ends operations (nothing locked beforehand).
+async fn fail_together(
+    conn: &mut sqlx::PgConnection,
+    catalog: &executord::catalog::Catalog,
+    ids: &[uuid::Uuid],
+) -> executord::lifecycle::Finished {
+    let mut operations = Vec::new();
+    for &id in ids {
+        operations.push(db::operations::get(conn, id).await.unwrap().unwrap());
+    }
+    let endings: Vec<_> = operations
+        .iter()
+        .map(|operation| executord::lifecycle::Ending::Failed {
+            operation,
+            error: "boom",
+            task_id: None,
+        })
+        .collect();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let finished = executord::lifecycle::finish(&mut tx, catalog, &endings)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    finished
+}
+
 /// The scope, operation and `held` of every throttle slot.
 async fn slots(pool: &PgPool) -> Vec<(String, uuid::Uuid, bool)> {
     sqlx::query_as("SELECT scope, operation_id, held FROM throttle_slots ORDER BY scope")
@@ -613,23 +640,7 @@ async fn operations_ending_together_hand_each_freed_slot_to_its_scopes_first_wai
     let five = throttled(&engine, "five", "a").await;
     let (a, b) = (open_scope("a").key(), open_scope("b").key());
     let mut conn = engine.pool.acquire().await.unwrap();
-    let mut operations = Vec::new();
-    for id in [one, two] {
-        operations.push(db::operations::get(&mut conn, id).await.unwrap().unwrap());
-    }
-    let endings: Vec<_> = operations
-        .iter()
-        .map(|operation| executord::lifecycle::Ending::Failed {
-            operation,
-            error: "boom",
-            task_id: None,
-        })
-        .collect();
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let finished = executord::lifecycle::finish(&mut tx, &engine.catalog, &endings)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let finished = fail_together(&mut conn, &engine.catalog, &[one, two]).await;
 
     assert_eq!(finished.ready, [Queue::Regular].into());
     let mut held = slots(&engine.pool).await;
@@ -654,26 +665,11 @@ async fn operations_ending_together_free_their_slots_in_name_order(pool: PgPool)
     let one = throttled(&engine, "one", "b").await;
     let two = throttled(&engine, "two", "a").await;
     let mut conn = engine.pool.acquire().await.unwrap();
-    let mut operations = Vec::new();
-    for id in [one, two] {
-        operations.push(db::operations::get(&mut conn, id).await.unwrap().unwrap());
-    }
     let catalog = engine.catalog.clone();
     let ending = async move {
-        let endings: Vec<_> = operations
-            .iter()
-            .map(|operation| executord::lifecycle::Ending::Failed {
-                operation,
-                error: "boom",
-                task_id: None,
-            })
-            .collect();
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-        let finished = executord::lifecycle::finish(&mut tx, &catalog, &endings)
+        fail_together(&mut conn, &catalog, &[one, two])
             .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        finished.operations
+            .operations
     };
 
     let (free, ended) = waits_holding_nothing(&engine.pool, "a", "b", ending).await;
