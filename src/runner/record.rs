@@ -68,6 +68,7 @@ impl Recording {
 
     /// Frees the throttle slots of the operations that ended, once, before
     /// the commit ([`Finished::free_slots`]): however many rounds ended them.
+    /// The queues their endings made ready join [`Recording::ready`].
     async fn free_slots(&mut self, tx: &mut PgConnection) -> sqlx::Result<()> {
         self.ended.free_slots(tx).await?;
         self.ready.extend(self.ended.ready.iter().copied());
@@ -582,8 +583,8 @@ async fn apply(
         )
         .collect();
     if !endings.is_empty() {
+        // Their ready queues join `rec.ready` when their slots are freed.
         let finished = lifecycle::end(&mut *tx, catalog, &endings).await?;
-        rec.ready.extend(finished.ready.iter().copied());
         rec.ended.extend(finished);
     }
     Ok(rec)
