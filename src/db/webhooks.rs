@@ -500,12 +500,12 @@ struct EventRow {
     behind: Vec<bool>,
 }
 
-/// The uuid of the message of event `event` to subscription `webhook` (its
-/// `webhook-id`): the same on every attempt, in every process and after a
-/// crash. The MD5 of the two uuids' texts, as the database's
-/// `webhook_message_id` derives it (the claim derived it there; here it
-/// costs the database nothing).
-pub fn message_id(event: Uuid, webhook: Uuid) -> Uuid {
+/// The uuid of the message of event `event` to subscription `webhook` (what
+/// its `webhook-id` is made of): the same on every attempt, in every
+/// process and after a crash. The MD5 of the two uuids' texts, as the
+/// database's `webhook_message_id` derives it; derived here, it costs the
+/// claim nothing.
+pub fn message_uuid(event: Uuid, webhook: Uuid) -> Uuid {
     use md5::Digest;
     let digest = md5::Md5::digest(format!("{event}{webhook}"));
     Uuid::from_bytes(digest.into())
@@ -575,7 +575,7 @@ pub async fn claim_events(
         for ((webhook_id, (url, secret)), behind) in messages {
             let message = Claimed {
                 seq: None,
-                id: message_id(row.id, webhook_id),
+                id: message_uuid(row.id, webhook_id),
                 webhook_id,
                 event_type: row.event_type.clone(),
                 payload: payload.clone(),
