@@ -599,6 +599,56 @@ async fn a_tenant_has_at_most_a_hundred_subscriptions(pool: PgPool) {
     assert_eq!(again.status, 201, "{}", again.body);
 }
 
+/// Each outbox trigger works for a subscription that wants one of its event
+/// types alone (each looks for a subscription that wants one of its own
+/// types before it writes): one to `resource.deleted` gets the deletion and
+/// none of the state changes, one to `operation.failed` the failure and not
+/// the successes.
+#[sqlx::test(migrator = "executord::db::MIGRATOR")]
+async fn a_subscription_to_one_event_type_gets_those_events_alone(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let acme = token(&app, "acme", "operator").await;
+    for events in [json!(["resource.deleted"]), json!(["operation.failed"])] {
+        let url = "https://93.184.216.34/hook";
+        let created = as_(
+            &app,
+            &acme,
+            "POST",
+            "/api/v1/webhooks",
+            Some(json!({"url": url, "events": events})),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+    let made = as_(
+        &app,
+        &acme,
+        "POST",
+        "/api/v1/resources",
+        Some(instance("web-1")),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    app.run_until_idle().await;
+    let id = made.body["id"].as_str().unwrap();
+    let path = format!("/api/v1/resources/{id}");
+    let deleted = as_(&app, &acme, "DELETE", &path, None).await;
+    assert_eq!(deleted.status, 202, "{}", deleted.body);
+    app.run_until_idle().await;
+    let failing = json!({"kind": "instance", "name": "web-2",
+        "attributes": {"tenant": "acme", "flavor": "small", "sim": {"fail_on": "create_instance"}}});
+    let made = as_(&app, &acme, "POST", "/api/v1/resources", Some(failing)).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    app.run_until_idle().await;
+
+    let outbox: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM webhook_events ORDER BY seq")
+            .fetch_all(&app.engine.pool)
+            .await
+            .unwrap();
+    assert_eq!(outbox, ["resource.deleted", "operation.failed"]);
+}
+
 #[sqlx::test(migrator = "executord::db::MIGRATOR")]
 async fn webhook_subscriptions_refuse_internal_addresses_and_stay_within_their_tenant(
     pool: PgPool,
