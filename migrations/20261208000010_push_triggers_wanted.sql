@@ -3,12 +3,14 @@
 -- table (each statement that updates operations, each that inserts
 -- resource events) and looked for any enabled subscription: with
 -- subscriptions to operation endings only, every resource event still ran
--- the resource trigger's insert, to write nothing.
+-- the resource trigger's insert, to write nothing. A trigger's types are
+-- those of its prefix (`operation.`, `resource.`): no list of names is
+-- repeated here.
 
 CREATE OR REPLACE FUNCTION webhook_operations_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled AND events &&
-                   ARRAY['operation.succeeded', 'operation.failed', 'operation.cancelled']) THEN
+    IF NOT EXISTS (SELECT 1 FROM webhooks w, unnest(w.events) t
+                   WHERE w.enabled AND t LIKE 'operation.%') THEN
         RETURN NULL;
     END IF;
     INSERT INTO webhook_events (tenant, resource_id, event_type, payload)
@@ -34,8 +36,8 @@ END $$;
 
 CREATE OR REPLACE FUNCTION webhook_resource_events() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled AND events &&
-                   ARRAY['resource.state_changed', 'resource.deleted']) THEN
+    IF NOT EXISTS (SELECT 1 FROM webhooks w, unnest(w.events) t
+                   WHERE w.enabled AND t LIKE 'resource.%') THEN
         RETURN NULL;
     END IF;
     INSERT INTO webhook_events (tenant, resource_id, event_type, payload)

@@ -214,22 +214,17 @@ pub struct Claimed {
 /// Claims up to `limit` due messages of enabled subscriptions for `lease_ms`.
 /// A message is due only when no earlier message of its subscription and
 /// resource is still pending (order per resource), and `SKIP LOCKED` keeps
-/// two processes from claiming one message.
-///
-/// The claim's commit does not wait for its flush to disk
-/// (`synchronous_commit` off for its own transaction, as the runner's task
-/// claim does): a claim lost in a database crash only lets
-/// the message be claimed again sooner, which at-least-once allows.
+/// two processes from claiming one message. The deliverer runs it with
+/// [`claim_events`] in one transaction, committed without waiting for its
+/// flush.
 pub async fn claim(
     conn: impl PgExecutor<'_>,
     limit: i64,
     lease_ms: i64,
 ) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
-        "WITH quick AS (
-             SELECT set_config('synchronous_commit', 'off', true)
-         ), due AS (
-             SELECT m.seq FROM quick, webhook_messages m
+        "WITH due AS (
+             SELECT m.seq FROM webhook_messages m
              JOIN webhooks w ON w.id = m.webhook_id AND w.enabled
              WHERE m.state = 'pending' AND m.next_attempt_at <= now()
                AND (m.lease_until IS NULL OR m.lease_until < now())
@@ -515,18 +510,15 @@ pub fn message_uuid(event: Uuid, webhook: Uuid) -> Uuid {
 /// event is claimed only when no earlier event of its resource is still to
 /// fan out (order per resource), and `SKIP LOCKED` keeps two processes from
 /// claiming one event. Each event comes once, its payload as the text to
-/// send, shared by its messages. Its commit does not wait for the flush, as
-/// [`claim`]'s.
+/// send, shared by its messages. Run with [`claim`], in its transaction.
 pub async fn claim_events(
     conn: impl PgExecutor<'_>,
     limit: i64,
     lease_ms: i64,
 ) -> sqlx::Result<Vec<Event>> {
     let rows: Vec<EventRow> = sqlx::query_as(
-        "WITH quick AS (
-             SELECT set_config('synchronous_commit', 'off', true)
-         ), due AS (
-             SELECT e.seq FROM quick, webhook_events e
+        "WITH due AS (
+             SELECT e.seq FROM webhook_events e
              WHERE e.fanned_out_at IS NULL AND (e.lease_until IS NULL OR e.lease_until < now())
                AND NOT EXISTS (
                    SELECT 1 FROM webhook_events p

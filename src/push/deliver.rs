@@ -221,7 +221,10 @@ impl Deliverer {
     /// Both claims, in one transaction on generic plans: the event claim's
     /// custom plans (which PostgreSQL went on making, as they looked cheaper
     /// for a few rows) cost a third of a millisecond each, as much as
-    /// running it.
+    /// running it. Its commit does not wait for its flush to disk, as the
+    /// runner's task claim: a claim lost in a database crash only lets its
+    /// messages and events be claimed again sooner, which at-least-once
+    /// allows.
     async fn try_claim(
         &self,
         held: &mut db::Held,
